@@ -1,0 +1,30 @@
+# Every target sets up what it needs first (Debian packages, kernel-header
+# links for bcc, .venv), so on a fresh Debian 12 machine, as root:
+#   make demo    run the demo lab until Ctrl-C
+#   make test    lint, type-check and run every test (unit, functional, lab)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint unit bench clean
+
+setup:
+	@./scripts/setup.sh
+
+demo: setup
+	$(BIN)/slipstream demo
+
+lint: setup
+	$(BIN)/ruff check agent gateway tests
+	$(BIN)/ruff format --check agent gateway tests
+	$(BIN)/mypy
+
+# Lab tests may not be skipped here: CI runs this as root.
+test: lint
+	SLIPSTREAM_REQUIRE_LAB=1 $(BIN)/pytest
+
+unit: setup
+	$(BIN)/pytest tests/unit tests/functional
+
+clean:
+	-$(BIN)/slipstream lab down --all
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
