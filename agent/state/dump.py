@@ -1,0 +1,72 @@
+"""The store as JSON, for the admin `/config_dump` endpoint and `slipstream status`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .objects import Pod, Service
+from .store import Snapshot
+
+
+def pod_json(pod: Pod) -> dict[str, Any]:
+    return {
+        "namespace": pod.meta.namespace,
+        "name": pod.meta.name,
+        "ip": pod.ip,
+        "node": pod.node_name,
+        "serviceAccount": pod.service_account,
+        "phase": pod.phase,
+        "labels": dict(pod.meta.labels),
+        "annotations": dict(pod.meta.annotations),
+    }
+
+
+def service_json(svc: Service, snap: Snapshot) -> dict[str, Any]:
+    ports = []
+    for sp in svc.ports:
+        binding = snap.find_service(svc.cluster_ip, sp.port)
+        ports.append(
+            {
+                "name": sp.name,
+                "port": sp.port,
+                "targetPort": sp.target_port,
+                "protocol": sp.protocol,
+                "endpoints": [f"{e.ip}:{e.port}" for e in binding.endpoints] if binding else [],
+            }
+        )
+    return {
+        "namespace": svc.meta.namespace,
+        "name": svc.meta.name,
+        "clusterIP": svc.cluster_ip,
+        "labels": dict(svc.meta.labels),
+        "annotations": dict(svc.meta.annotations),
+        "ports": ports,
+    }
+
+
+def snapshot_json(snap: Snapshot) -> dict[str, Any]:
+    typed = {"Namespace", "Pod", "Service"}
+    return {
+        "version": snap.version,
+        "namespaces": [
+            {
+                "name": ns.meta.name,
+                "labels": dict(ns.meta.labels),
+                "annotations": dict(ns.meta.annotations),
+            }
+            for ns in snap.of_kind("Namespace")
+        ],
+        "pods": [pod_json(p) for p in snap.pods()],
+        "services": [service_json(s, snap) for s in snap.services()],
+        "objects": [
+            {
+                "kind": o.kind,
+                "apiVersion": o.api_version,
+                "namespace": o.meta.namespace,
+                "name": o.meta.name,
+            }
+            for kind, objs in sorted(snap.by_kind.items())
+            if kind not in typed
+            for o in objs
+        ],
+    }

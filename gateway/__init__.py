@@ -1,0 +1,1 @@
+"""Slipstream's edge API gateway."""
