@@ -1,0 +1,7 @@
+"""`python -m agent` is the `slipstream` command (the lab starts agents this way)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,116 @@
+"""The `slipstream` command: one entry point, one subcommand per component.
+
+Subcommands of this package register here; other packages (the gateway) add
+theirs through the `slipstream.commands` entry-point group, so the agent
+package never imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import entry_points
+
+from . import log as logsetup
+from .errors import SlipstreamError
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every subcommand takes."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("logging")
+    g.add_argument("--log-format", choices=["text", "json"], default="text", help="log line format")
+    g.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    return p
+
+
+def _register_agent(
+    sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]
+) -> None:
+    p = sub.add_parser(
+        "agent",
+        parents=parents,
+        help="run the node agent",
+        description="Run the node agent: capture, tunnel and policy for this node's pods.",
+    )
+    p.add_argument("--node", required=True, help="the name of the node this agent serves")
+    p.add_argument(
+        "--source",
+        required=True,
+        metavar="SOURCE",
+        help="where cluster objects come from: file:DIR (a watched directory of manifests)",
+    )
+    p.add_argument(
+        "--admin",
+        default="127.0.0.1:15000",
+        metavar="ADDR",
+        help="admin endpoint, /config_dump and /logging (default %(default)s)",
+    )
+    p.add_argument(
+        "--ready",
+        default="0.0.0.0:15021",
+        metavar="ADDR",
+        help="readiness endpoint, /healthz/ready (default %(default)s)",
+    )
+    p.set_defaults(func=_run_agent)
+
+
+def _run_agent(args: argparse.Namespace) -> int:
+    from .admin import parse_addr
+    from .app import AgentConfig, main
+
+    main(
+        AgentConfig(
+            node=args.node,
+            source=args.source,
+            admin_addr=parse_addr(args.admin, "127.0.0.1"),
+            ready_addr=parse_addr(args.ready, "0.0.0.0"),
+        )
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .lab import apps, demo
+    from .lab import cli as lab_cli
+
+    parser = argparse.ArgumentParser(
+        prog="slipstream",
+        description="Slipstream: a sidecarless service mesh (eBPF capture, HBONE mTLS, L4 policy) "
+        "with an edge API gateway.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parents = [common_options()]
+    _register_agent(sub, parents)
+    lab_cli.register(sub, parents)
+    demo.register(sub, parents)
+    apps.register(sub, parents)
+    for ep in entry_points(group="slipstream.commands"):
+        ep.load()(sub, parents)
+    return parser
+
+
+def _errors(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [e for sub in exc.exceptions for e in _errors(sub)]
+    return [exc]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logsetup.setup(args.log_format, args.log_level)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:  # unwrap TaskGroup errors so users see the message
+        errors = _errors(exc)
+        if all(isinstance(e, SlipstreamError) for e in errors):
+            for e in errors:
+                print(f"slipstream {args.command}: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Control-plane sources: where the agent's objects come from (a directory, later the API)."""

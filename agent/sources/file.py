@@ -1,0 +1,144 @@
+"""The file source: a directory of YAML/JSON manifests, watched for changes.
+
+Used by the lab, the demo and small installs. Every `*.yaml`, `*.yml` and
+`*.json` file directly in the directory is read (names starting with `.` are
+skipped, so writers can rename temporary files into place). Changes reach the
+store within a second: inotify wakes the loop, and a slow poll backs it up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ManifestError, SlipstreamError
+from ..manifest import load_file
+from ..state import StateUpdater
+from .inotify import DirectoryWatch
+from .manifest_set import Change, ManifestSet
+
+log = logging.getLogger("agent.source.file")
+
+SUFFIXES = (".yaml", ".yml", ".json")
+POLL_INTERVAL = 2.0
+"""Safety net in case an inotify event is lost; inotify itself reacts at once."""
+SETTLE = 0.02
+"""Let a burst of writes (an editor's save, a `lab apply`) land before rescanning."""
+
+
+@dataclass(frozen=True)
+class _Stamp:
+    mtime_ns: int
+    size: int
+    ino: int
+
+
+class FileSource:
+    def __init__(self, directory: str, updater: StateUpdater) -> None:
+        self.directory = directory
+        self._updater = updater
+        self._set = ManifestSet()
+        self._stamps: dict[str, _Stamp] = {}
+
+    def status(self) -> dict[str, Any]:
+        """For /config_dump: what is loaded and what was rejected."""
+        return {
+            "type": "file",
+            "directory": self.directory,
+            "files": len(self._set.files),
+            "errors": [str(e) for e in self._set.errors()],
+        }
+
+    def scan(self) -> Change:
+        """Re-read every file whose stamp changed; forget files that are gone."""
+        try:
+            names = sorted(os.listdir(self.directory))
+        except OSError as exc:
+            raise SlipstreamError(
+                f"cannot read manifest directory {self.directory}: {exc.strerror}"
+            ) from exc
+        change = Change()
+        present = set()
+        for name in names:
+            if name.startswith(".") or not name.endswith(SUFFIXES):
+                continue
+            path = os.path.join(self.directory, name)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            present.add(path)
+            stamp = _Stamp(st.st_mtime_ns, st.st_size, st.st_ino)
+            if self._stamps.get(path) == stamp:
+                continue
+            self._stamps[path] = stamp
+            try:
+                docs: Any = load_file(path)
+            except ManifestError as exc:
+                docs = exc
+            part = self._set.update_file(path, docs)
+            for err in self._set.files[path].errors:
+                log.warning(
+                    "manifest rejected, last good version kept",
+                    extra={"file": err.source, "line": err.line, "error": str(err)},
+                )
+            change.upserts += part.upserts
+            change.deletes += part.deletes
+        for path in set(self._stamps) - present:
+            del self._stamps[path]
+            part = self._set.remove_file(path)
+            change.upserts += part.upserts
+            change.deletes += part.deletes
+        return change
+
+    def _apply(self, change: Change) -> None:
+        if change:
+            snap = self._updater.apply(change.upserts, change.deletes)
+            log.info(
+                "store updated",
+                extra={
+                    "version": snap.version,
+                    "upserts": len(change.upserts),
+                    "deletes": len(change.deletes),
+                },
+            )
+
+    async def run(self, drain: asyncio.Event) -> None:
+        if not os.path.isdir(self.directory):
+            raise SlipstreamError(f"manifest directory {self.directory} does not exist")
+        watch = DirectoryWatch(self.directory)
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        loop.add_reader(watch.fd, wake.set)
+        try:
+            self._apply(self.scan())
+            self._updater.mark_synced()
+            log.info(
+                "initial sync done", extra={"directory": self.directory, "files": len(self._stamps)}
+            )
+            while not drain.is_set():
+                waiter = asyncio.ensure_future(wake.wait())
+                stopper = asyncio.ensure_future(drain.wait())
+                await asyncio.wait(
+                    {waiter, stopper}, timeout=POLL_INTERVAL, return_when=asyncio.FIRST_COMPLETED
+                )
+                waiter.cancel()
+                stopper.cancel()
+                if drain.is_set():
+                    break
+                if wake.is_set():
+                    await asyncio.sleep(SETTLE)
+                    wake.clear()
+                    watch.drain()
+                try:
+                    self._apply(self.scan())
+                except SlipstreamError as exc:
+                    log.error(
+                        "manifest directory unreadable, last state kept", extra={"error": str(exc)}
+                    )
+        finally:
+            loop.remove_reader(watch.fd)
+            watch.close()

@@ -1,0 +1,114 @@
+"""What a directory of manifests currently says, file by file (sans-IO).
+
+The file source feeds it parse results; it answers with the upserts and
+deletions to hand to the state updater. A broken file or object keeps the last
+good version of what it defined, so one typo never empties the mesh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..errors import FieldError, ManifestError
+from ..manifest import Document
+from ..state.objects import ObjectKey, Resource, parse_object
+
+
+@dataclass
+class FileView:
+    objects: dict[ObjectKey, Resource] = field(default_factory=dict)
+    errors: list[ManifestError] = field(default_factory=list)
+
+
+@dataclass
+class Change:
+    upserts: list[Resource] = field(default_factory=list)
+    deletes: list[ObjectKey] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.upserts or self.deletes)
+
+
+def _key_of(doc: Document) -> ObjectKey | None:
+    """Identity of a document that may not validate, to keep its last good version."""
+    b = doc.body
+    if not isinstance(b, dict) or not isinstance(b.get("kind"), str):
+        return None
+    meta = b.get("metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        return None
+    ns = meta.get("namespace", "default")
+    return ObjectKey.parse(b["kind"], meta["name"], ns if isinstance(ns, str) else "default")
+
+
+class ManifestSet:
+    def __init__(self) -> None:
+        self.files: dict[str, FileView] = {}
+        # Which files define a key, oldest first; the newest definition wins.
+        self._owners: dict[ObjectKey, list[str]] = {}
+
+    def errors(self) -> list[ManifestError]:
+        return [e for view in self.files.values() for e in view.errors]
+
+    def update_file(self, path: str, docs: list[Document] | ManifestError) -> Change:
+        """A file was (re)read. `docs` is its documents, or why it could not be parsed."""
+        old = self.files.get(path, FileView())
+        if isinstance(docs, ManifestError):
+            # Nothing in the file can be trusted: keep everything it defined before.
+            self.files[path] = FileView(dict(old.objects), [docs])
+            return Change()
+        view = FileView()
+        for doc in docs:
+            try:
+                obj = parse_object(doc.body)
+            except FieldError as exc:
+                view.errors.append(doc.error(exc))
+                key = _key_of(doc)
+                if key is not None and key in old.objects:
+                    view.objects[key] = old.objects[key]
+                continue
+            if obj.key in view.objects:
+                view.errors.append(
+                    ManifestError(
+                        path,
+                        f"{obj.key} is defined twice; the later one is used",
+                        line=doc.line,
+                        document=doc.index,
+                    )
+                )
+            view.objects[obj.key] = obj
+        self.files[path] = view
+        return self._diff(path, old.objects, view.objects)
+
+    def remove_file(self, path: str) -> Change:
+        old = self.files.pop(path, None)
+        if old is None:
+            return Change()
+        return self._diff(path, old.objects, {})
+
+    def _diff(
+        self, path: str, before: dict[ObjectKey, Resource], after: dict[ObjectKey, Resource]
+    ) -> Change:
+        change = Change()
+        for key in before.keys() - after.keys():
+            owners = self._owners.get(key, [])
+            if path in owners:
+                owners.remove(path)
+            if owners:
+                change.upserts.append(self.files[owners[-1]].objects[key])
+            else:
+                self._owners.pop(key, None)
+                change.deletes.append(key)
+        for key, obj in after.items():
+            owners = self._owners.setdefault(key, [])
+            if path in owners:
+                owners.remove(path)
+            owners.append(path)
+            if before.get(key) != obj:
+                change.upserts.append(obj)
+        return change
+
+    def all_objects(self) -> Iterable[Resource]:
+        for key, owners in self._owners.items():
+            yield self.files[owners[-1]].objects[key]
