@@ -1,0 +1,1 @@
+"""The lab: a Kubernetes-like cluster in network namespaces on one Linux machine."""

@@ -1,0 +1,777 @@
+"""A whole cluster in network namespaces on one machine, from Kubernetes manifests.
+
+`Lab` is the API behind `slipstream lab ...` and the lab tests. It keeps its
+state on disk (/run/slipstream/lab/<name>/state.json) and every command takes
+the lab's lock, so commands from different processes see one consistent lab.
+Nothing runs on behalf of the lab between commands except what it started:
+per-pod supervisors and the mesh processes (agents), all inside lab namespaces.
+
+Order of work in every mutating command: validate everything first (errors
+name file, line, object and field), then build; if building fails, undo what
+this command built and leave the lab as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import netns
+from ..errors import FieldError, LabError, ManifestError, SlipstreamError
+from ..manifest import Document
+from ..state.objects import (
+    Container,
+    ObjectKey,
+    Pod,
+    Resource,
+    Service,
+    canonical_kind,
+    parse_object,
+)
+from . import model, net
+from .model import LabSpec, LabState, NodeRecord, PodRecord, ProcessRecord
+
+log = logging.getLogger("agent.lab")
+
+DEFAULT_ROOT = os.environ.get("SLIPSTREAM_LAB_ROOT", "/run/slipstream/lab")
+IMPLICIT_NAMESPACES = ("default", "kube-system", "slipstream-system")
+READY_TIMEOUT = 30.0
+POD_START_TIMEOUT = 10.0
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Children this process started; polled so they never linger as zombies in a
+# long-lived caller (the test runner). A CLI caller exits and init adopts them.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _reap() -> None:
+    for pid, proc in list(_CHILDREN.items()):
+        if proc.poll() is not None:
+            del _CHILDREN[pid]
+
+
+def pod_path() -> str:
+    """PATH inside pods: this interpreter's directory first, so `python3` and
+    `slipstream` in a manifest mean the installed Slipstream."""
+    return f"{os.path.dirname(sys.executable)}:{SYSTEM_PATH}"
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class Checked:
+    """A validated document, ready to apply."""
+
+    doc: Document
+    obj: Resource
+
+
+class Lab:
+    def __init__(self, name: str, root: str = DEFAULT_ROOT) -> None:
+        try:
+            self.name = model.check_lab_name(name)
+        except FieldError as exc:
+            raise LabError(str(exc)) from exc
+        self.root = root
+        self.dir = os.path.join(root, name)
+        self.objects_dir = os.path.join(self.dir, "objects")
+        self.logs_dir = os.path.join(self.dir, "logs")
+        self.pods_dir = os.path.join(self.dir, "pods")
+        self.state_path = os.path.join(self.dir, "state.json")
+        self.lock_path = os.path.join(root, f".{name}.lock")
+
+    # ------------------------------------------------------------ discovery
+
+    @staticmethod
+    def names(root: str = DEFAULT_ROOT) -> list[str]:
+        try:
+            return sorted(
+                n for n in os.listdir(root) if os.path.exists(os.path.join(root, n, "state.json"))
+            )
+        except FileNotFoundError:
+            return []
+
+    def exists(self) -> bool:
+        return os.path.exists(self.state_path)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        os.makedirs(self.root, exist_ok=True)
+        with open(self.lock_path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def load(self) -> LabState:
+        try:
+            with open(self.state_path) as f:
+                return LabState.from_json(f.read())
+        except FileNotFoundError:
+            raise LabError(
+                f"no lab named {self.name!r} is up (see `slipstream lab status`)"
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LabError(
+                f"lab state {self.state_path} is damaged ({exc}); run `slipstream lab down`"
+            ) from exc
+
+    def _save(self, state: LabState) -> None:
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(state.to_json())
+        os.replace(tmp, self.state_path)
+
+    # ------------------------------------------------------------ up / down
+
+    def up(self, documents: Sequence[Document]) -> LabState:
+        try:
+            return self._up(documents)
+        except BaseException:
+            if not self.exists():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.lock_path)
+            raise
+
+    def _up(self, documents: Sequence[Document]) -> LabState:
+        with self._locked():
+            if self.exists():
+                raise LabError(
+                    f"lab {self.name!r} is already up; use `lab apply` to change it or `lab down`"
+                )
+            spec = self._lab_spec(documents)
+            stale = net.list_netns(model.lab_prefix(self.name))
+            if stale:
+                log.warning(
+                    "removing leftovers of an earlier lab with this name",
+                    extra={"netns": len(stale)},
+                )
+                self._teardown()
+            state = LabState(self.name, spec, time.time())
+            for i, name in enumerate(spec.nodes, start=1):
+                state.nodes[name] = NodeRecord(
+                    name, i, model.node_netns(self.name, name), model.node_ip(i), model.pod_cidr(i)
+                )
+            implicit = [self._implicit_namespace(ns) for ns in IMPLICIT_NAMESPACES]
+            checked = self._check(state, [d for d in documents if _kind(d) != "Lab"])
+            try:
+                for d in (self.objects_dir, self.logs_dir, self.pods_dir):
+                    os.makedirs(d, exist_ok=True)
+                net.build_bridge(self.name)
+                for node in state.nodes.values():
+                    net.build_node(self.name, node, state.nodes.values())
+                self._apply_checked(state, implicit + checked)
+                self._save(state)
+                if spec.mesh:
+                    for node in state.nodes.values():
+                        self._start_agent(state, node)
+                    self._save(state)
+                    for node in state.nodes.values():
+                        self._wait_agent_ready(state, node)
+            except BaseException:
+                self._teardown()
+                raise
+            log.info(
+                "lab up",
+                extra={"lab": self.name, "nodes": len(state.nodes), "pods": len(state.pods)},
+            )
+            return state
+
+    def down(self) -> bool:
+        """Remove everything the lab made. True if there was anything to remove."""
+        with self._locked():
+            found = self.exists() or bool(net.list_netns(model.lab_prefix(self.name)))
+            self._teardown()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.lock_path)
+        return found
+
+    def _teardown(self) -> None:
+        names = net.list_netns(model.lab_prefix(self.name))
+        net.kill_in(names)
+        _reap()
+        errors = []
+        for name in names:
+            try:
+                net.delete_netns(name)
+            except SlipstreamError as exc:
+                errors.append(str(exc))
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if errors:
+            raise LabError("could not remove every namespace:\n" + "\n".join(errors))
+
+    # ------------------------------------------------------------ apply / delete
+
+    def apply(self, documents: Sequence[Document]) -> list[str]:
+        """Create or change objects on a running lab. Returns kubectl-style lines."""
+        with self._locked():
+            state = self.load()
+            for doc in documents:
+                if _kind(doc) == "Lab":
+                    try:
+                        spec = model.parse_lab_spec(doc.body)
+                    except FieldError as exc:
+                        raise LabError(str(doc.error(exc))) from exc
+                    if spec.nodes != state.spec.nodes or spec.mesh != state.spec.mesh:
+                        reason = "a running lab's nodes and mesh cannot change; down and up again"
+                        raise LabError(str(doc.error(FieldError("spec", reason))))
+            checked = self._check(state, [d for d in documents if _kind(d) != "Lab"])
+            work = LabState.from_json(state.to_json())
+            before = set(work.pods)
+            try:
+                results = self._apply_checked(work, checked)
+            except BaseException:
+                for key in set(work.pods) - before:
+                    self._remove_pod(work, key)
+                raise
+            self._save(work)
+            return results
+
+    def delete(self, kind: str, name: str, namespace: str = "default") -> list[str]:
+        with self._locked():
+            state = self.load()
+            key = ObjectKey.parse(kind, name, namespace)
+            if str(key) not in state.manifests:
+                raise LabError(f"{key} not found in lab {self.name!r}")
+            if key.kind == "Namespace" and key.name in IMPLICIT_NAMESPACES:
+                raise LabError(f"namespace {key.name!r} is built in and cannot be deleted")
+            doomed = [key]
+            if key.kind == "Namespace":
+                doomed = [k for k in state.object_keys() if k.namespace == key.name] + [key]
+            for k in doomed:
+                if k.kind == "Pod":
+                    self._remove_pod(state, f"{k.namespace}/{k.name}")
+                state.manifests.pop(str(k), None)
+                state.live.pop(str(k), None)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._object_file(k))
+            self._write_all_hosts(state)
+            self._save(state)
+            return [f"{k.kind.lower()}/{k.name} deleted" for k in doomed]
+
+    # ------------------------------------------------------------ validation
+
+    def _lab_spec(self, documents: Sequence[Document]) -> LabSpec:
+        labs = [d for d in documents if _kind(d) == "Lab"]
+        if not labs:
+            raise LabError(
+                "no Lab object in the manifests: add one with apiVersion "
+                f"{model.MESH_API}, kind Lab and spec.nodes"
+            )
+        if len(labs) > 1:
+            raise LabError(f"{labs[1].source}:{labs[1].line}: more than one Lab object")
+        try:
+            spec = model.parse_lab_spec(labs[0].body)
+        except FieldError as exc:
+            raise LabError(str(labs[0].error(exc))) from exc
+        return spec
+
+    def _implicit_namespace(self, name: str) -> Checked:
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        return Checked(Document("<lab>", 0, 0, body), parse_object(body))
+
+    def _check(self, state: LabState, documents: Sequence[Document]) -> list[Checked]:
+        """Validate every document against the lab; raise one error listing all problems."""
+        errors: list[ManifestError] = []
+        checked: list[Checked] = []
+        for doc in documents:
+            try:
+                checked.append(Checked(doc, parse_object(doc.body)))
+            except FieldError as exc:
+                errors.append(doc.error(exc))
+        namespaces = {k.name for k in state.object_keys("Namespace")} | set(IMPLICIT_NAMESPACES)
+        namespaces |= {c.obj.meta.name for c in checked if c.obj.kind == "Namespace"}
+        claimed_ips: dict[str, str] = {}
+        for key in state.object_keys("Service"):
+            ip = state.live.get(str(key), {}).get("clusterIP")
+            if ip:
+                claimed_ips[ip] = f"{key.namespace}/{key.name}"
+        seen: set[ObjectKey] = set()
+        for c in checked:
+            try:
+                if c.obj.key in seen:
+                    raise FieldError("metadata.name", f"{c.obj.key} appears twice in the manifests")
+                seen.add(c.obj.key)
+                if c.obj.meta.namespace and c.obj.meta.namespace not in namespaces:
+                    raise FieldError(
+                        "metadata.namespace",
+                        f"namespace {c.obj.meta.namespace!r} does not exist "
+                        "(add a Namespace document)",
+                    )
+                if isinstance(c.obj, Pod):
+                    self._check_pod(state, c.obj)
+                elif isinstance(c.obj, Service):
+                    self._check_service(state, c.obj, claimed_ips)
+            except FieldError as exc:
+                errors.append(c.doc.error(exc))
+        if errors:
+            errors.sort(key=lambda e: (e.source, e.document or 0, e.line or 0))
+            lines = "\n".join(f"  {e}" for e in errors)
+            raise LabError(
+                f"{len(errors)} problem(s) in the manifests; nothing was changed:\n{lines}"
+            )
+        return checked
+
+    def _check_pod(self, state: LabState, pod: Pod) -> None:
+        if pod.node_name and pod.node_name not in state.nodes:
+            raise FieldError(
+                "spec.nodeName",
+                f"no node {pod.node_name!r} in this lab (nodes: {', '.join(state.spec.nodes)})",
+            )
+        old = state.manifests.get(str(pod.key))
+        if old is not None:
+            new_spec = dict(pod.raw.get("spec", {}))
+            old_spec = dict(old.get("spec", {}))
+            live_node = state.live.get(str(pod.key), {}).get("nodeName")
+            if "nodeName" not in new_spec and old_spec.get("nodeName") in (None, live_node):
+                old_spec.pop("nodeName", None)
+            if new_spec != old_spec:
+                changed = sorted(
+                    k for k in set(new_spec) | set(old_spec) if new_spec.get(k) != old_spec.get(k)
+                )
+                raise FieldError(
+                    f"spec.{changed[0]}",
+                    "a running Pod's spec cannot change, only its labels "
+                    "and annotations; delete the pod and apply it again",
+                )
+            return
+        path = pod_path()
+        for i, c in enumerate(pod.containers):
+            argv = list(c.command) + list(c.args)
+            where = (
+                f"spec.containers[{i}].command[0]" if c.command else f"spec.containers[{i}].args[0]"
+            )
+            if shutil.which(argv[0], path=path) is None:
+                raise FieldError(where, f"cannot start {argv[0]!r}: not found or not executable")
+
+    def _check_service(self, state: LabState, svc: Service, claimed: dict[str, str]) -> None:
+        ident = f"{svc.meta.namespace}/{svc.meta.name}"
+        current = state.live.get(str(svc.key), {}).get("clusterIP")
+        if current and svc.cluster_ip and svc.cluster_ip != current:
+            raise FieldError("spec.clusterIP", f"is immutable: the Service has {current}")
+        if svc.cluster_ip and svc.cluster_ip != "None":
+            owner = claimed.get(svc.cluster_ip)
+            if owner and owner != ident:
+                raise FieldError(
+                    "spec.clusterIP", f"{svc.cluster_ip} is already used by Service {owner}"
+                )
+            claimed[svc.cluster_ip] = ident
+
+    # ------------------------------------------------------------ building
+
+    def _apply_checked(self, state: LabState, checked: Sequence[Checked]) -> list[str]:
+        order = {"Namespace": 0, "ServiceAccount": 1, "Service": 2, "Pod": 3}
+        results: list[str] = []
+        started: list[PodRecord] = []
+        changed: list[ObjectKey] = []
+        for c in sorted(checked, key=lambda c: order.get(c.obj.kind, 4)):
+            key = c.obj.key
+            existing = str(key) in state.manifests
+            if not existing or state.manifests[str(key)] != c.obj.raw:
+                changed.append(key)
+            live = state.live.setdefault(str(key), {"creationTimestamp": _now_iso()})
+            if isinstance(c.obj, Pod) and not existing:
+                started.append(self._start_pod(state, c.obj))
+                rec = state.pods[f"{key.namespace}/{key.name}"]
+                live.update(
+                    nodeName=rec.node,
+                    podIP=rec.ip,
+                    hostIP=state.nodes[rec.node].ip,
+                    phase="Running",
+                )
+            elif isinstance(c.obj, Service) and not live.get("clusterIP"):
+                ip = c.obj.cluster_ip or model.free_service_ip(state.used_service_ips())
+                if ip is None:
+                    raise LabError("the service range 10.96.0.0/16 is full")
+                live["clusterIP"] = ip
+            state.manifests[str(key)] = dict(c.obj.raw)
+            verb = "unchanged" if key not in changed else ("configured" if existing else "created")
+            results.append(f"{key.kind.lower()}/{key.name} {verb}")
+        for rec in started:
+            self._wait_pod_started(rec)
+        for key in changed:
+            self._write_object(state, key)
+        self._write_all_hosts(state)
+        return results
+
+    def _write_hosts(self, state: LabState, rec: PodRecord) -> None:
+        # In place, never by rename: running pods see this file through a bind mount.
+        with open(os.path.join(rec.dir, "hosts"), "a+") as f:
+            f.seek(0)
+            content = model.hosts_file(state, rec)
+            if f.read() != content:
+                f.seek(0)
+                f.truncate()
+                f.write(content)
+
+    def _write_all_hosts(self, state: LabState) -> None:
+        for rec in state.pods.values():
+            if os.path.isdir(rec.dir):
+                self._write_hosts(state, rec)
+
+    def _start_pod(self, state: LabState, pod: Pod) -> PodRecord:
+        node = state.nodes[pod.node_name] if pod.node_name else state.choose_node()
+        host = model.free_pod_host(state.used_pod_ips(), node.index)
+        if host is None:
+            raise LabError(f"node {node.name} has no free pod address left")
+        ns, name = pod.meta.namespace, pod.meta.name
+        rec = PodRecord(
+            ns,
+            name,
+            node.name,
+            model.pod_ip(node.index, host),
+            model.pod_netns(self.name, ns, name),
+            model.host_veth(ns, name),
+            os.path.join(self.pods_dir, f"{ns}_{name}"),
+            time.time(),
+        )
+        state.pods[f"{ns}/{name}"] = rec
+        net.build_pod(node, rec)
+        os.makedirs(rec.dir, exist_ok=True)
+        fields = {
+            "metadata.name": name,
+            "metadata.namespace": ns,
+            "spec.nodeName": node.name,
+            "spec.serviceAccountName": pod.service_account,
+            "status.podIP": rec.ip,
+            "status.hostIP": node.ip,
+        }
+        self._write_hosts(state, rec)
+        spec = {
+            "pod": f"{ns}/{name}",
+            "hostname": name,
+            "hosts": os.path.join(rec.dir, "hosts"),
+            "restartPolicy": pod.restart_policy,
+            "containers": [self._container_spec(rec, c, fields) for c in pod.containers],
+        }
+        with open(os.path.join(rec.dir, "spec.json"), "w") as f:
+            json.dump(spec, f, indent=1)
+        self._spawn(
+            [sys.executable, "-m", "agent.lab.supervisor", rec.dir],
+            rec.netns,
+            os.path.join(rec.dir, "supervisor.log"),
+        )
+        return rec
+
+    def _container_spec(
+        self, rec: PodRecord, c: Container, fields: dict[str, str]
+    ) -> dict[str, Any]:
+        env = {
+            "PATH": pod_path(),
+            "HOSTNAME": rec.name,
+            "HOME": "/root",
+            "LANG": "C.UTF-8",
+            "PYTHONUNBUFFERED": "1",
+        }
+        for e in c.env:
+            env[e.name] = fields[e.field_ref] if e.field_ref else (e.value or "")
+        return {
+            "name": c.name,
+            "argv": [*c.command, *c.args],
+            "env": env,
+            "log": os.path.join(rec.dir, f"{c.name}.log"),
+        }
+
+    def _wait_pod_started(self, rec: PodRecord) -> None:
+        status_path = os.path.join(rec.dir, "status.json")
+        deadline = time.monotonic() + POD_START_TIMEOUT
+        while time.monotonic() < deadline:
+            status = _read_json(status_path)
+            if status is not None:
+                if status.get("error"):
+                    raise LabError(f"Pod {rec.namespace}/{rec.name}: {status['error']}")
+                return
+            time.sleep(0.02)
+        raise LabError(
+            f"Pod {rec.namespace}/{rec.name}: its containers did not start within "
+            f"{POD_START_TIMEOUT:.0f}s; the pod supervisor said:\n"
+            f"{_tail(os.path.join(rec.dir, 'supervisor.log'))}"
+        )
+
+    def _remove_pod(self, state: LabState, key: str) -> None:
+        rec = state.pods.pop(key, None)
+        if rec is None:
+            return
+        net.kill_in([rec.netns])
+        _reap()
+        net.delete_netns(rec.netns)
+        # The node end of the veth goes with its peer; the host route with it.
+        shutil.rmtree(rec.dir, ignore_errors=True)
+
+    def _object_file(self, key: ObjectKey) -> str:
+        return os.path.join(
+            self.objects_dir, f"{key.kind.lower()}_{key.namespace or '-'}_{key.name}.yaml"
+        )
+
+    def _write_object(self, state: LabState, key: ObjectKey) -> None:
+        body = state.object(key)
+        if body is None:
+            return
+        path = self._object_file(key)
+        tmp = os.path.join(self.objects_dir, "." + os.path.basename(path) + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(body, f, indent=1)
+        os.replace(tmp, path)
+
+    def _spawn(self, argv: list[str], netns_name: str, log_path: str) -> subprocess.Popen[bytes]:
+        with open(log_path, "ab") as logf:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                preexec_fn=netns.preexec(netns_name),
+                start_new_session=True,
+                cwd="/",
+            )
+        _CHILDREN[proc.pid] = proc
+        return proc
+
+    # ------------------------------------------------------------ mesh processes
+
+    def agent_argv(self, node: NodeRecord) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "agent",
+            "agent",
+            "--node",
+            node.name,
+            "--source",
+            f"file:{self.objects_dir}",
+            "--log-format",
+            "json",
+        ]
+
+    def _start_agent(self, state: LabState, node: NodeRecord) -> ProcessRecord:
+        argv = self.agent_argv(node)
+        log_path = os.path.join(self.logs_dir, f"agent-{node.name}.log")
+        proc = self._spawn(argv, node.netns, log_path)
+        rec = ProcessRecord(
+            "agent",
+            node.name,
+            node.netns,
+            proc.pid,
+            net.proc_starttime(proc.pid) or 0,
+            argv,
+            log_path,
+        )
+        state.processes[f"agent/{node.name}"] = rec
+        return rec
+
+    def _wait_agent_ready(self, state: LabState, node: NodeRecord) -> None:
+        rec = state.processes[f"agent/{node.name}"]
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if not net.alive(rec.pid, rec.starttime):
+                raise LabError(
+                    f"the agent on node {node.name} exited during start:\n{_tail(rec.log)}"
+                )
+            try:
+                if (
+                    self.node_http(node.name, "http://127.0.0.1:15021/healthz/ready", timeout=1.0)[
+                        0
+                    ]
+                    == 200
+                ):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise LabError(
+            f"the agent on node {node.name} was not ready within {READY_TIMEOUT:.0f}s:\n"
+            + _tail(rec.log)
+        )
+
+    def start_agent(self, node_name: str, wait: bool = True) -> None:
+        with self._locked():
+            state = self.load()
+            node = self._node(state, node_name)
+            old = state.processes.get(f"agent/{node_name}")
+            if old and net.alive(old.pid, old.starttime):
+                raise LabError(f"the agent on node {node_name} is already running (pid {old.pid})")
+            self._start_agent(state, node)
+            self._save(state)
+            if wait:
+                self._wait_agent_ready(state, node)
+
+    def stop_agent(self, node_name: str, *, kill: bool = False, timeout: float = 10.0) -> None:
+        """Stop a node's agent: SIGTERM (a clean drain) or SIGKILL (a crash)."""
+        with self._locked():
+            state = self.load()
+            self._node(state, node_name)
+            rec = state.processes.get(f"agent/{node_name}")
+            if rec is None or not net.alive(rec.pid, rec.starttime):
+                raise LabError(f"no agent is running on node {node_name}")
+            os.kill(rec.pid, 9 if kill else 15)
+            deadline = time.monotonic() + timeout
+            while net.alive(rec.pid, rec.starttime) and time.monotonic() < deadline:
+                _reap()
+                time.sleep(0.02)
+            _reap()
+            if net.alive(rec.pid, rec.starttime):
+                raise LabError(f"the agent on node {node_name} did not stop within {timeout:.0f}s")
+
+    def _node(self, state: LabState, name: str) -> NodeRecord:
+        if name not in state.nodes:
+            raise LabError(
+                f"no node {name!r} in lab {self.name!r} (nodes: {', '.join(state.nodes)})"
+            )
+        return state.nodes[name]
+
+    def node_http(self, node: str, url: str, timeout: float = 2.0) -> tuple[int, str]:
+        """GET a URL from inside a node's namespace (the agents' admin ports live there)."""
+
+        def _get() -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as resp:
+                    return resp.status, resp.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        return netns.call_in(model.node_netns(self.name, node), _get)
+
+    # ------------------------------------------------------------ reading
+
+    def pod(self, name: str, namespace: str = "default") -> PodRecord:
+        state = self.load()
+        rec = state.pods.get(f"{namespace}/{name}")
+        if rec is None:
+            raise LabError(f"no pod {namespace}/{name} in lab {self.name!r}")
+        return rec
+
+    def pod_status(self, rec: PodRecord) -> dict[str, Any]:
+        status = _read_json(os.path.join(rec.dir, "status.json"))
+        sup_alive = bool(status) and net.alive(int(status["supervisorPid"]))  # type: ignore[index]
+        return model.pod_phase(status, sup_alive)
+
+    def get(self, kind: str, namespace: str | None = "default") -> list[dict[str, Any]]:
+        """Objects of a kind with their live fields; pods also carry container states."""
+        state = self.load()
+        kind = canonical_kind(kind)
+        out = []
+        for key in state.object_keys(kind):
+            if namespace is not None and key.namespace and key.namespace != namespace:
+                continue
+            body = state.object(key)
+            assert body is not None
+            if key.kind == "Pod":
+                rec = state.pods[f"{key.namespace}/{key.name}"]
+                live = self.pod_status(rec)
+                body["status"]["phase"] = live["phase"]
+                body["status"]["containerStatuses"] = live["containers"]
+            out.append(body)
+        return out
+
+    def status(self) -> dict[str, Any]:
+        state = self.load()
+        return {
+            "name": self.name,
+            "dir": self.dir,
+            "objectsDir": self.objects_dir,
+            "bridge": {"netns": model.bridge_netns(self.name), "cidr": str(model.NODE_NET)},
+            "nodes": [
+                {"name": n.name, "netns": n.netns, "ip": n.ip, "podCIDR": n.pod_cidr}
+                for n in state.nodes.values()
+            ],
+            "pods": [
+                {
+                    "namespace": p.namespace,
+                    "name": p.name,
+                    "node": p.node,
+                    "ip": p.ip,
+                    "netns": p.netns,
+                    "phase": self.pod_status(p)["phase"],
+                }
+                for p in state.pods.values()
+            ],
+            "processes": [
+                {
+                    "kind": r.kind,
+                    "name": r.name,
+                    "netns": r.netns,
+                    "pid": r.pid,
+                    "alive": net.alive(r.pid, r.starttime),
+                    "log": r.log,
+                }
+                for r in state.processes.values()
+            ],
+        }
+
+    def exec_argv(
+        self,
+        argv: Sequence[str],
+        pod: str | None = None,
+        namespace: str = "default",
+        node: str | None = None,
+    ) -> list[str]:
+        """The command line that runs `argv` in a pod's (or node's) namespace."""
+        if node is not None:
+            return ["ip", "netns", "exec", self._node(self.load(), node).netns, *argv]
+        assert pod is not None
+        rec = self.pod(pod, namespace)
+        status = _read_json(os.path.join(rec.dir, "status.json")) or {}
+        sup = int(status.get("supervisorPid", 0))
+        if sup and net.alive(sup):
+            # Join the pod's network, mount (its /etc/hosts) and UTS namespaces.
+            return ["nsenter", "-t", str(sup), "-n", "-m", "-u", "--", *argv]
+        return ["ip", "netns", "exec", rec.netns, *argv]
+
+    def exec(
+        self, pod: str, argv: Sequence[str], namespace: str = "default", **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        kwargs.setdefault("timeout", 30)
+        return subprocess.run(self.exec_argv(argv, pod, namespace), check=False, **kwargs)
+
+    def log_paths(
+        self, pod: str, namespace: str = "default", container: str | None = None
+    ) -> list[str]:
+        rec = self.pod(pod, namespace)
+        spec = _read_json(os.path.join(rec.dir, "spec.json")) or {"containers": []}
+        paths = [c["log"] for c in spec["containers"] if container in (None, c["name"])]
+        if container and not paths:
+            raise LabError(f"pod {namespace}/{pod} has no container {container!r}")
+        return paths
+
+    def agent_log_path(self, node: str) -> str:
+        rec = self.load().processes.get(f"agent/{node}")
+        if rec is None:
+            raise LabError(f"no agent was started on node {node!r}")
+        return rec.log
+
+
+def _kind(doc: Document) -> str | None:
+    return doc.body.get("kind") if isinstance(doc.body, dict) else None
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return "(no log)"

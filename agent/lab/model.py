@@ -1,0 +1,349 @@
+"""The lab's bookkeeping, without I/O: names, addresses, placement, saved state.
+
+Addressing (all of it exists only inside the lab's namespaces):
+  node i (1-based)      172.30.0.i on the lab bridge
+  pods on node i        10.244.i.2 - 10.244.i.254, gateway 10.244.i.1 (the node)
+  Services              10.96.0.10 - 10.96.255.254
+
+Namespace names use `_` as separator, which no Kubernetes name may contain, so
+two labs can never produce the same name: `ss_<lab>_node_<node>`,
+`ss_<lab>_pod_<namespace>_<pod>`, `ss_<lab>_bridge`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import FieldError
+from ..state.objects import MESH_API, SERVICE_CIDR, ObjectKey
+
+LAB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,22}[a-z0-9])?$")
+NETNS_PREFIX = "ss_"
+NODE_NET = ipaddress.ip_network("172.30.0.0/24")
+POD_NET = ipaddress.ip_network("10.244.0.0/16")
+MAX_NODES = 200
+FIRST_SERVICE_IP = int(ipaddress.ip_address("10.96.0.10"))
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    """The `Lab` object of a manifest (apiVersion slipstream.dev/v1alpha1)."""
+
+    name: str
+    nodes: tuple[str, ...]
+    mesh: bool = True
+    """Start the mesh (agents) on the nodes; off for a bare cluster."""
+
+
+def parse_lab_spec(body: Mapping[str, Any]) -> LabSpec:
+    from ..state.objects import DNS_LABEL, parse_meta
+
+    if body.get("apiVersion") != MESH_API:
+        raise FieldError("apiVersion", f"a Lab must have apiVersion {MESH_API}")
+    meta = parse_meta(body, "Lab")
+    spec = body.get("spec")
+    if not isinstance(spec, dict):
+        raise FieldError("spec", "is required and must be a mapping")
+    nodes = spec.get("nodes")
+    if not isinstance(nodes, list) or not nodes:
+        raise FieldError("spec.nodes", "must be a non-empty list of node names")
+    if len(nodes) > MAX_NODES:
+        raise FieldError("spec.nodes", f"at most {MAX_NODES} nodes")
+    for i, n in enumerate(nodes):
+        if not isinstance(n, str) or not DNS_LABEL.match(n):
+            raise FieldError(f"spec.nodes[{i}]", f"{n!r} is not a valid node name")
+        if nodes.index(n) != i:
+            raise FieldError(f"spec.nodes[{i}]", f"node {n!r} is listed twice")
+    mesh = spec.get("mesh", {})
+    if not isinstance(mesh, dict):
+        raise FieldError("spec.mesh", "must be a mapping")
+    enabled = mesh.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise FieldError("spec.mesh.enabled", "must be true or false")
+    return LabSpec(meta.name, tuple(nodes), enabled)
+
+
+def check_lab_name(name: str) -> str:
+    if not LAB_NAME.match(name):
+        raise FieldError(
+            "--name", f"{name!r} is not a lab name (lowercase letters, digits, '-', at most 24)"
+        )
+    return name
+
+
+# ------------------------------------------------------------------ names
+
+
+def _fit(name: str) -> str:
+    # /run/netns entries are file names; keep them well under NAME_MAX.
+    if len(name) <= 200:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return f"{name[:180]}_{digest}"
+
+
+def bridge_netns(lab: str) -> str:
+    return f"{NETNS_PREFIX}{lab}_bridge"
+
+
+def node_netns(lab: str, node: str) -> str:
+    return f"{NETNS_PREFIX}{lab}_node_{node}"
+
+
+def pod_netns(lab: str, namespace: str, pod: str) -> str:
+    return _fit(f"{NETNS_PREFIX}{lab}_pod_{namespace}_{pod}")
+
+
+def lab_prefix(lab: str) -> str:
+    return f"{NETNS_PREFIX}{lab}_"
+
+
+def host_veth(namespace: str, pod: str) -> str:
+    """The node-side end of a pod's veth: unique per node, at most 15 characters."""
+    return "vp" + hashlib.sha256(f"{namespace}/{pod}".encode()).hexdigest()[:11]
+
+
+# ------------------------------------------------------------------ addresses
+
+
+def node_ip(index: int) -> str:
+    return str(NODE_NET.network_address + index)
+
+
+def pod_cidr(index: int) -> str:
+    return f"10.244.{index}.0/24"
+
+
+def pod_gateway(index: int) -> str:
+    return f"10.244.{index}.1"
+
+
+def pod_ip(node_index: int, host: int) -> str:
+    return f"10.244.{node_index}.{host}"
+
+
+def free_pod_host(used: set[str], node_index: int) -> int | None:
+    for host in range(2, 255):
+        if pod_ip(node_index, host) not in used:
+            return host
+    return None
+
+
+def free_service_ip(used: set[str]) -> str | None:
+    last = int(SERVICE_CIDR.broadcast_address)
+    for n in range(FIRST_SERVICE_IP, last):
+        ip = str(ipaddress.IPv4Address(n))
+        if ip not in used:
+            return ip
+    return None
+
+
+# ------------------------------------------------------------------ saved state
+
+
+@dataclass
+class NodeRecord:
+    name: str
+    index: int
+    netns: str
+    ip: str
+    pod_cidr: str
+
+
+@dataclass
+class PodRecord:
+    namespace: str
+    name: str
+    node: str
+    ip: str
+    netns: str
+    veth: str
+    dir: str
+    """Where the pod's supervisor keeps its spec, status and container logs."""
+    created: float
+
+
+@dataclass
+class ProcessRecord:
+    """A mesh process the lab started (agent, CA, waypoint, gateway)."""
+
+    kind: str
+    name: str
+    netns: str
+    pid: int
+    starttime: int
+    """From /proc/<pid>/stat, so a recycled pid is never taken for ours."""
+    argv: list[str]
+    log: str
+
+
+@dataclass
+class LabState:
+    name: str
+    spec: LabSpec
+    created: float
+    nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    pods: dict[str, PodRecord] = field(default_factory=dict)
+    """Key "namespace/name"."""
+    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Every object as the user gave it, by `str(ObjectKey)`."""
+    live: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Fields the lab fills in (pod IP, node, cluster IP), by `str(ObjectKey)`."""
+    processes: dict[str, ProcessRecord] = field(default_factory=dict)
+    """Key "kind/name", e.g. "agent/node-a"."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> LabState:
+        d = json.loads(text)
+        spec = d["spec"]
+        return cls(
+            name=d["name"],
+            spec=LabSpec(spec["name"], tuple(spec["nodes"]), spec.get("mesh", True)),
+            created=d["created"],
+            nodes={k: NodeRecord(**v) for k, v in d["nodes"].items()},
+            pods={k: PodRecord(**v) for k, v in d["pods"].items()},
+            manifests=d["manifests"],
+            live=d["live"],
+            processes={k: ProcessRecord(**v) for k, v in d["processes"].items()},
+        )
+
+    def used_pod_ips(self) -> set[str]:
+        return {p.ip for p in self.pods.values()}
+
+    def used_service_ips(self) -> set[str]:
+        return {v["clusterIP"] for v in self.live.values() if v.get("clusterIP")}
+
+    def choose_node(self) -> NodeRecord:
+        """Spread: the node with the fewest pods, first in spec order on a tie."""
+        counts = {n: 0 for n in self.nodes}
+        for p in self.pods.values():
+            counts[p.node] = counts.get(p.node, 0) + 1
+        best = min(self.spec.nodes, key=lambda n: (counts.get(n, 0), self.spec.nodes.index(n)))
+        return self.nodes[best]
+
+    def object_keys(self, kind: str | None = None) -> list[ObjectKey]:
+        out = []
+        for body in self.manifests.values():
+            meta = body.get("metadata", {})
+            key = ObjectKey.parse(body["kind"], meta["name"], meta.get("namespace", "default"))
+            if kind is None or key.kind == kind:
+                out.append(key)
+        return sorted(out)
+
+    def object(self, key: ObjectKey) -> dict[str, Any] | None:
+        """The object as the mesh sees it: the manifest plus the lab's live fields."""
+        body = self.manifests.get(str(key))
+        if body is None:
+            return None
+        return with_live_fields(body, self.live.get(str(key), {}))
+
+
+def with_live_fields(body: Mapping[str, Any], live: Mapping[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(body))
+    meta = out.setdefault("metadata", {})
+    if out.get("kind") != "Namespace" and out.get("kind") not in ("Lab",):
+        meta.setdefault("namespace", "default")
+    if "creationTimestamp" in live:
+        meta["creationTimestamp"] = live["creationTimestamp"]
+    if out.get("kind") == "Pod":
+        spec = out.setdefault("spec", {})
+        if live.get("nodeName"):
+            spec["nodeName"] = live["nodeName"]
+        status = out.setdefault("status", {})
+        for k in ("phase", "podIP", "hostIP"):
+            if live.get(k):
+                status[k] = live[k]
+        if live.get("podIP"):
+            status["podIPs"] = [{"ip": live["podIP"]}]
+    elif out.get("kind") == "Service" and live.get("clusterIP"):
+        spec = out.setdefault("spec", {})
+        spec["clusterIP"] = live["clusterIP"]
+        spec["clusterIPs"] = [live["clusterIP"]]
+    return out
+
+
+def pod_phase(status: Mapping[str, Any] | None, supervisor_alive: bool) -> dict[str, Any]:
+    """A pod's phase and container summary from its supervisor's status file."""
+    if not status:
+        return {
+            "phase": "Pending",
+            "ready": 0,
+            "total": 0,
+            "restarts": 0,
+            "reason": "",
+            "containers": [],
+        }
+    containers = list(status.get("containers", []))
+    running = sum(1 for c in containers if c.get("state") == "running")
+    restarts = sum(int(c.get("restarts", 0)) for c in containers)
+    reason = status.get("error", "")
+    if reason:
+        phase = "Failed"
+    elif containers and all(c.get("state") == "terminated" for c in containers):
+        phase = "Succeeded" if all(c.get("exit_code") == 0 for c in containers) else "Failed"
+    elif not supervisor_alive:
+        phase, reason = "Failed", "the pod's supervisor is gone"
+    else:
+        phase = "Running"
+        waiting = [c.get("reason", "") for c in containers if c.get("state") == "waiting"]
+        reason = next((r for r in waiting if r), "")
+    return {
+        "phase": phase,
+        "ready": running,
+        "total": len(containers),
+        "restarts": restarts,
+        "reason": reason,
+        "containers": containers,
+    }
+
+
+def hosts_file(state: LabState, pod: PodRecord) -> str:
+    """/etc/hosts for one pod: the lab's stand-in for cluster DNS.
+
+    Services resolve as `<svc>.<ns>.svc.cluster.local`, `<svc>.<ns>.svc`,
+    `<svc>.<ns>` and, within the pod's own namespace, `<svc>`: to the cluster
+    IP, or to the ready pod IPs for a headless Service (clusterIP: None).
+    """
+    from ..state.objects import Service, parse_object, selects
+
+    lines = [
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        f"{pod.ip}\t{pod.name}",
+    ]
+    pods = [
+        (p, state.manifests.get(str(ObjectKey("Pod", p.namespace, p.name)), {}))
+        for p in state.pods.values()
+    ]
+    for key in state.object_keys("Service"):
+        body = state.object(key)
+        try:
+            svc = parse_object(body)
+        except FieldError:
+            continue
+        if not isinstance(svc, Service):
+            continue
+        ns, name = key.namespace, key.name
+        names = [f"{name}.{ns}.svc.cluster.local", f"{name}.{ns}.svc", f"{name}.{ns}"]
+        if ns == pod.namespace:
+            names.append(name)
+        if svc.cluster_ip == "None":
+            ips = [
+                p.ip
+                for p, m in pods
+                if p.namespace == ns
+                and selects(svc.selector, (m.get("metadata") or {}).get("labels") or {})
+            ]
+        else:
+            ips = [svc.cluster_ip] if svc.cluster_ip else []
+        lines += [f"{ip}\t{' '.join(names)}" for ip in sorted(ips)]
+    return "\n".join(lines) + "\n"
