@@ -1,0 +1,94 @@
+"""`slipstream demo`: bring up the demo lab, show what runs and how to look, tear down on Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .cli import cmd_status, read_manifests
+from .lab import Lab
+
+DEMO_MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "lab" / "demo.yaml"
+FOLLOW = [("shop", "frontend"), ("legacy", "old-client")]
+
+
+def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demo",
+        parents=parents,
+        help="run the demo lab until Ctrl-C",
+        description="Bring up a two-node lab from the shipped demo manifests, show what "
+        "runs and how to look at it, and tear it all down on Ctrl-C.",
+    )
+    p.add_argument(
+        "-f", "--filename", default=str(DEMO_MANIFEST), help="demo manifests (default: %(default)s)"
+    )
+    p.add_argument("--name", default="demo", help="lab name (default: %(default)s)")
+    p.add_argument(
+        "--duration", type=float, default=0, help="stop by itself after this many seconds"
+    )
+    p.set_defaults(func=cmd_demo)
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _stop)
+    lab = Lab(args.name)
+    if lab.down():
+        print(f"(removed a lab {lab.name!r} left from an earlier run)")
+    docs = read_manifests([args.filename])
+    print(f"Bringing up lab {lab.name!r} from {args.filename} ...")
+    lab.up(docs)
+    try:
+        print()
+        cmd_status(argparse.Namespace(name=lab.name, output="table"))
+        me = f"--name {lab.name}"
+        print(f"""
+Look around (in another terminal, as root):
+  slipstream lab get pods -A -o wide {me}     pods, their IPs and nodes
+  slipstream lab logs -n shop frontend {me}   the client's calls, as it sees them
+  slipstream lab logs -n shop backend {me}    the server's view: which client address it saw
+  slipstream lab exec -n shop frontend {me} -- ip addr
+  slipstream lab exec --node node-a {me} -- curl -s localhost:15000/config_dump
+                                                the agent's view of the cluster
+
+The clients' calls follow (Ctrl-C tears the lab down):
+""")
+        _follow(lab, args.duration)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("\nTearing down the demo lab ...")
+        lab.down()
+        print("Done: no namespace or process of the demo is left.")
+    return 0
+
+
+def _follow(lab: Lab, duration: float) -> None:
+    paths = {}
+    for ns, pod in FOLLOW:
+        for path in lab.log_paths(pod, ns):
+            paths[path] = f"{ns}/{pod}"
+    offsets = dict.fromkeys(paths, 0)
+    end = time.monotonic() + duration if duration else None
+    while end is None or time.monotonic() < end:
+        for path, who in paths.items():
+            if not os.path.exists(path):
+                continue
+            with open(path, "rb") as f:
+                f.seek(offsets[path])
+                data = f.read()
+            offsets[path] += len(data)
+            for line in data.decode(errors="replace").splitlines():
+                if not line.startswith("---"):
+                    print(f"[{who}] {line}")
+        sys.stdout.flush()
+        time.sleep(0.5)

@@ -1,0 +1,56 @@
+"""The demo as a user runs it: it shows calls across nodes; Ctrl-C leaves nothing behind."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from agent.lab import net
+from agent.lab.model import lab_prefix
+from tests.lab.labkit import new_lab_name
+
+
+def test_demo_runs_and_ctrl_c_tears_it_down():
+    name = new_lab_name()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "demo", "--name", name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True
+    )
+    reader.start()
+
+    def calls(who: str) -> list[str]:
+        return [
+            ln for ln in list(lines) if ln.startswith(f"[{who}]") and "200 from pod=backend" in ln
+        ]
+
+    try:
+        deadline = time.monotonic() + 30
+        while not (calls("shop/frontend") and calls("legacy/old-client")):
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "no successful call shown:\n" + "".join(lines)
+            time.sleep(0.2)
+        assert "saw-client=10.244.1." in calls("shop/frontend")[0], (
+            "backend sees the frontend's pod IP"
+        )
+        assert any(ln.startswith("agent") and "node-b" in ln for ln in lines), (
+            "status lists the agents"
+        )
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        reader.join(5)
+        assert "Done: no namespace or process of the demo is left.\n" in lines
+        assert net.list_netns(lab_prefix(name)) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
