@@ -212,6 +212,8 @@ def _rows(kind: str, objs: list[dict[str, Any]], *, wide: bool, all_ns: bool) ->
         head = ["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "AGE"] + (["SELECTOR"] if wide else [])
     elif kind == "Namespace":
         head = ["NAME", "STATUS", "AGE"] + (["LABELS"] if wide else [])
+    elif kind == "Endpoints":
+        head = ["NAME", "ENDPOINTS"]
     else:
         head = ["NAME", "AGE"]
     rows = [(["NAMESPACE"] if ns_col else []) + head]
@@ -253,6 +255,14 @@ def _rows(kind: str, objs: list[dict[str, Any]], *, wide: bool, all_ns: bool) ->
                 row.append(
                     ",".join(f"{k}={v}" for k, v in (m.get("labels") or {}).items()) or "<none>"
                 )
+        elif kind == "Endpoints":
+            eps = [
+                f"{a['ip']}:{p['port']}"
+                for s in o["subsets"]
+                for a in s["addresses"]
+                for p in s["ports"]
+            ]
+            row = [m["name"], ",".join(eps) or "<none>"]
         else:
             row = [m["name"], age]
         rows.append(([m.get("namespace", "")] if ns_col else []) + row)

@@ -31,6 +31,7 @@ from typing import Any
 from .. import netns
 from ..errors import FieldError, LabError, ManifestError, SlipstreamError
 from ..manifest import Document
+from ..state.dump import endpoints_objects
 from ..state.objects import (
     Container,
     ObjectKey,
@@ -40,6 +41,7 @@ from ..state.objects import (
     canonical_kind,
     parse_object,
 )
+from ..state.store import Snapshot
 from . import model, net
 from .model import LabSpec, LabState, NodeRecord, PodRecord, ProcessRecord
 
@@ -664,6 +666,12 @@ class Lab:
         """Objects of a kind with their live fields; pods also carry container states."""
         state = self.load()
         kind = canonical_kind(kind)
+        if kind == "Endpoints":
+            return [
+                e
+                for e in endpoints_objects(self._snapshot(state))
+                if namespace is None or e["metadata"]["namespace"] == namespace
+            ]
         out = []
         for key in state.object_keys(kind):
             if namespace is not None and key.namespace and key.namespace != namespace:
@@ -677,6 +685,18 @@ class Lab:
                 body["status"]["containerStatuses"] = live["containers"]
             out.append(body)
         return out
+
+    def _snapshot(self, state: LabState) -> Snapshot:
+        """The lab's objects as the agents' store sees them (same endpoint rules)."""
+        objects = {}
+        for key in state.object_keys():
+            body = state.object(key)
+            if key.kind == "Pod":
+                rec = state.pods[f"{key.namespace}/{key.name}"]
+                body["status"]["phase"] = self.pod_status(rec)["phase"]  # type: ignore[index]
+            obj = parse_object(body)
+            objects[obj.key] = obj
+        return Snapshot.build(0, objects)
 
     def status(self) -> dict[str, Any]:
         state = self.load()

@@ -44,6 +44,45 @@ def service_json(svc: Service, snap: Snapshot) -> dict[str, Any]:
     }
 
 
+def endpoints_objects(snap: Snapshot) -> list[dict[str, Any]]:
+    """Kubernetes `Endpoints` for every Service with a cluster IP, one subset per port."""
+    out = []
+    for svc in snap.services():
+        subsets = []
+        for sp in svc.ports:
+            binding = snap.find_service(svc.cluster_ip, sp.port)
+            if binding is None or not binding.endpoints:
+                continue
+            addresses = [
+                {
+                    "ip": e.ip,
+                    "nodeName": e.pod.node_name,
+                    "targetRef": {
+                        "kind": "Pod",
+                        "namespace": e.pod.meta.namespace,
+                        "name": e.pod.meta.name,
+                    },
+                }
+                for e in binding.endpoints
+            ]
+            port = binding.endpoints[0].port
+            subsets.append(
+                {
+                    "addresses": addresses,
+                    "ports": [{"name": sp.name, "port": port, "protocol": sp.protocol}],
+                }
+            )
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Endpoints",
+                "metadata": {"name": svc.meta.name, "namespace": svc.meta.namespace},
+                "subsets": subsets,
+            }
+        )
+    return out
+
+
 def snapshot_json(snap: Snapshot) -> dict[str, Any]:
     typed = {"Namespace", "Pod", "Service"}
     return {

@@ -273,6 +273,8 @@ def canonical_kind(kind: str) -> str:
         "deploy": "Deployment",
         "deployment": "Deployment",
         "deployments": "Deployment",
+        "ep": "Endpoints",
+        "endpoints": "Endpoints",
         "cm": "ConfigMap",
         "configmap": "ConfigMap",
         "configmaps": "ConfigMap",

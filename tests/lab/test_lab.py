@@ -150,14 +150,34 @@ def test_label_change_reaches_every_agent_within_a_second(make_lab):
     assert lab.get("pod", "team")[2]["status"]["containerStatuses"][0]["restarts"] == 0
 
 
+SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: team}
+spec:
+  selector: {node: n2}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+"""
+
+
 def test_agents_load_the_cluster_state(make_lab):
-    lab = make_lab(cluster())
+    lab = make_lab(cluster() + "---\n" + SERVICE)
     dump = config_dump(lab, "n1")
     assert dump["node"] == "n1" and dump["ready"]
     pods = {p["name"]: p for p in dump["pods"]}
     assert set(pods) == {"n1-p1", "n1-p2", "n2-p1", "n2-p2"}
     assert pods["n2-p1"]["ip"] == ip_of(lab, "n2-p1") and pods["n2-p1"]["node"] == "n2"
     assert {ns["name"] for ns in dump["namespaces"]} >= {"default", "team", "slipstream-system"}
+    (svc,) = dump["services"]
+    assert svc["clusterIP"] == "10.96.0.10"
+    want = sorted(f"{ip_of(lab, p)}:8080" for p in ("n2-p1", "n2-p2"))
+    assert sorted(svc["ports"][0]["endpoints"]) == want
+    (ep,) = lab.get("endpoints", "team")
+    assert (
+        sorted(f"{a['ip']}:{s['ports'][0]['port']}" for s in ep["subsets"] for a in s["addresses"])
+        == want
+    )
 
 
 def test_two_labs_at_once_do_not_interfere(make_lab):
