@@ -1,0 +1,1 @@
+"""The datapath: eBPF capture programs, loaded once, attached inside each enrolled pod."""

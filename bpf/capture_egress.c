@@ -1,0 +1,54 @@
+/* capture_egress: tc egress (clsact, direct action) on a pod's eth0.
+ *
+ * Sends the pod's outbound TCP to the agent without NAT: the packet is marked
+ * with capture_mark, its destination MAC zeroed (lo only takes packets for
+ * itself) and redirected to the ingress of the pod's lo, where
+ * capture_lo_ingress hands it to the right agent socket.
+ *
+ * Captured: every SYN that opens a connection, and every other packet of a
+ * connection whose far end is an agent socket (the reverse tuple finds it).
+ * Not captured: packets with agent_mark (the agent's own sockets), non-TCP,
+ * and packets of connections opened before the pod was enrolled, which run
+ * to their end as they began.
+ *
+ * Maps: reads mesh_config; writes mesh_counters.
+ * Returns: TC_ACT_OK (leave the packet alone) or the bpf_redirect verdict.
+ */
+#include "mesh.h"
+
+int capture_egress(struct __sk_buff *skb)
+{
+	int zero = 0;
+	struct mesh_config *cfg = mesh_config.lookup(&zero);
+	struct mesh_counters *cnt;
+	struct mesh_packet pkt = {};
+	__u8 zero_mac[ETH_ALEN] = {};
+
+	if (!cfg || skb->mark == cfg->agent_mark)
+		return TC_ACT_OK;
+	if (mesh_parse(skb, &pkt) < 0)
+		return TC_ACT_OK;
+	if (!pkt.syn) {
+		struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &pkt.tuple, sizeof(pkt.tuple.ipv4),
+							 BPF_F_CURRENT_NETNS, 0);
+		int ours;
+
+		if (!sk)
+			return TC_ACT_OK;
+		/* A listener matches any address; only a connection's own socket is the agent's. */
+		ours = sk->state != BPF_TCP_LISTEN;
+		bpf_sk_release(sk);
+		if (!ours)
+			return TC_ACT_OK;
+	}
+	cnt = mesh_counters.lookup(&zero);
+	if (cnt) {
+		__sync_fetch_and_add(&cnt->outbound_packets, 1);
+		if (pkt.syn)
+			__sync_fetch_and_add(&cnt->outbound_new, 1);
+	}
+	skb->mark = cfg->capture_mark;
+	if (bpf_skb_store_bytes(skb, 0, zero_mac, ETH_ALEN, 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(cfg->lo_ifindex, BPF_F_INGRESS);
+}
