@@ -52,6 +52,29 @@ def _register_agent(
         metavar="ADDR",
         help="readiness endpoint, /healthz/ready (default %(default)s)",
     )
+    p.add_argument(
+        "--state-dir",
+        default="/run/slipstream/agent",
+        metavar="DIR",
+        help="where the agent remembers what it changed in pods (default %(default)s)",
+    )
+    p.add_argument(
+        "--netns-dir",
+        default="/run/netns",
+        metavar="DIR",
+        help="pods' network namespaces must live here (default %(default)s)",
+    )
+    p.add_argument(
+        "--capture",
+        choices=["ebpf", "iptables"],
+        default="ebpf",
+        help="ebpf (default), or iptables REDIRECT: outbound only, the baseline for benchmarks",
+    )
+    p.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="on exit, remove capture from every pod instead of leaving them to fail closed",
+    )
     p.set_defaults(func=_run_agent)
 
 
@@ -65,6 +88,10 @@ def _run_agent(args: argparse.Namespace) -> int:
             source=args.source,
             admin_addr=parse_addr(args.admin, "127.0.0.1"),
             ready_addr=parse_addr(args.ready, "0.0.0.0"),
+            state_dir=args.state_dir,
+            netns_dir=args.netns_dir,
+            capture=args.capture,
+            cleanup=args.cleanup,
         )
     )
     return 0

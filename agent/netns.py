@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -100,3 +101,62 @@ def pids_in(name_or_path: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+_home = threading.local()
+
+
+def _home_fd() -> int:
+    """The calling thread's own namespace, opened once per thread."""
+    fd = getattr(_home, "fd", None)
+    if fd is None:
+        fd = os.open(
+            f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY | os.O_CLOEXEC
+        )
+        _home.fd = fd
+    return fd
+
+
+class Netns:
+    """An open handle on a network namespace: keeps it alive and makes sockets in it.
+
+    `socket()` enters the namespace on the calling thread, creates the socket
+    and returns at once (two setns calls, microseconds), so the event loop can
+    open per-connection sockets in a pod without a thread hop. If returning
+    fails the process aborts: a thread must never go on in the wrong namespace.
+    """
+
+    def __init__(self, name_or_path: str) -> None:
+        self.path = path_of(name_or_path)
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise NetnsError(f"cannot open network namespace {self.path}: {exc.strerror}") from exc
+        self.inode = os.fstat(self.fd).st_ino
+
+    def socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM) -> socket.socket:
+        home = _home_fd()
+        if _libc.setns(self.fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise NetnsError(f"setns({self.path}) failed: {os.strerror(err)}")
+        try:
+            return socket.socket(family, type)
+        finally:
+            if _libc.setns(home, CLONE_NEWNET) != 0:
+                os.write(
+                    2, b"slipstream: cannot return to the agent's network namespace; aborting\n"
+                )
+                os.abort()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __repr__(self) -> str:
+        return f"Netns({self.path!r})"
+
+
+def own_inode() -> int:
+    """Inode of the calling thread's namespace (to refuse capturing the agent's own)."""
+    return os.fstat(_home_fd()).st_ino

@@ -133,6 +133,7 @@ class StateStore:
         self._waiters: list[asyncio.Future[None]] = []
         self.synced = False
         """True once every source has delivered its first full view."""
+        self.synced_version = 0
 
     def subscribe(self, listener: Listener) -> None:
         """Call `listener(old, new)` after every change, in the writer's context."""
@@ -183,3 +184,4 @@ class StateUpdater:
 
     def mark_synced(self) -> None:
         self._store.synced = True
+        self._store.synced_version = self._store.snapshot.version

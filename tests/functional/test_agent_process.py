@@ -49,6 +49,12 @@ def agent(tmp_path):
             f"127.0.0.1:{ready}",
             "--log-format",
             "json",
+            "--state-dir",
+            str(tmp_path / "state"),
+            # This file tests the control-plane side; capture has its own lab tests.
+            # iptables mode loads nothing until a pod enrolls, so no eBPF compile here.
+            "--capture",
+            "iptables",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

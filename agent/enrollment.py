@@ -1,0 +1,55 @@
+"""Which pods the mesh captures, and the state the agent reports for each (pure).
+
+A pod is enrolled when its namespace (or the pod itself) is labelled
+`slipstream.dev/dataplane-mode: ambient`, unless the pod says `none`.
+The lab uses the same rule to hold a pod's start until its agent has enrolled it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .state.objects import Namespace, Pod
+from .state.store import TERMINATED_PHASES
+
+LABEL_DATAPLANE = "slipstream.dev/dataplane-mode"
+ANNOTATION_NETNS = "slipstream.dev/netns"
+"""Set by the lab (the lab's stand-in for the CNI plugin): the pod's network namespace."""
+
+ENROLLED = "enrolled"
+PENDING = "pending"
+FAILED = "failed"
+NOT_ENROLLED = "not-enrolled"
+
+
+@dataclass(frozen=True)
+class Decision:
+    enroll: bool
+    reason: str
+
+
+def decide(pod: Pod, namespace: Namespace | None) -> Decision:
+    pod_mode = pod.meta.labels.get(LABEL_DATAPLANE)
+    if pod_mode == "none":
+        return Decision(False, f"pod opted out ({LABEL_DATAPLANE}: none)")
+    if pod.phase in TERMINATED_PHASES:
+        return Decision(False, f"pod is {pod.phase}")
+    if pod_mode == "ambient":
+        return Decision(True, f"pod labelled {LABEL_DATAPLANE}: ambient")
+    if namespace is not None and namespace.meta.labels.get(LABEL_DATAPLANE) == "ambient":
+        return Decision(True, f"namespace labelled {LABEL_DATAPLANE}: ambient")
+    return Decision(False, "namespace is not in the mesh")
+
+
+@dataclass
+class WorkloadStatus:
+    """What /config_dump says of one pod on this node."""
+
+    namespace: str
+    name: str
+    ip: str
+    state: str
+    reason: str
+    netns: str = ""
+    since: float = 0.0
+    connections: int = 0

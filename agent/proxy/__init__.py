@@ -1,0 +1,1 @@
+"""Proxying captured connections: the splice, the per-pod listeners and the access log."""
