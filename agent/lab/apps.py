@@ -40,7 +40,13 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--count", type=int, default=0, help="stop after this many calls (0: never)")
     p.add_argument("--timeout", type=float, default=2.0)
-    p.set_defaults(func=lambda a: client(a.url, a.interval, a.count, a.timeout))
+    p.add_argument(
+        "--start-after",
+        type=float,
+        default=0.0,
+        help="seconds to wait before the first call (lets servers start)",
+    )
+    p.set_defaults(func=lambda a: client(a.url, a.interval, a.count, a.timeout, a.start_after))
 
 
 def _say(line: str) -> None:
@@ -112,9 +118,10 @@ def tcp_echo(port: int) -> int:
     return 0
 
 
-def client(url: str, interval: float, count: int, timeout: float) -> int:
+def client(url: str, interval: float, count: int, timeout: float, start_after: float = 0.0) -> int:
     n = 0
     stop = threading.Event()
+    stop.wait(start_after)
     while not stop.is_set():
         n += 1
         start = time.monotonic()

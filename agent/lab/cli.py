@@ -86,6 +86,11 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.add_argument("action", choices=["start", "stop", "restart"])
     p.add_argument("node")
     p.add_argument("--kill", action="store_true", help="stop with SIGKILL (a crash), not SIGTERM")
+    p.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="start the agent with --cleanup: when it stops it removes capture from its pods",
+    )
     p.set_defaults(func=cmd_agent)
 
     p = add("down", "remove everything the lab made")
@@ -141,7 +146,7 @@ def _age(ts: str | None) -> str:
     return f"{max(secs, 0)}s"
 
 
-def _table(rows: list[list[str]]) -> str:
+def table(rows: list[list[str]]) -> str:
     if not rows:
         return ""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -197,7 +202,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     elif not objs:
         print(f"No {kind} objects found.", file=sys.stderr)
     else:
-        print(_table(_rows(kind, objs, wide=args.output == "wide", all_ns=args.all_namespaces)))
+        print(table(_rows(kind, objs, wide=args.output == "wide", all_ns=args.all_namespaces)))
     return 0
 
 
@@ -324,14 +329,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"lab {st['name']}  (state in {st['dir']})")
     print(
-        _table(
+        table(
             [["NODE", "IP", "POD CIDR", "NETNS"]]
             + [[n["name"], n["ip"], n["podCIDR"], n["netns"]] for n in st["nodes"]]
         )
     )
     print()
     print(
-        _table(
+        table(
             [["NAMESPACE", "POD", "PHASE", "IP", "NODE"]]
             + [[p["namespace"], p["name"], p["phase"], p["ip"], p["node"]] for p in st["pods"]]
         )
@@ -339,7 +344,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if st["processes"]:
         print()
         print(
-            _table(
+            table(
                 [["PROCESS", "NODE", "PID", "ALIVE", "LOG"]]
                 + [
                     [p["kind"], p["name"], str(p["pid"]), "yes" if p["alive"] else "no", p["log"]]
@@ -355,7 +360,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if args.action in ("stop", "restart"):
         lab.stop_agent(args.node, kill=args.kill)
     if args.action in ("start", "restart"):
-        lab.start_agent(args.node)
+        lab.start_agent(args.node, cleanup=args.cleanup)
     print(f"agent on {args.node}: {args.action} done")
     return 0
 

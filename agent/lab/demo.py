@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -10,8 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli import cmd_status, read_manifests
+from .cli import cmd_status, read_manifests, table
 from .lab import Lab
+from .mesh import workloads
 
 DEMO_MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "lab" / "demo.yaml"
 FOLLOW = [("shop", "frontend"), ("legacy", "old-client")]
@@ -50,6 +52,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         print()
         cmd_status(argparse.Namespace(name=lab.name, output="table"))
+        _print_enrollment(lab)
         me = f"--name {lab.name}"
         print(f"""
 Look around (in another terminal, as root):
@@ -58,9 +61,15 @@ Look around (in another terminal, as root):
   slipstream lab logs -n shop backend {me}    the server's view: which client address it saw
   slipstream lab exec -n shop frontend {me} -- ip addr
   slipstream lab exec --node node-a {me} -- curl -s localhost:15000/config_dump
-                                                the agent's view of the cluster
+                                                the agent's view: cluster, workloads, counters
+  slipstream lab exec -n shop frontend {me} -- tc filter show dev eth0 egress
+                                                the capture program inside an enrolled pod
+  slipstream lab logs --node node-b {me}      an agent's log, with its access log
 
-The clients' calls follow (Ctrl-C tears the lab down):
+The clients' calls follow, with each agent's access-log record of what it captured.
+shop/frontend is in the mesh: its calls are captured leaving node-a and arriving at node-b.
+legacy/old-client is not: only its arrival at the enrolled backend is captured.
+(Ctrl-C tears the lab down.)
 """)
         _follow(lab, args.duration)
     except KeyboardInterrupt:
@@ -72,11 +81,36 @@ The clients' calls follow (Ctrl-C tears the lab down):
     return 0
 
 
+def _print_enrollment(lab: Lab) -> None:
+    rows = [["NODE", "POD", "CAPTURE", "WHY"]]
+    for node in ("node-a", "node-b"):
+        for w in workloads(lab.load(), node).values():
+            rows.append([node, f"{w['namespace']}/{w['name']}", str(w["state"]), str(w["reason"])])
+    print()
+    print(table(rows))
+
+
+def _access_line(line: str) -> str | None:
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    if rec.get("scope") != "access":
+        return None
+    return (
+        f"{rec['direction']:8} {rec.get('src_workload') or rec['src']} -> "
+        f"{rec.get('dst_workload') or rec['dst']} ({rec['dst']}): {rec['outcome']}, "
+        f"{rec['bytes_sent']} B sent, {rec['bytes_received']} B back, {rec['duration_ms']:.1f} ms"
+    )
+
+
 def _follow(lab: Lab, duration: float) -> None:
-    paths = {}
+    paths: dict[str, str] = {}
     for ns, pod in FOLLOW:
         for path in lab.log_paths(pod, ns):
             paths[path] = f"{ns}/{pod}"
+    for node in ("node-a", "node-b"):
+        paths[lab.agent_log_path(node)] = f"agent {node}"
     offsets = dict.fromkeys(paths, 0)
     end = time.monotonic() + duration if duration else None
     while end is None or time.monotonic() < end:
@@ -88,7 +122,11 @@ def _follow(lab: Lab, duration: float) -> None:
                 data = f.read()
             offsets[path] += len(data)
             for line in data.decode(errors="replace").splitlines():
-                if not line.startswith("---"):
+                if who.startswith("agent"):
+                    shown = _access_line(line)
+                    if shown:
+                        print(f"[{who}] captured {shown}")
+                elif not line.startswith("---"):
                     print(f"[{who}] {line}")
         sys.stdout.flush()
         time.sleep(0.5)

@@ -20,20 +20,17 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import netns
+from ..enrollment import decide
 from ..errors import FieldError, LabError, ManifestError, SlipstreamError
 from ..manifest import Document
 from ..state.dump import endpoints_objects
 from ..state.objects import (
-    Container,
+    Namespace,
     ObjectKey,
     Pod,
     Resource,
@@ -42,32 +39,13 @@ from ..state.objects import (
     parse_object,
 )
 from ..state.store import Snapshot
-from . import model, net
-from .model import LabSpec, LabState, NodeRecord, PodRecord, ProcessRecord
+from . import mesh, model, net, pods
+from .model import LabSpec, LabState, NodeRecord, PodRecord
 
 log = logging.getLogger("agent.lab")
 
 DEFAULT_ROOT = os.environ.get("SLIPSTREAM_LAB_ROOT", "/run/slipstream/lab")
 IMPLICIT_NAMESPACES = ("default", "kube-system", "slipstream-system")
-READY_TIMEOUT = 30.0
-POD_START_TIMEOUT = 10.0
-SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-# Children this process started; polled so they never linger as zombies in a
-# long-lived caller (the test runner). A CLI caller exits and init adopts them.
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def _reap() -> None:
-    for pid, proc in list(_CHILDREN.items()):
-        if proc.poll() is not None:
-            del _CHILDREN[pid]
-
-
-def pod_path() -> str:
-    """PATH inside pods: this interpreter's directory first, so `python3` and
-    `slipstream` in a manifest mean the installed Slipstream."""
-    return f"{os.path.dirname(sys.executable)}:{SYSTEM_PATH}"
 
 
 def _now_iso() -> str:
@@ -177,14 +155,15 @@ class Lab:
                 net.build_bridge(self.name)
                 for node in state.nodes.values():
                     net.build_node(self.name, node, state.nodes.values())
-                self._apply_checked(state, implicit + checked)
-                self._save(state)
                 if spec.mesh:
+                    # Agents first: a pod in the mesh starts only once its agent captures it.
                     for node in state.nodes.values():
-                        self._start_agent(state, node)
+                        mesh.start_agent(state, self.dir, self.objects_dir, self.logs_dir, node)
                     self._save(state)
                     for node in state.nodes.values():
-                        self._wait_agent_ready(state, node)
+                        mesh.wait_agent_ready(state, node)
+                self._apply_checked(state, implicit + checked)
+                self._save(state)
             except BaseException:
                 self._teardown()
                 raise
@@ -206,7 +185,7 @@ class Lab:
     def _teardown(self) -> None:
         names = net.list_netns(model.lab_prefix(self.name))
         net.kill_in(names)
-        _reap()
+        pods.reap()
         errors = []
         for name in names:
             try:
@@ -234,12 +213,14 @@ class Lab:
                         raise LabError(str(doc.error(FieldError("spec", reason))))
             checked = self._check(state, [d for d in documents if _kind(d) != "Lab"])
             work = LabState.from_json(state.to_json())
-            before = set(work.pods)
             try:
                 results = self._apply_checked(work, checked)
             except BaseException:
-                for key in set(work.pods) - before:
+                for key in set(work.pods) - set(state.pods):
                     self._remove_pod(work, key)
+                for c in checked:  # the agents go back to what the lab still says
+                    self._write_object(state, c.obj.key)
+                pods.write_all_hosts(state)
                 raise
             self._save(work)
             return results
@@ -262,7 +243,7 @@ class Lab:
                 state.live.pop(str(k), None)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._object_file(k))
-            self._write_all_hosts(state)
+            pods.write_all_hosts(state)
             self._save(state)
             return [f"{k.kind.lower()}/{k.name} deleted" for k in doomed]
 
@@ -352,7 +333,7 @@ class Lab:
                     "and annotations; delete the pod and apply it again",
                 )
             return
-        path = pod_path()
+        path = pods.pod_path()
         for i, c in enumerate(pod.containers):
             argv = list(c.command) + list(c.args)
             where = (
@@ -377,9 +358,11 @@ class Lab:
     # ------------------------------------------------------------ building
 
     def _apply_checked(self, state: LabState, checked: Sequence[Checked]) -> list[str]:
+        """Create or update objects. New pods: sandbox and object first, then (once
+        their agent has enrolled them) their containers."""
         order = {"Namespace": 0, "ServiceAccount": 1, "Service": 2, "Pod": 3}
         results: list[str] = []
-        started: list[PodRecord] = []
+        created: list[tuple[PodRecord, Pod]] = []
         changed: list[ObjectKey] = []
         for c in sorted(checked, key=lambda c: order.get(c.obj.kind, 4)):
             key = c.obj.key
@@ -388,13 +371,14 @@ class Lab:
                 changed.append(key)
             live = state.live.setdefault(str(key), {"creationTimestamp": _now_iso()})
             if isinstance(c.obj, Pod) and not existing:
-                started.append(self._start_pod(state, c.obj))
-                rec = state.pods[f"{key.namespace}/{key.name}"]
+                rec = pods.create_sandbox(state, self.pods_dir, self.name, c.obj)
+                created.append((rec, c.obj))
                 live.update(
                     nodeName=rec.node,
                     podIP=rec.ip,
                     hostIP=state.nodes[rec.node].ip,
                     phase="Running",
+                    netns=os.path.join(net.netns.NETNS_RUN_DIR, rec.netns),
                 )
             elif isinstance(c.obj, Service) and not live.get("clusterIP"):
                 ip = c.obj.cluster_ip or model.free_service_ip(state.used_service_ips())
@@ -404,116 +388,30 @@ class Lab:
             state.manifests[str(key)] = dict(c.obj.raw)
             verb = "unchanged" if key not in changed else ("configured" if existing else "created")
             results.append(f"{key.kind.lower()}/{key.name} {verb}")
-        for rec in started:
-            self._wait_pod_started(rec)
         for key in changed:
             self._write_object(state, key)
-        self._write_all_hosts(state)
+        pods.write_all_hosts(state)
+        if state.spec.mesh:
+            mesh.wait_enrolled(state, [rec for rec, pod in created if self._in_mesh(state, pod)])
+        for rec, _ in created:
+            pods.start(rec)
+        for rec, _ in created:
+            pods.wait_started(rec)
         return results
 
-    def _write_hosts(self, state: LabState, rec: PodRecord) -> None:
-        # In place, never by rename: running pods see this file through a bind mount.
-        with open(os.path.join(rec.dir, "hosts"), "a+") as f:
-            f.seek(0)
-            content = model.hosts_file(state, rec)
-            if f.read() != content:
-                f.seek(0)
-                f.truncate()
-                f.write(content)
-
-    def _write_all_hosts(self, state: LabState) -> None:
-        for rec in state.pods.values():
-            if os.path.isdir(rec.dir):
-                self._write_hosts(state, rec)
-
-    def _start_pod(self, state: LabState, pod: Pod) -> PodRecord:
-        node = state.nodes[pod.node_name] if pod.node_name else state.choose_node()
-        host = model.free_pod_host(state.used_pod_ips(), node.index)
-        if host is None:
-            raise LabError(f"node {node.name} has no free pod address left")
-        ns, name = pod.meta.namespace, pod.meta.name
-        rec = PodRecord(
-            ns,
-            name,
-            node.name,
-            model.pod_ip(node.index, host),
-            model.pod_netns(self.name, ns, name),
-            model.host_veth(ns, name),
-            os.path.join(self.pods_dir, f"{ns}_{name}"),
-            time.time(),
-        )
-        state.pods[f"{ns}/{name}"] = rec
-        net.build_pod(node, rec)
-        os.makedirs(rec.dir, exist_ok=True)
-        fields = {
-            "metadata.name": name,
-            "metadata.namespace": ns,
-            "spec.nodeName": node.name,
-            "spec.serviceAccountName": pod.service_account,
-            "status.podIP": rec.ip,
-            "status.hostIP": node.ip,
-        }
-        self._write_hosts(state, rec)
-        spec = {
-            "pod": f"{ns}/{name}",
-            "hostname": name,
-            "hosts": os.path.join(rec.dir, "hosts"),
-            "restartPolicy": pod.restart_policy,
-            "containers": [self._container_spec(rec, c, fields) for c in pod.containers],
-        }
-        with open(os.path.join(rec.dir, "spec.json"), "w") as f:
-            json.dump(spec, f, indent=1)
-        self._spawn(
-            [sys.executable, "-m", "agent.lab.supervisor", rec.dir],
-            rec.netns,
-            os.path.join(rec.dir, "supervisor.log"),
-        )
-        return rec
-
-    def _container_spec(
-        self, rec: PodRecord, c: Container, fields: dict[str, str]
-    ) -> dict[str, Any]:
-        env = {
-            "PATH": pod_path(),
-            "HOSTNAME": rec.name,
-            "HOME": "/root",
-            "LANG": "C.UTF-8",
-            "PYTHONUNBUFFERED": "1",
-        }
-        for e in c.env:
-            env[e.name] = fields[e.field_ref] if e.field_ref else (e.value or "")
-        return {
-            "name": c.name,
-            "argv": [*c.command, *c.args],
-            "env": env,
-            "log": os.path.join(rec.dir, f"{c.name}.log"),
-        }
-
-    def _wait_pod_started(self, rec: PodRecord) -> None:
-        status_path = os.path.join(rec.dir, "status.json")
-        deadline = time.monotonic() + POD_START_TIMEOUT
-        while time.monotonic() < deadline:
-            status = _read_json(status_path)
-            if status is not None:
-                if status.get("error"):
-                    raise LabError(f"Pod {rec.namespace}/{rec.name}: {status['error']}")
-                return
-            time.sleep(0.02)
-        raise LabError(
-            f"Pod {rec.namespace}/{rec.name}: its containers did not start within "
-            f"{POD_START_TIMEOUT:.0f}s; the pod supervisor said:\n"
-            f"{_tail(os.path.join(rec.dir, 'supervisor.log'))}"
-        )
+    def _in_mesh(self, state: LabState, pod: Pod) -> bool:
+        body = state.object(ObjectKey("Namespace", "", pod.meta.namespace))
+        ns = parse_object(body) if body else None
+        return decide(pod, ns if isinstance(ns, Namespace) else None).enroll
 
     def _remove_pod(self, state: LabState, key: str) -> None:
         rec = state.pods.pop(key, None)
         if rec is None:
             return
-        net.kill_in([rec.netns])
-        _reap()
-        net.delete_netns(rec.netns)
-        # The node end of the veth goes with its peer; the host route with it.
-        shutil.rmtree(rec.dir, ignore_errors=True)
+        # The object goes first, so the agent lets go of the pod while it is torn down.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._object_file(ObjectKey("Pod", rec.namespace, rec.name)))
+        pods.remove(state, rec)
 
     def _object_file(self, key: ObjectKey) -> str:
         return os.path.join(
@@ -522,95 +420,30 @@ class Lab:
 
     def _write_object(self, state: LabState, key: ObjectKey) -> None:
         body = state.object(key)
-        if body is None:
-            return
         path = self._object_file(key)
+        if body is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
         tmp = os.path.join(self.objects_dir, "." + os.path.basename(path) + ".tmp")
         with open(tmp, "w") as f:
             json.dump(body, f, indent=1)
         os.replace(tmp, path)
 
-    def _spawn(self, argv: list[str], netns_name: str, log_path: str) -> subprocess.Popen[bytes]:
-        with open(log_path, "ab") as logf:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                preexec_fn=netns.preexec(netns_name),
-                start_new_session=True,
-                cwd="/",
-            )
-        _CHILDREN[proc.pid] = proc
-        return proc
-
     # ------------------------------------------------------------ mesh processes
 
-    def agent_argv(self, node: NodeRecord) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "agent",
-            "agent",
-            "--node",
-            node.name,
-            "--source",
-            f"file:{self.objects_dir}",
-            "--log-format",
-            "json",
-        ]
-
-    def _start_agent(self, state: LabState, node: NodeRecord) -> ProcessRecord:
-        argv = self.agent_argv(node)
-        log_path = os.path.join(self.logs_dir, f"agent-{node.name}.log")
-        proc = self._spawn(argv, node.netns, log_path)
-        rec = ProcessRecord(
-            "agent",
-            node.name,
-            node.netns,
-            proc.pid,
-            net.proc_starttime(proc.pid) or 0,
-            argv,
-            log_path,
-        )
-        state.processes[f"agent/{node.name}"] = rec
-        return rec
-
-    def _wait_agent_ready(self, state: LabState, node: NodeRecord) -> None:
-        rec = state.processes[f"agent/{node.name}"]
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if not net.alive(rec.pid, rec.starttime):
-                raise LabError(
-                    f"the agent on node {node.name} exited during start:\n{_tail(rec.log)}"
-                )
-            try:
-                if (
-                    self.node_http(node.name, "http://127.0.0.1:15021/healthz/ready", timeout=1.0)[
-                        0
-                    ]
-                    == 200
-                ):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise LabError(
-            f"the agent on node {node.name} was not ready within {READY_TIMEOUT:.0f}s:\n"
-            + _tail(rec.log)
-        )
-
-    def start_agent(self, node_name: str, wait: bool = True) -> None:
+    def start_agent(self, node_name: str, wait: bool = True, cleanup: bool = False) -> None:
+        """Start a node's agent; with `cleanup` it removes capture from its pods when it stops."""
         with self._locked():
             state = self.load()
             node = self._node(state, node_name)
-            old = state.processes.get(f"agent/{node_name}")
-            if old and net.alive(old.pid, old.starttime):
-                raise LabError(f"the agent on node {node_name} is already running (pid {old.pid})")
-            self._start_agent(state, node)
+            if mesh.agent_alive(state, node_name):
+                raise LabError(f"the agent on node {node_name} is already running")
+            extra = ["--cleanup"] if cleanup else []
+            mesh.start_agent(state, self.dir, self.objects_dir, self.logs_dir, node, extra)
             self._save(state)
             if wait:
-                self._wait_agent_ready(state, node)
+                mesh.wait_agent_ready(state, node)
 
     def stop_agent(self, node_name: str, *, kill: bool = False, timeout: float = 10.0) -> None:
         """Stop a node's agent: SIGTERM (a clean drain) or SIGKILL (a crash)."""
@@ -623,9 +456,9 @@ class Lab:
             os.kill(rec.pid, 9 if kill else 15)
             deadline = time.monotonic() + timeout
             while net.alive(rec.pid, rec.starttime) and time.monotonic() < deadline:
-                _reap()
+                pods.reap()
                 time.sleep(0.02)
-            _reap()
+            pods.reap()
             if net.alive(rec.pid, rec.starttime):
                 raise LabError(f"the agent on node {node_name} did not stop within {timeout:.0f}s")
 
@@ -638,15 +471,7 @@ class Lab:
 
     def node_http(self, node: str, url: str, timeout: float = 2.0) -> tuple[int, str]:
         """GET a URL from inside a node's namespace (the agents' admin ports live there)."""
-
-        def _get() -> tuple[int, str]:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as resp:
-                    return resp.status, resp.read().decode()
-            except urllib.error.HTTPError as exc:
-                return exc.code, exc.read().decode()
-
-        return netns.call_in(model.node_netns(self.name, node), _get)
+        return mesh.node_http(self.name, node, url, timeout)
 
     # ------------------------------------------------------------ reading
 
@@ -658,9 +483,7 @@ class Lab:
         return rec
 
     def pod_status(self, rec: PodRecord) -> dict[str, Any]:
-        status = _read_json(os.path.join(rec.dir, "status.json"))
-        sup_alive = bool(status) and net.alive(int(status["supervisorPid"]))  # type: ignore[index]
-        return model.pod_phase(status, sup_alive)
+        return pods.status(rec)
 
     def get(self, kind: str, namespace: str | None = "default") -> list[dict[str, Any]]:
         """Objects of a kind with their live fields; pods also carry container states."""
@@ -745,9 +568,8 @@ class Lab:
             return ["ip", "netns", "exec", self._node(self.load(), node).netns, *argv]
         assert pod is not None
         rec = self.pod(pod, namespace)
-        status = _read_json(os.path.join(rec.dir, "status.json")) or {}
-        sup = int(status.get("supervisorPid", 0))
-        if sup and net.alive(sup):
+        sup = pods.supervisor_pid(rec)
+        if sup:
             # Join the pod's network, mount (its /etc/hosts) and UTS namespaces.
             return ["nsenter", "-t", str(sup), "-n", "-m", "-u", "--", *argv]
         return ["ip", "netns", "exec", rec.netns, *argv]
@@ -764,7 +586,7 @@ class Lab:
         self, pod: str, namespace: str = "default", container: str | None = None
     ) -> list[str]:
         rec = self.pod(pod, namespace)
-        spec = _read_json(os.path.join(rec.dir, "spec.json")) or {"containers": []}
+        spec = pods.read_json(os.path.join(rec.dir, "spec.json")) or {"containers": []}
         paths = [c["log"] for c in spec["containers"] if container in (None, c["name"])]
         if container and not paths:
             raise LabError(f"pod {namespace}/{pod} has no container {container!r}")
@@ -779,19 +601,3 @@ class Lab:
 
 def _kind(doc: Document) -> str | None:
     return doc.body.get("kind") if isinstance(doc.body, dict) else None
-
-
-def _read_json(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _tail(path: str, lines: int = 20) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError:
-        return "(no log)"

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..enrollment import ANNOTATION_NETNS
 from ..errors import FieldError
 from ..state.objects import MESH_API, SERVICE_CIDR, ObjectKey
 
@@ -255,6 +256,8 @@ def with_live_fields(body: Mapping[str, Any], live: Mapping[str, Any]) -> dict[s
     if "creationTimestamp" in live:
         meta["creationTimestamp"] = live["creationTimestamp"]
     if out.get("kind") == "Pod":
+        if live.get("netns"):
+            meta.setdefault("annotations", {})[ANNOTATION_NETNS] = live["netns"]
         spec = out.setdefault("spec", {})
         if live.get("nodeName"):
             spec["nodeName"] = live["nodeName"]

@@ -196,3 +196,11 @@ def kill_in(netns_names: Iterable[str], grace: float = 3.0) -> None:
 def _signal(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+
+
+def delete_link(netns_name: str, link: str) -> None:
+    """Delete a link if it exists (a veth takes its peer with it)."""
+    if exists(netns_name):
+        subprocess.run(
+            ["ip", "-n", netns_name, "link", "del", link], capture_output=True, check=False
+        )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 import uuid
 
 from agent.lab.lab import Lab
@@ -28,3 +30,56 @@ def config_dump(lab: Lab, node: str) -> dict:
     status, body = lab.node_http(node, "http://127.0.0.1:15000/config_dump")
     assert status == 200, body
     return json.loads(body)
+
+
+def access_log(lab: Lab, node: str, since: float = 0.0) -> list[dict]:
+    """The node agent's access-log records (JSON log lines with scope "access")."""
+    out = []
+    with open(lab.agent_log_path(node)) as f:
+        for line in f:
+            if '"scope": "access"' not in line:
+                continue
+            rec = json.loads(line)
+            if rec["start_time"] >= since:
+                out.append(rec)
+    return out
+
+
+def workload(lab: Lab, node: str, namespace: str, pod: str) -> dict:
+    for w in config_dump(lab, node)["workloads"]:
+        if (w["namespace"], w["name"]) == (namespace, pod):
+            return w
+    return {}
+
+
+def netns_view(lab: Lab, pod: str, namespace: str) -> dict[str, str]:
+    """What a pod's namespace holds, as `tc`, `ip rule` and `ss` print it."""
+    ns = lab.pod(pod, namespace).netns
+
+    def run(*argv: str) -> str:
+        res = subprocess.run(
+            ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, check=False
+        )
+        return res.stdout
+
+    return {
+        "eth0_egress": run("tc", "filter", "show", "dev", "eth0", "egress"),
+        "eth0_ingress": run("tc", "filter", "show", "dev", "eth0", "ingress"),
+        "lo_ingress": run("tc", "filter", "show", "dev", "lo", "ingress"),
+        "qdiscs": run("tc", "qdisc", "show"),
+        "rules": run("ip", "rule", "show"),
+        "table100": run("ip", "route", "show", "table", "100"),
+        "listeners": run("ss", "-H", "-tln"),
+        "accept_local": run("cat", "/proc/sys/net/ipv4/conf/lo/accept_local").strip(),
+    }
+
+
+def wait_until(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)

@@ -1,0 +1,199 @@
+"""Lab pods: a sandbox (namespace, veth, address) and the supervisor that runs its containers.
+
+Creating a pod is two steps so the lab can wait in between: the sandbox and
+the pod's object first (the node agent may now enroll it), the containers
+after. Nothing here decides anything; lab.py calls these in order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+from .. import netns
+from ..errors import LabError
+from ..state.objects import Container, Pod
+from . import model, net
+from .model import LabState, PodRecord
+
+POD_START_TIMEOUT = 10.0
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Children this process started; polled so they never linger as zombies in a
+# long-lived caller (the test runner). A CLI caller exits and init adopts them.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def reap() -> None:
+    for pid, proc in list(_CHILDREN.items()):
+        if proc.poll() is not None:
+            del _CHILDREN[pid]
+
+
+def spawn(argv: list[str], netns_name: str, log_path: str) -> subprocess.Popen[bytes]:
+    """Start a long-lived process inside a lab namespace, detached from the caller."""
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            preexec_fn=netns.preexec(netns_name),
+            start_new_session=True,
+            cwd="/",
+        )
+    _CHILDREN[proc.pid] = proc
+    return proc
+
+
+def pod_path() -> str:
+    """PATH inside pods: this interpreter's directory first, so `python3` and
+    `slipstream` in a manifest mean the installed Slipstream."""
+    return f"{os.path.dirname(sys.executable)}:{SYSTEM_PATH}"
+
+
+def create_sandbox(state: LabState, pods_dir: str, lab: str, pod: Pod) -> PodRecord:
+    """Namespace, veth, address and the files the supervisor will need; no process yet."""
+    node = state.nodes[pod.node_name] if pod.node_name else state.choose_node()
+    host = model.free_pod_host(state.used_pod_ips(), node.index)
+    if host is None:
+        raise LabError(f"node {node.name} has no free pod address left")
+    ns, name = pod.meta.namespace, pod.meta.name
+    rec = PodRecord(
+        ns,
+        name,
+        node.name,
+        model.pod_ip(node.index, host),
+        model.pod_netns(lab, ns, name),
+        model.host_veth(ns, name),
+        os.path.join(pods_dir, f"{ns}_{name}"),
+        time.time(),
+    )
+    state.pods[f"{ns}/{name}"] = rec
+    net.build_pod(node, rec)
+    os.makedirs(rec.dir, exist_ok=True)
+    fields = {
+        "metadata.name": name,
+        "metadata.namespace": ns,
+        "spec.nodeName": node.name,
+        "spec.serviceAccountName": pod.service_account,
+        "status.podIP": rec.ip,
+        "status.hostIP": node.ip,
+    }
+    write_hosts(state, rec)
+    spec = {
+        "pod": f"{ns}/{name}",
+        "hostname": name,
+        "hosts": os.path.join(rec.dir, "hosts"),
+        "restartPolicy": pod.restart_policy,
+        "containers": [_container_spec(rec, c, fields) for c in pod.containers],
+    }
+    with open(os.path.join(rec.dir, "spec.json"), "w") as f:
+        json.dump(spec, f, indent=1)
+    return rec
+
+
+def _container_spec(rec: PodRecord, c: Container, fields: dict[str, str]) -> dict[str, Any]:
+    env = {
+        "PATH": pod_path(),
+        "HOSTNAME": rec.name,
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for e in c.env:
+        env[e.name] = fields[e.field_ref] if e.field_ref else (e.value or "")
+    return {
+        "name": c.name,
+        "argv": [*c.command, *c.args],
+        "env": env,
+        "log": os.path.join(rec.dir, f"{c.name}.log"),
+    }
+
+
+def start(rec: PodRecord) -> None:
+    spawn(
+        [sys.executable, "-m", "agent.lab.supervisor", rec.dir],
+        rec.netns,
+        os.path.join(rec.dir, "supervisor.log"),
+    )
+
+
+def wait_started(rec: PodRecord) -> None:
+    status_path = os.path.join(rec.dir, "status.json")
+    deadline = time.monotonic() + POD_START_TIMEOUT
+    while time.monotonic() < deadline:
+        status = read_json(status_path)
+        if status is not None:
+            if status.get("error"):
+                raise LabError(f"Pod {rec.namespace}/{rec.name}: {status['error']}")
+            return
+        time.sleep(0.02)
+    raise LabError(
+        f"Pod {rec.namespace}/{rec.name}: its containers did not start within "
+        f"{POD_START_TIMEOUT:.0f}s; the pod supervisor said:\n"
+        f"{tail(os.path.join(rec.dir, 'supervisor.log'))}"
+    )
+
+
+def remove(state: LabState, rec: PodRecord) -> None:
+    """Stop the pod's processes and remove its namespace and veth."""
+    net.kill_in([rec.netns])
+    reap()
+    node = state.nodes.get(rec.node)
+    if node is not None:
+        # Deleting the node's end takes the pod's end with it at once, even if
+        # something still holds the pod's namespace open for a moment.
+        net.delete_link(node.netns, rec.veth)
+    net.delete_netns(rec.netns)
+    shutil.rmtree(rec.dir, ignore_errors=True)
+
+
+def status(rec: PodRecord) -> dict[str, Any]:
+    st = read_json(os.path.join(rec.dir, "status.json"))
+    sup_alive = bool(st) and net.alive(int(st["supervisorPid"]))  # type: ignore[index]
+    return model.pod_phase(st, sup_alive)
+
+
+def supervisor_pid(rec: PodRecord) -> int:
+    st = read_json(os.path.join(rec.dir, "status.json")) or {}
+    pid = int(st.get("supervisorPid", 0))
+    return pid if pid and net.alive(pid) else 0
+
+
+def write_hosts(state: LabState, rec: PodRecord) -> None:
+    # In place, never by rename: running pods see this file through a bind mount.
+    with open(os.path.join(rec.dir, "hosts"), "a+") as f:
+        f.seek(0)
+        content = model.hosts_file(state, rec)
+        if f.read() != content:
+            f.seek(0)
+            f.truncate()
+            f.write(content)
+
+
+def write_all_hosts(state: LabState) -> None:
+    for rec in state.pods.values():
+        if os.path.isdir(rec.dir):
+            write_hosts(state, rec)
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def tail(path: str, lines: int = 20) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,290 @@
+"""eBPF capture inside pods, checked from outside: what apps see, the access log, tc/ip/ss."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+
+import pytest
+
+from agent.lab.lab import Lab
+from agent.manifest import load_text
+from tests.lab.labkit import access_log, config_dump, curl, netns_view, wait_until, workload
+
+ECHO = '[slipstream, app, http-echo, --port, "8080"]'
+SLEEP = "[sleep, infinity]"
+
+
+def pod(name: str, ns: str, node: str, command: str, labels: str = "") -> str:
+    return textwrap.dedent(f"""\
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}{labels}}}}}
+        spec:
+          nodeName: {node}
+          containers:
+          - name: main
+            command: {command}
+        """)
+
+
+MESH_NS = """\
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: mesh
+  labels: {slipstream.dev/dataplane-mode: ambient}
+"""
+PLAIN_NS = """\
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
+"""
+
+CLUSTER = (
+    "apiVersion: slipstream.dev/v1alpha1\nkind: Lab\n"
+    "metadata: {name: capture}\nspec: {nodes: [n1, n2]}\n"
+    + MESH_NS
+    + PLAIN_NS
+    + pod("client", "mesh", "n1", SLEEP)
+    + pod("near", "mesh", "n1", ECHO)
+    + pod("far", "mesh", "n2", ECHO)
+    + pod("optout", "mesh", "n1", SLEEP, ", slipstream.dev/dataplane-mode: none")
+    + pod("client", "plain", "n1", SLEEP)
+    + pod("server", "plain", "n2", ECHO)
+)
+
+
+@pytest.fixture
+def lab(make_lab) -> Lab:
+    lab = make_lab(CLUSTER)
+    for ns, name in (("mesh", "near"), ("mesh", "far"), ("plain", "server")):
+        ip = lab.pod(name, ns).ip
+        wait_until(
+            lambda ip=ip: (
+                lab.exec(
+                    "client",
+                    ["curl", "-s", "-o", "/dev/null", f"http://{ip}:8080/"],
+                    namespace="plain",
+                ).returncode
+                == 0
+            ),
+            10,
+            f"{ns}/{name} to serve",
+        )
+    return lab
+
+
+def ip(lab: Lab, name: str, ns: str = "mesh") -> str:
+    return lab.pod(name, ns).ip
+
+
+def records(lab: Lab, since: float, **match: str) -> list[dict]:
+    out = []
+    for node in ("n1", "n2"):
+        out += [
+            r for r in access_log(lab, node, since) if all(r.get(k) == v for k, v in match.items())
+        ]
+    return out
+
+
+def fails(lab: Lab, pod: str, ns: str, url: str) -> bool:
+    res = lab.exec(pod, ["curl", "-sS", "--connect-timeout", "2", "-m", "3", url], namespace=ns)
+    return res.returncode != 0
+
+
+def test_outbound_same_and_cross_node_is_captured_and_servers_see_the_client(lab):
+    client = ip(lab, "client")
+    for target in ("near", "far"):
+        since = time.time()
+        dst = f"{ip(lab, target)}:8080"
+        answer = curl(lab, "client", f"http://{dst}/", "mesh")
+        assert answer["pod"] == target
+        assert answer["client"].split(":")[0] == client, "the server sees the client pod's own IP"
+        (rec,) = wait_until(
+            lambda d=dst, s=since: records(lab, s, direction="outbound", dst=d),
+            2,
+            f"outbound access-log record for {dst}",
+        )
+        assert rec["node"] == "n1"
+        assert rec["src"].split(":")[0] == client
+        assert rec["src_workload"] == "mesh/client" and rec["dst_workload"] == f"mesh/{target}"
+        assert rec["outcome"] == "ok"
+        assert rec["bytes_sent"] > 50 and rec["bytes_received"] > len(answer["pod"])
+        assert rec["duration_ms"] > 0
+        # The destination is enrolled too: its agent captured the connection arriving.
+        node = "n1" if target == "near" else "n2"
+        inbound = wait_until(
+            lambda d=dst, s=since: records(lab, s, direction="inbound", dst=d), 2, "inbound"
+        )
+        assert inbound[0]["node"] == node and inbound[0]["src"].split(":")[0] == client
+
+
+def test_inbound_plaintext_from_outside_the_mesh_is_captured(lab):
+    since = time.time()
+    dst = f"{ip(lab, 'far')}:8080"
+    answer = curl(lab, "client", f"http://{dst}/", "plain")
+    assert answer["client"].split(":")[0] == ip(lab, "client", "plain"), (
+        "the app sees the real client IP"
+    )
+    (rec,) = wait_until(
+        lambda: records(lab, since, direction="inbound", dst=dst), 2, "inbound record"
+    )
+    assert rec["node"] == "n2" and rec["src_workload"] == "plain/client" and rec["outcome"] == "ok"
+    assert not records(lab, since, direction="outbound"), "the plain client is not captured"
+
+
+def test_unlabelled_namespace_and_opted_out_pod_are_not_captured(lab):
+    since = time.time()
+    curl(lab, "client", f"http://{ip(lab, 'server', 'plain')}:8080/", "plain")
+    curl(lab, "optout", f"http://{ip(lab, 'server', 'plain')}:8080/", "mesh")
+    time.sleep(0.5)
+    assert records(lab, since) == [], "no agent saw these connections"
+    for name, ns in (("client", "plain"), ("optout", "mesh")):
+        assert workload(lab, "n1", ns, name)["state"] == "not-enrolled"
+        view = netns_view(lab, name, ns)
+        assert view["eth0_egress"] == "" and "15001" not in view["listeners"]
+    assert "opted out" in workload(lab, "n1", "mesh", "optout")["reason"]
+
+
+def test_loopback_and_own_ip_inside_a_pod_are_not_captured(lab):
+    since = time.time()
+    assert curl(lab, "near", "http://127.0.0.1:8080/", "mesh")["client"].startswith("127.0.0.1:")
+    assert curl(lab, "near", f"http://{ip(lab, 'near')}:8080/", "mesh")["pod"] == "near"
+    time.sleep(0.5)
+    assert records(lab, since) == []
+
+
+def test_listeners_filters_and_rules_in_an_enrolled_pod(lab):
+    view = netns_view(lab, "client", "mesh")
+    ports = {line.split()[3].rsplit(":", 1)[1] for line in view["listeners"].splitlines()}
+    assert {"15001", "15006", "15008"} <= ports
+    assert "capture_egress" in view["eth0_egress"] and "capture_ingress" in view["eth0_ingress"]
+    assert "capture_lo_ingress" in view["lo_ingress"]
+    assert "fwmark 0x53a lookup 100" in view["rules"]
+    assert view["table100"].startswith("local default dev lo")
+    assert view["accept_local"] == "1"
+
+
+def test_labelling_a_namespace_live_starts_and_stops_capture(lab):
+    target = f"http://{ip(lab, 'server', 'plain')}:8080/"
+    labelled = PLAIN_NS.replace(
+        "metadata: {name: plain}",
+        "metadata:\n  name: plain\n  labels: {slipstream.dev/dataplane-mode: ambient}",
+    )
+    start = time.monotonic()
+    lab.apply(load_text(labelled, "label.yaml"))
+    wait_until(
+        lambda: workload(lab, "n1", "plain", "client").get("state") == "enrolled", 1.0, "enrollment"
+    )
+    assert time.monotonic() - start < 1.0
+    since = time.time()
+    assert curl(lab, "client", target, "plain")["client"].split(":")[0] == ip(
+        lab, "client", "plain"
+    )
+    wait_until(
+        lambda: records(lab, since, direction="outbound", src_workload="plain/client"), 2, "capture"
+    )
+    assert lab.get("pod", "plain")[0]["status"]["containerStatuses"][0]["restarts"] == 0
+
+    lab.apply(load_text(PLAIN_NS, "unlabel.yaml"))
+    wait_until(
+        lambda: workload(lab, "n1", "plain", "client").get("state") == "not-enrolled",
+        1.0,
+        "release",
+    )
+    since = time.time()
+    curl(lab, "client", target, "plain")
+    time.sleep(0.5)
+    assert records(lab, since, direction="outbound") == []
+    view = netns_view(lab, "client", "plain")
+    assert view["eth0_egress"] == view["eth0_ingress"] == view["lo_ingress"] == ""
+    assert (
+        "clsact" not in view["qdiscs"] and "0x53a" not in view["rules"] and view["table100"] == ""
+    )
+    assert not {"15001", "15006", "15008"} & {
+        ln.split()[3].rsplit(":", 1)[1] for ln in view["listeners"].splitlines()
+    }
+    assert view["accept_local"] == "0"
+
+
+def test_agent_killed_fails_closed_then_readopts_without_duplicates(lab):
+    url = f"http://{ip(lab, 'server', 'plain')}:8080/"
+    curl(lab, "client", url, "mesh")
+    (server_log,) = lab.log_paths("server", "plain")
+
+    def served() -> int:
+        with open(server_log) as f:
+            return sum(1 for line in f if f"from {ip(lab, 'client')}:" in line)
+
+    before = served()
+    lab.stop_agent("n1", kill=True)
+    since = time.time()
+    assert fails(lab, "client", "mesh", url), (
+        "an enrolled pod must not reach out while its agent is down"
+    )
+    assert served() == before, "nothing bypassed the mesh while the agent was down"
+    assert curl(lab, "client", url, "plain"), "pods outside the mesh are unaffected"
+
+    lab.start_agent("n1")
+    wait_until(
+        lambda: workload(lab, "n1", "mesh", "client").get("state") == "enrolled", 5, "re-adoption"
+    )
+    assert curl(lab, "client", url, "mesh")["client"].split(":")[0] == ip(lab, "client")
+    wait_until(
+        lambda: records(lab, since, direction="outbound", src_workload="mesh/client"), 2, "capture"
+    )
+    view = netns_view(lab, "client", "mesh")
+    for hook, prog in (
+        ("eth0_egress", "capture_egress"),
+        ("eth0_ingress", "capture_ingress"),
+        ("lo_ingress", "capture_lo_ingress"),
+    ):
+        filters = [ln for ln in view[hook].splitlines() if "handle" in ln]
+        assert len(filters) == 1 and f":1 {prog} direct-action" in filters[0], view[hook]
+    assert view["rules"].count("fwmark 0x53a") == 1
+    assert len(view["table100"].splitlines()) == 1
+    assert [ln.split()[3] for ln in view["listeners"].splitlines()].count("0.0.0.0:15001") == 1
+    counters = config_dump(lab, "n1")["datapath"]["counters"]
+    assert counters["outbound_new"] >= 1
+
+
+def test_agent_stopped_with_cleanup_leaves_nothing_in_its_pods(lab):
+    lab.stop_agent("n1")
+    lab.start_agent("n1", cleanup=True)
+    wait_until(
+        lambda: workload(lab, "n1", "mesh", "client").get("state") == "enrolled", 5, "enrolled"
+    )
+    lab.stop_agent("n1")
+    for name in ("client", "near"):
+        view = netns_view(lab, name, "mesh")
+        assert view["eth0_egress"] == view["eth0_ingress"] == view["lo_ingress"] == "", name
+        assert (
+            "clsact" not in view["qdiscs"]
+            and "0x53a" not in view["rules"]
+            and view["table100"] == ""
+        )
+        assert view["listeners"] == "" or "1500" not in view["listeners"]
+        assert view["accept_local"] == "0"
+    # Without capture the pod is an ordinary pod again: it reaches out directly.
+    assert curl(lab, "client", f"http://{ip(lab, 'server', 'plain')}:8080/", "mesh")
+
+
+def test_deleting_a_pod_releases_its_namespace(lab):
+    rec = lab.pod("near", "mesh")
+    inode = os.stat(f"/run/netns/{rec.netns}").st_ino
+    agent_pid = next(p["pid"] for p in lab.status()["processes"] if p["name"] == "n1")
+    lab.delete("pod", "near", "mesh")
+
+    def agent_holds_netns() -> bool:
+        fds = f"/proc/{agent_pid}/fd"
+        return any(os.readlink(os.path.join(fds, fd)) == f"net:[{inode}]" for fd in os.listdir(fds))
+
+    wait_until(
+        lambda: not agent_holds_netns(), 2, "the agent to let go of the deleted pod's namespace"
+    )
+    wait_until(lambda: workload(lab, "n1", "mesh", "near") == {}, 1, "the agent to forget the pod")
