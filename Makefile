@@ -2,6 +2,7 @@
 # links for bcc, .venv), so on a fresh Debian 12 machine, as root:
 #   make demo    run the demo lab until Ctrl-C
 #   make test    lint, type-check and run every test (unit, functional, lab)
+#   make bench   benchmarks (BENCH=capture for one of them)
 VENV := .venv
 BIN := $(VENV)/bin
 
@@ -24,6 +25,11 @@ test: lint
 
 unit: setup
 	$(BIN)/pytest tests/unit tests/functional
+
+# Benchmarks against real peers in labs; reports land in tests/bench/results/.
+# BENCH_DURATION (s per measurement) and BENCH_ROUNDS tune the run.
+bench: setup
+	$(BIN)/python -m tests.bench $(BENCH)
 
 clean:
 	-$(BIN)/slipstream lab down --all

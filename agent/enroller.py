@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import netns
+from .capture import Binding
 from .enrollment import ANNOTATION_NETNS, ENROLLED, FAILED, NOT_ENROLLED, WorkloadStatus, decide
 from .errors import SlipstreamError
 from .proxy.pod import PodProxy, PodRef
@@ -40,10 +41,12 @@ RETRY_MAX = 30.0
 class Capture(Protocol):
     """How packets get to the agent in a pod: eBPF (the default) or iptables (for comparison)."""
 
+    def make_proxy(self, pod: PodRef, ns: netns.Netns) -> PodProxy: ...
+    def bind(self, pod: PodRef, ns: netns.Netns, proxy: PodProxy) -> Binding: ...
+    def unbind(self, binding: Binding) -> None: ...
     def attach(self, netns_path: str) -> str: ...
     def detach(self, netns_path: str, accept_local: str) -> None: ...
     def installed(self, netns_path: str) -> bool: ...
-    def make_proxy(self, pod: PodRef, ns: netns.Netns) -> PodProxy: ...
 
 
 class EnrollError(SlipstreamError):
@@ -55,6 +58,7 @@ class _Active:
     pod: Pod
     ns: netns.Netns
     proxy: PodProxy
+    binding: Binding
     since: float = field(default_factory=time.time)
 
 
@@ -116,7 +120,10 @@ class Enroller:
             if self.cleanup:
                 await self._unenroll(key, "agent stopping with --cleanup")
             else:
-                await self.active.pop(key).proxy.close("agent_stopping")
+                # Capture stays: until an agent is back, the pod's traffic fails closed.
+                active = self.active.pop(key)
+                self.capture.unbind(active.binding)
+                await active.proxy.close("agent_stopping")
         log.info("enroller stopped", extra={"cleanup": self.cleanup})
 
     # ------------------------------------------------------------ reconcile
@@ -159,28 +166,34 @@ class Enroller:
     async def _enroll(self, pod: Pod) -> None:
         key = pod.key
         ref = PodRef(pod.meta.namespace, pod.meta.name, pod.ip)
-        ns = None
+        ns: netns.Netns | None = None
+        proxy: PodProxy | None = None
+        binding: Binding | None = None
         try:
             path = self._netns_path(pod)
             ns = netns.Netns(path)
             if ns.inode == netns.own_inode():
                 raise EnrollError(f"{path} is the agent's own namespace, not a pod's")
-            before = await asyncio.to_thread(self.capture.attach, path)
-            self._remember(pod, path, before)
+            # Listeners first, capture last: a captured packet never finds the agent unready.
             proxy = self.capture.make_proxy(ref, ns)
             await proxy.start()
-        except (SlipstreamError, OSError) as exc:
-            if ns is not None:
-                ns.close()
-            self._fail(pod, str(exc))
-            return
+            binding = self.capture.bind(ref, ns, proxy)
+            before = await asyncio.to_thread(self.capture.attach, path)
+            self._remember(pod, path, before)
         except Exception as exc:  # never let one pod stop the agent
+            if binding is not None:
+                self.capture.unbind(binding)
+            if proxy is not None:
+                await proxy.close("enrollment failed")
             if ns is not None:
                 ns.close()
-            log.exception("unexpected error enrolling pod", extra={"pod": str(ref)})
-            self._fail(pod, f"internal error: {exc!r}")
+            if isinstance(exc, SlipstreamError | OSError):
+                self._fail(pod, str(exc))
+            else:
+                log.exception("unexpected error enrolling pod", extra={"pod": str(ref)})
+                self._fail(pod, f"internal error: {exc!r}")
             return
-        self.active[key] = _Active(pod, ns, proxy)
+        self.active[key] = _Active(pod, ns, proxy, binding)
         self._failures.pop(key, None)
         self.status[key] = WorkloadStatus(
             ref.namespace,
@@ -195,6 +208,7 @@ class Enroller:
 
     async def _unenroll(self, key: ObjectKey, reason: str) -> None:
         active = self.active.pop(key)
+        self.capture.unbind(active.binding)
         await active.proxy.close("unenrolled")
         path = active.ns.path
         try:

@@ -2,8 +2,8 @@
  *
  * Sends the pod's outbound TCP to the agent without NAT: the packet is marked
  * with capture_mark, its destination MAC zeroed (lo only takes packets for
- * itself) and redirected to the ingress of the pod's lo, where
- * capture_lo_ingress hands it to the right agent socket.
+ * itself) and redirected to the ingress of the pod's lo. There the capture
+ * mark routes it to local delivery and the kernel finds the agent's socket.
  *
  * Captured: every SYN that opens a connection, and every other packet of a
  * connection whose far end is an agent socket (the reverse tuple finds it).
@@ -29,10 +29,15 @@ int capture_egress(struct __sk_buff *skb)
 	if (mesh_parse(skb, &pkt) < 0)
 		return TC_ACT_OK;
 	if (!pkt.syn) {
-		struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &pkt.tuple, sizeof(pkt.tuple.ipv4),
-							 BPF_F_CURRENT_NETNS, 0);
+		struct bpf_sock_tuple t = {};
+		struct bpf_sock *sk;
 		int ours;
 
+		t.ipv4.saddr = pkt.tuple.saddr;
+		t.ipv4.daddr = pkt.tuple.daddr;
+		t.ipv4.sport = pkt.tuple.sport;
+		t.ipv4.dport = pkt.tuple.dport;
+		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 		if (!sk)
 			return TC_ACT_OK;
 		/* A listener matches any address; only a connection's own socket is the agent's. */

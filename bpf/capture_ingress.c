@@ -1,16 +1,18 @@
 /* capture_ingress: tc ingress (clsact, direct action) on a pod's eth0.
  *
  * New inbound plaintext connections (a SYN to any port but hbone_port) are
- * assigned to the agent's inbound listener (15006); the accepted socket's
- * getsockname() is the port the client asked for. Later packets need no help:
- * the kernel finds the accepted socket by its exact tuple, as it finds the
- * pod's own connections and the replies to the agent's outbound sockets.
- * HBONE (hbone_port) goes straight to the agent's 15008 listener.
+ * tagged in mesh_captured with the slot of the pod's inbound listener, and
+ * capture_lookup gives them to it (15006); the accepted socket's getsockname()
+ * is the port the client asked for. Everything else passes:
+ * the kernel finds established sockets, the pod's own connections, and the
+ * replies to the agent's outbound sockets by their exact tuples.
  *
- * Fail closed: a SYN is dropped while the agent is not listening.
+ * Fail closed: while the agent is down an inbound SYN is dropped, so no
+ * plaintext connection reaches the app around the mesh.
  *
- * Maps: reads mesh_config; writes mesh_counters.
- * Returns: TC_ACT_OK (assigned, or not a new connection), TC_ACT_SHOT (no agent).
+ * Maps: reads mesh_config, mesh_pods, mesh_listeners; writes mesh_captured,
+ * mesh_counters.
+ * Returns: TC_ACT_OK (pass), TC_ACT_SHOT (agent not listening).
  */
 #include "mesh.h"
 
@@ -20,13 +22,28 @@ int capture_ingress(struct __sk_buff *skb)
 	struct mesh_config *cfg = mesh_config.lookup(&zero);
 	struct mesh_counters *cnt;
 	struct mesh_packet pkt = {};
+	struct mesh_pod *pod;
+	struct bpf_sock *sk = NULL;
+	__u32 slot;
 
 	if (!cfg || mesh_parse(skb, &pkt) < 0)
 		return TC_ACT_OK;
-	if (!pkt.syn || pkt.tuple.ipv4.dport == bpf_htons(cfg->hbone_port))
+	if (!pkt.syn || pkt.tuple.dport == bpf_htons(cfg->hbone_port))
 		return TC_ACT_OK;
 	cnt = mesh_counters.lookup(&zero);
+	pod = mesh_pods.lookup(&pkt.tuple.daddr);
+	if (pod) {
+		slot = pod->inbound_slot;
+		sk = (struct bpf_sock *)mesh_listeners.lookup(&slot);
+	}
+	if (!sk) {
+		if (cnt)
+			__sync_fetch_and_add(&cnt->no_listener, 1);
+		return TC_ACT_SHOT;
+	}
+	bpf_sk_release(sk);
+	mesh_captured.update(&pkt.tuple, &slot);
 	if (cnt)
 		__sync_fetch_and_add(&cnt->inbound_new, 1);
-	return mesh_assign_listener(skb, pkt.tuple, cfg->inbound_port, cnt);
+	return TC_ACT_OK;
 }

@@ -6,6 +6,18 @@
  *
  * Values (ports, marks) are not compiled in: Python writes them into
  * mesh_config at load, so they have a single definition, on the Python side.
+ *
+ * How a captured connection reaches the agent, without NAT:
+ *   tc egress (eth0)  marks outbound TCP and redirects it to lo ingress;
+ *   ip rule           routes marked packets to table 100: local delivery;
+ *   tc ingress (lo)   tags each captured outbound SYN's tuple in mesh_captured;
+ *   tc ingress (eth0) tags each new inbound SYN the same way;
+ *   sk_lookup         the kernel's listener lookup asks capture_lookup, which
+ *                     gives a tagged tuple the agent listener its tag names
+ *                     (15001 outbound, 15006 inbound) from mesh_listeners.
+ * Choosing the listener at the kernel's own lookup (not with bpf_sk_assign in
+ * tc) lets the kernel's TIME_WAIT handling run: a client reusing a port the
+ * agent still holds in TIME_WAIT gets a new connection, as with TPROXY.
  */
 #ifndef SLIPSTREAM_MESH_H
 #define SLIPSTREAM_MESH_H
@@ -16,10 +28,6 @@
 #include <uapi/linux/in.h>
 #include <uapi/linux/ip.h>
 #include <uapi/linux/tcp.h>
-
-/* Maps: named mesh_*, at most 15 characters (the kernel keeps 16 bytes with the NUL).
- * bcc rewrites map calls (mesh_config.lookup) only in a program's own file and
- * never through a macro, so each program looks its maps up itself. */
 
 struct mesh_config {
 	__u32 capture_mark;   /* put on captured packets; an ip rule routes it to table 100 (local) */
@@ -35,16 +43,36 @@ struct mesh_config {
 struct mesh_counters {
 	__u64 outbound_new;       /* SYNs of new outbound connections sent to the agent */
 	__u64 outbound_packets;   /* all outbound packets sent to the agent */
-	__u64 inbound_new;        /* inbound SYNs assigned to the agent's 15006 listener */
+	__u64 inbound_new;        /* inbound SYNs sent to the agent's 15006 listener */
 	__u64 no_listener;        /* SYNs dropped because the agent was not listening (fail closed) */
-	__u64 orphan_dropped;     /* captured non-SYN packets with no agent socket, dropped */
+	__u64 assigned;           /* listener lookups answered with an agent listener */
 };
 
+/* An enrolled pod of this node: where its agent listeners sit in mesh_listeners. */
+struct mesh_pod {
+	__u32 outbound_slot;
+	__u32 inbound_slot;
+};
+
+/* A connection's addresses as the pod's stack receives it; network byte order. */
+struct mesh_tuple {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+};
+
+/* Maps: named mesh_*, at most 15 characters (the kernel keeps 16 bytes with the NUL).
+ * bcc rewrites map calls (mesh_config.lookup) only in a program's own file and
+ * never through a macro, so each program looks its maps up itself. */
 BPF_ARRAY(mesh_config, struct mesh_config, 1);
 BPF_PERCPU_ARRAY(mesh_counters, struct mesh_counters, 1);
+BPF_HASH(mesh_pods, __u32, struct mesh_pod, 1024);           /* key: pod IPv4, network order */
+BPF_TABLE("lru_hash", struct mesh_tuple, __u32, mesh_captured, 65536);  /* value: listener slot */
+BPF_TABLE("sockmap", __u32, int, mesh_listeners, 2048);     /* slot -> agent listener */
 
 struct mesh_packet {
-	struct bpf_sock_tuple tuple;  /* network byte order, as on the wire */
+	struct mesh_tuple tuple;
 	int syn;                      /* a SYN without ACK: a new connection */
 };
 
@@ -68,36 +96,12 @@ static __always_inline int mesh_parse(struct __sk_buff *skb, struct mesh_packet 
 	tcp = (void *)ip + ip->ihl * 4;
 	if ((void *)(tcp + 1) > end)
 		return -1;
-	pkt->tuple.ipv4.saddr = ip->saddr;
-	pkt->tuple.ipv4.daddr = ip->daddr;
-	pkt->tuple.ipv4.sport = tcp->source;
-	pkt->tuple.ipv4.dport = tcp->dest;
+	pkt->tuple.saddr = ip->saddr;
+	pkt->tuple.daddr = ip->daddr;
+	pkt->tuple.sport = tcp->source;
+	pkt->tuple.dport = tcp->dest;
 	pkt->syn = tcp->syn && !tcp->ack;
 	return 0;
-}
-
-/* Assign the packet to the listener on `port` (same addresses, port replaced).
- * Returns TC_ACT_OK when assigned, TC_ACT_SHOT when the agent is not listening. */
-static __always_inline int mesh_assign_listener(struct __sk_buff *skb, struct bpf_sock_tuple tuple,
-						__u16 port, struct mesh_counters *cnt)
-{
-	struct bpf_sock *sk;
-	long err;
-
-	tuple.ipv4.dport = bpf_htons(port);
-	sk = bpf_skc_lookup_tcp(skb, &tuple, sizeof(tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
-	if (!sk) {
-		if (cnt)
-			__sync_fetch_and_add(&cnt->no_listener, 1);
-		return TC_ACT_SHOT;
-	}
-	if (sk->state != BPF_TCP_LISTEN) {
-		bpf_sk_release(sk);
-		return TC_ACT_SHOT;
-	}
-	err = bpf_sk_assign(skb, sk, 0);
-	bpf_sk_release(sk);
-	return err == 0 ? TC_ACT_OK : TC_ACT_SHOT;
 }
 
 #endif /* SLIPSTREAM_MESH_H */

@@ -14,7 +14,14 @@ from ..errors import SlipstreamError
 
 CONFIG_MAP = "mesh_config"
 COUNTERS_MAP = "mesh_counters"
-PROGRAMS = ("capture_egress", "capture_lo_ingress", "capture_ingress")
+PODS_MAP = "mesh_pods"
+CAPTURED_MAP = "mesh_captured"
+LISTENERS_MAP = "mesh_listeners"
+TC_PROGRAMS = ("capture_egress", "capture_lo_ingress", "capture_ingress")
+LOOKUP_PROGRAM = "capture_lookup"
+PROGRAMS = (*TC_PROGRAMS, LOOKUP_PROGRAM)
+LISTENER_SLOTS = 2048
+"""Size of mesh_listeners: two slots (outbound, inbound) per enrolled pod."""
 
 # Values the programs read from mesh_config; defined here only.
 AGENT_MARK = 0x539
@@ -45,11 +52,35 @@ class MeshCounters(ctypes.Structure):
         ("outbound_packets", ctypes.c_uint64),
         ("inbound_new", ctypes.c_uint64),
         ("no_listener", ctypes.c_uint64),
-        ("orphan_dropped", ctypes.c_uint64),
+        ("assigned", ctypes.c_uint64),
     ]
 
 
-MIRRORS: dict[str, type[ctypes.Structure]] = {CONFIG_MAP: MeshConfig, COUNTERS_MAP: MeshCounters}
+class MeshPod(ctypes.Structure):
+    _fields_ = [
+        ("outbound_slot", ctypes.c_uint32),
+        ("inbound_slot", ctypes.c_uint32),
+    ]
+
+
+class MeshTuple(ctypes.Structure):
+    """Addresses and ports in network byte order, as on the wire."""
+
+    _fields_ = [
+        ("saddr", ctypes.c_uint32),
+        ("daddr", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+    ]
+
+
+# (map, "key" or "leaf") -> mirror; maps bcc cannot describe (the sockmap) are not listed.
+MIRRORS: dict[tuple[str, str], type[ctypes.Structure]] = {
+    (CONFIG_MAP, "leaf"): MeshConfig,
+    (COUNTERS_MAP, "leaf"): MeshCounters,
+    (PODS_MAP, "leaf"): MeshPod,
+    (CAPTURED_MAP, "key"): MeshTuple,
+}
 
 
 class AbiError(SlipstreamError):

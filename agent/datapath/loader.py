@@ -2,14 +2,18 @@
 
 The programs are compiled once per agent start from bpf/*.c, the mirror in
 abi.py is checked against the compiled map types, and mesh_config is filled.
-Attaching them to pods is pod.py's job; the fds stay valid while `Programs` lives.
+This module also owns every later touch of the programs' maps (which pods are
+enrolled, where their listeners are) and the sk_lookup links into pods.
+Attaching the tc programs to pods is pod.py's job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +24,12 @@ log = logging.getLogger("agent.datapath")
 REPO_BPF_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bpf"
 )
+BPF_PROG_TYPE_SK_LOOKUP = 30
+BPF_SK_LOOKUP = 36
+BPF_LINK_CREATE = 28
+SYS_BPF = 321  # x86_64
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def bpf_dir() -> str:
@@ -28,13 +38,30 @@ def bpf_dir() -> str:
 
 
 class DatapathError(abi.SlipstreamError):
-    """The eBPF programs could not be compiled, checked or loaded."""
+    """The eBPF programs could not be compiled, checked, loaded or attached."""
 
 
 @dataclass
 class Program:
     name: str
     fd: int
+
+
+class _LinkCreate(ctypes.Structure):
+    """union bpf_attr, as BPF_LINK_CREATE reads it (the rest must be zero)."""
+
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("target_fd", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("rest", ctypes.c_uint8 * 48),
+    ]
+
+
+def _ip_key(ip: str) -> ctypes.c_uint32:
+    # The programs key pods by the address as it sits in the packet (network order).
+    return ctypes.c_uint32(int.from_bytes(socket.inet_aton(ip), "little"))
 
 
 class Programs:
@@ -44,10 +71,12 @@ class Programs:
         directory = directory or bpf_dir()
         try:
             from bcc import BPF  # the one import of bcc in Slipstream
+            from bcc.libbcc import lib
         except ImportError as exc:
             raise DatapathError(
                 "bcc is not importable: install python3-bpfcc (make setup does)"
             ) from exc
+        self._lib = lib
         # One compilation unit, so the programs share their maps. bcc only takes
         # functions of the main file as programs, hence the files are joined, not included.
         sources = []
@@ -66,15 +95,23 @@ class Programs:
         self.programs: dict[str, Program] = {}
         for name in abi.PROGRAMS:
             try:
-                fn = self._bpf.load_func(name.encode(), BPF.SCHED_CLS)
+                if name == abi.LOOKUP_PROGRAM:
+                    fn = self._bpf.load_func(
+                        name.encode(), BPF_PROG_TYPE_SK_LOOKUP, None, BPF_SK_LOOKUP
+                    )
+                else:
+                    fn = self._bpf.load_func(name.encode(), BPF.SCHED_CLS)
             except Exception as exc:
                 raise DatapathError(f"the kernel refused program {name}: {exc}") from exc
             self.programs[name] = Program(name, fn.fd)
+        self._listeners_fd = lib.bpf_table_fd(self._bpf.module, abi.LISTENERS_MAP.encode())
+        if self._listeners_fd < 0:
+            raise DatapathError(f"map {abi.LISTENERS_MAP} is missing from the compiled programs")
         self.write_config(abi.default_config())
         log.info("capture programs loaded", extra={"programs": ",".join(self.programs)})
 
     def check_abi(self) -> None:
-        for map_name, mirror in abi.MIRRORS.items():
+        for (map_name, part), mirror in abi.MIRRORS.items():
             try:
                 table = self._bpf[map_name.encode()]
             except KeyError:
@@ -82,7 +119,10 @@ class Programs:
                     f"map {map_name} is missing from the compiled programs"
                 ) from None
             # Per-CPU maps expose one value per CPU as Leaf; sLeaf is the element.
-            abi.check_struct(map_name, getattr(table, "sLeaf", table.Leaf), mirror)
+            compiled = table.Key if part == "key" else getattr(table, "sLeaf", table.Leaf)
+            abi.check_struct(f"{map_name} {part}", compiled, mirror)
+
+    # ------------------------------------------------------------ maps
 
     def write_config(self, config: abi.MeshConfig) -> None:
         table = self._bpf[abi.CONFIG_MAP.encode()]
@@ -101,6 +141,52 @@ class Programs:
             for name in totals:
                 totals[name] += getattr(per_cpu, name)
         return totals
+
+    def set_pod(self, ip: str, outbound_slot: int, inbound_slot: int) -> None:
+        table = self._bpf[abi.PODS_MAP.encode()]
+        table[_ip_key(ip)] = table.Leaf(outbound_slot, inbound_slot)
+
+    def del_pod(self, ip: str) -> None:
+        table = self._bpf[abi.PODS_MAP.encode()]
+        with contextlib.suppress(KeyError):
+            del table[_ip_key(ip)]
+
+    def pods(self) -> dict[str, tuple[int, int]]:
+        table = self._bpf[abi.PODS_MAP.encode()]
+        return {
+            socket.inet_ntoa(k.value.to_bytes(4, "little")): (v.outbound_slot, v.inbound_slot)
+            for k, v in table.items()
+        }
+
+    def set_listener(self, slot: int, fd: int) -> None:
+        key, value = ctypes.c_uint32(slot), ctypes.c_uint64(fd)
+        if (
+            self._lib.bpf_update_elem(self._listeners_fd, ctypes.byref(key), ctypes.byref(value), 0)
+            != 0
+        ):
+            err = ctypes.get_errno()
+            raise DatapathError(f"adding a listener to {abi.LISTENERS_MAP}: {os.strerror(err)}")
+
+    def del_listener(self, slot: int) -> None:
+        key = ctypes.c_uint32(slot)
+        self._lib.bpf_delete_elem(self._listeners_fd, ctypes.byref(key))  # gone already is fine
+
+    # ------------------------------------------------------------ sk_lookup links
+
+    def attach_lookup(self, netns_fd: int) -> int:
+        """Attach capture_lookup to a pod's namespace. The returned link fd keeps it there;
+        closing it (or the agent exiting) detaches it."""
+        attr = _LinkCreate(
+            prog_fd=self.programs[abi.LOOKUP_PROGRAM].fd,
+            target_fd=netns_fd,
+            attach_type=BPF_SK_LOOKUP,
+        )
+        fd = _libc.syscall(SYS_BPF, BPF_LINK_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+        if fd < 0:
+            raise DatapathError(
+                f"attaching {abi.LOOKUP_PROGRAM} to a pod: {os.strerror(ctypes.get_errno())}"
+            )
+        return int(fd)
 
     def fd(self, name: str) -> int:
         return self.programs[name].fd

@@ -69,7 +69,7 @@ def _our_filters(ipr: IPRoute, index: int, hook: int) -> list[str]:
     names = []
     for f in ipr.get_filters(index=index, parent=hook):
         name = f.get_nested("TCA_OPTIONS", "TCA_BPF_NAME")
-        if name in abi.PROGRAMS:
+        if name in abi.TC_PROGRAMS:
             names.append(name)
     return names
 

@@ -158,7 +158,14 @@ class Lab:
                 if spec.mesh:
                     # Agents first: a pod in the mesh starts only once its agent captures it.
                     for node in state.nodes.values():
-                        mesh.start_agent(state, self.dir, self.objects_dir, self.logs_dir, node)
+                        mesh.start_agent(
+                            state,
+                            self.dir,
+                            self.objects_dir,
+                            self.logs_dir,
+                            node,
+                            ["--capture", spec.capture],
+                        )
                     self._save(state)
                     for node in state.nodes.values():
                         mesh.wait_agent_ready(state, node)
@@ -208,7 +215,9 @@ class Lab:
                         spec = model.parse_lab_spec(doc.body)
                     except FieldError as exc:
                         raise LabError(str(doc.error(exc))) from exc
-                    if spec.nodes != state.spec.nodes or spec.mesh != state.spec.mesh:
+                    if spec != LabSpec(
+                        spec.name, state.spec.nodes, state.spec.mesh, state.spec.capture
+                    ):
                         reason = "a running lab's nodes and mesh cannot change; down and up again"
                         raise LabError(str(doc.error(FieldError("spec", reason))))
             checked = self._check(state, [d for d in documents if _kind(d) != "Lab"])
@@ -439,7 +448,7 @@ class Lab:
             node = self._node(state, node_name)
             if mesh.agent_alive(state, node_name):
                 raise LabError(f"the agent on node {node_name} is already running")
-            extra = ["--cleanup"] if cleanup else []
+            extra = ["--capture", state.spec.capture] + (["--cleanup"] if cleanup else [])
             mesh.start_agent(state, self.dir, self.objects_dir, self.logs_dir, node, extra)
             self._save(state)
             if wait:

@@ -40,6 +40,8 @@ class LabSpec:
     nodes: tuple[str, ...]
     mesh: bool = True
     """Start the mesh (agents) on the nodes; off for a bare cluster."""
+    capture: str = "ebpf"
+    """The agents' capture: ebpf, or iptables (the pre-eBPF baseline, for benchmarks)."""
 
 
 def parse_lab_spec(body: Mapping[str, Any]) -> LabSpec:
@@ -67,7 +69,10 @@ def parse_lab_spec(body: Mapping[str, Any]) -> LabSpec:
     enabled = mesh.get("enabled", True)
     if not isinstance(enabled, bool):
         raise FieldError("spec.mesh.enabled", "must be true or false")
-    return LabSpec(meta.name, tuple(nodes), enabled)
+    capture = mesh.get("capture", "ebpf")
+    if capture not in ("ebpf", "iptables"):
+        raise FieldError("spec.mesh.capture", f"{capture!r} is not one of ebpf, iptables")
+    return LabSpec(meta.name, tuple(nodes), enabled, capture)
 
 
 def check_lab_name(name: str) -> str:
@@ -208,7 +213,12 @@ class LabState:
         spec = d["spec"]
         return cls(
             name=d["name"],
-            spec=LabSpec(spec["name"], tuple(spec["nodes"]), spec.get("mesh", True)),
+            spec=LabSpec(
+                spec["name"],
+                tuple(spec["nodes"]),
+                spec.get("mesh", True),
+                spec.get("capture", "ebpf"),
+            ),
             created=d["created"],
             nodes={k: NodeRecord(**v) for k, v in d["nodes"].items()},
             pods={k: PodRecord(**v) for k, v in d["pods"].items()},

@@ -105,6 +105,7 @@ class PodProxy:
         self._original_dst = original_dst
         self._transparent_outbound = transparent_outbound
         self._servers: list[asyncio.base_events.Server] = []
+        self._listener_fds: dict[str, int] = {}
         self._splices: set[Splice] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -135,6 +136,7 @@ class PodProxy:
         try:
             for port, transparent, direction in specs:
                 sock = self._listener(port, transparent=transparent)
+                self._listener_fds[direction] = sock.fileno()
                 server = await loop.create_server(self._factory(direction), sock=sock)
                 self._servers.append(server)
         except BaseException:
@@ -149,6 +151,10 @@ class PodProxy:
             task.cancel()
         for splice in list(self._splices):
             splice.abort(reason)
+
+    def listener_fd(self, direction: str) -> int:
+        """The listening socket for outbound, inbound or hbone (for the datapath's socket map)."""
+        return self._listener_fds[direction]
 
     @property
     def connections(self) -> int:

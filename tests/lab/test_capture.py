@@ -288,3 +288,48 @@ def test_deleting_a_pod_releases_its_namespace(lab):
         lambda: not agent_holds_netns(), 2, "the agent to let go of the deleted pod's namespace"
     )
     wait_until(lambda: workload(lab, "n1", "mesh", "near") == {}, 1, "the agent to forget the pod")
+
+
+REUSE_PORT = """
+import socket, sys
+host, port, src = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for attempt in (1, 2):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", src))
+    s.settimeout(5)
+    s.connect((host, port))
+    s.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+    reply = b""
+    while chunk := s.recv(65536):
+        reply += chunk
+    s.close()
+    print(attempt, reply.split(b"\\r\\n")[0].decode())
+"""
+
+
+def syn_retransmits(lab: Lab, pod: str, ns: str) -> int:
+    res = lab.exec(pod, ["nstat", "-az", "TcpExtTCPSynRetrans"], namespace=ns)
+    return int(res.stdout.split()[-2]) if "TcpExtTCPSynRetrans" in res.stdout else 0
+
+
+@pytest.mark.parametrize(
+    ("client_ns", "server", "server_ns"),
+    [("mesh", "server", "plain"), ("plain", "far", "mesh")],
+    ids=["outbound", "inbound"],
+)
+def test_a_port_the_agent_holds_in_time_wait_can_be_reused_at_once(
+    lab, client_ns, server, server_ns
+):
+    """The agent closes first, so it holds the tuple in TIME_WAIT; the client may reuse its
+    port at once (as against any server). The kernel's TIME_WAIT logic must let the new SYN in."""
+    before = syn_retransmits(lab, "client", client_ns)
+    res = lab.exec(
+        "client",
+        ["python3", "-c", REUSE_PORT, ip(lab, server, server_ns), "8080", "45123"],
+        namespace=client_ns,
+    )
+    assert res.stdout.splitlines() == ["1 HTTP/1.1 200 OK", "2 HTTP/1.1 200 OK"], res.stderr
+    assert syn_retransmits(lab, "client", client_ns) == before, (
+        "a SYN was dropped and retransmitted"
+    )

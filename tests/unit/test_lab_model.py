@@ -118,6 +118,15 @@ def test_spread_picks_the_emptiest_node_in_order():
             },
             "spec.mesh.enabled",
         ),
+        (
+            {
+                "apiVersion": model.MESH_API,
+                "kind": "Lab",
+                "metadata": {"name": "x"},
+                "spec": {"nodes": ["a"], "mesh": {"capture": "tproxy"}},
+            },
+            "spec.mesh.capture",
+        ),
     ],
 )
 def test_bad_lab_specs(body, errfield):

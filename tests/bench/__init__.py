@@ -1,0 +1,1 @@
+"""`make bench`: benchmarks against real peers, in labs. They report; they never assert."""
