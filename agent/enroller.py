@@ -26,7 +26,15 @@ from typing import Protocol
 
 from . import netns
 from .capture import Binding
-from .enrollment import ANNOTATION_NETNS, ENROLLED, FAILED, NOT_ENROLLED, WorkloadStatus, decide
+from .enrollment import (
+    ANNOTATION_NETNS,
+    ENROLLED,
+    FAILED,
+    NOT_ENROLLED,
+    PENDING,
+    WorkloadStatus,
+    decide,
+)
 from .errors import SlipstreamError
 from .proxy.pod import PodProxy, PodRef
 from .state import Pod, StateStore
@@ -51,6 +59,10 @@ class Capture(Protocol):
 
 class EnrollError(SlipstreamError):
     pass
+
+
+class NotYet(EnrollError):
+    """The pod cannot be enrolled yet (no IP, or no known namespace): pending, not failed."""
 
 
 @dataclass
@@ -188,7 +200,7 @@ class Enroller:
             if ns is not None:
                 ns.close()
             if isinstance(exc, SlipstreamError | OSError):
-                self._fail(pod, str(exc))
+                self._fail(pod, str(exc), PENDING if isinstance(exc, NotYet) else FAILED)
             else:
                 log.exception("unexpected error enrolling pod", extra={"pod": str(ref)})
                 self._fail(pod, f"internal error: {exc!r}")
@@ -242,11 +254,11 @@ class Enroller:
                 extra={"pod": str(pod.key), "error": str(exc)},
             )
 
-    def _fail(self, pod: Pod, reason: str) -> None:
+    def _fail(self, pod: Pod, reason: str, state: str = FAILED) -> None:
         key = pod.key
         _, backoff = self._failures.get(key, (0.0, RETRY_START))
         self._failures[key] = (time.monotonic() + backoff, min(backoff * 2, RETRY_MAX))
-        self.status[key] = WorkloadStatus(pod.meta.namespace, pod.meta.name, pod.ip, FAILED, reason)
+        self.status[key] = WorkloadStatus(pod.meta.namespace, pod.meta.name, pod.ip, state, reason)
         log.warning(
             "pod enrollment failed, will retry",
             extra={"pod": str(key), "error": reason, "retry_in_s": backoff},
@@ -255,9 +267,9 @@ class Enroller:
     def _netns_path(self, pod: Pod) -> str:
         path = pod.meta.annotations.get(ANNOTATION_NETNS)
         if not pod.ip:
-            raise EnrollError("the pod has no IP yet")
+            raise NotYet("the pod has no IP yet")
         if not path:
-            raise EnrollError(
+            raise NotYet(
                 f"the pod's network namespace is not known (no {ANNOTATION_NETNS} annotation)"
             )
         real = os.path.realpath(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -83,3 +84,23 @@ def wait_until(pred, timeout: float, what: str):
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+def lookup_links(lab: Lab, node: str, pod: str, namespace: str) -> int:
+    """How many sk_lookup links the node's agent holds into the pod's namespace (from /proc)."""
+    pid = next(
+        p["pid"] for p in lab.status()["processes"] if p["kind"] == "agent" and p["name"] == node
+    )
+    inode = os.stat(f"/run/netns/{lab.pod(pod, namespace).netns}").st_ino
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf_link":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                info = f.read()
+        except OSError:
+            continue
+        if f"netns_ino:\t{inode}\n" in info and "attach_type:\t36" in info:
+            count += 1
+    return count

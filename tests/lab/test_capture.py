@@ -5,12 +5,21 @@ from __future__ import annotations
 import os
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
 from agent.lab.lab import Lab
 from agent.manifest import load_text
-from tests.lab.labkit import access_log, config_dump, curl, netns_view, wait_until, workload
+from tests.lab.labkit import (
+    access_log,
+    config_dump,
+    curl,
+    lookup_links,
+    netns_view,
+    wait_until,
+    workload,
+)
 
 ECHO = '[slipstream, app, http-echo, --port, "8080"]'
 SLEEP = "[sleep, infinity]"
@@ -168,6 +177,7 @@ def test_listeners_filters_and_rules_in_an_enrolled_pod(lab):
     assert "fwmark 0x53a lookup 100" in view["rules"]
     assert view["table100"].startswith("local default dev lo")
     assert view["accept_local"] == "1"
+    assert lookup_links(lab, "n1", "client", "mesh") == 1, "capture_lookup is attached once"
 
 
 def test_labelling_a_namespace_live_starts_and_stops_capture(lab):
@@ -210,6 +220,7 @@ def test_labelling_a_namespace_live_starts_and_stops_capture(lab):
         ln.split()[3].rsplit(":", 1)[1] for ln in view["listeners"].splitlines()
     }
     assert view["accept_local"] == "0"
+    assert lookup_links(lab, "n1", "client", "plain") == 0
 
 
 def test_agent_killed_fails_closed_then_readopts_without_duplicates(lab):
@@ -249,6 +260,7 @@ def test_agent_killed_fails_closed_then_readopts_without_duplicates(lab):
     assert view["rules"].count("fwmark 0x53a") == 1
     assert len(view["table100"].splitlines()) == 1
     assert [ln.split()[3] for ln in view["listeners"].splitlines()].count("0.0.0.0:15001") == 1
+    assert lookup_links(lab, "n1", "client", "mesh") == 1
     counters = config_dump(lab, "n1")["datapath"]["counters"]
     assert counters["outbound_new"] >= 1
 
@@ -333,3 +345,46 @@ def test_a_port_the_agent_holds_in_time_wait_can_be_reused_at_once(
     assert syn_retransmits(lab, "client", client_ns) == before, (
         "a SYN was dropped and retransmitted"
     )
+
+
+def test_bad_pod_objects_are_reported_and_the_agent_carries_on(lab):
+    """Objects in the agents' directory are control-plane input: a pod whose namespace is
+    missing, outside /run/netns, the node's own, or unknown is refused with the reason."""
+    node_netns = lab.status()["nodes"][0]["netns"]
+    cases = {
+        "outside": ("/etc", "failed", "outside the namespace directory"),
+        "missing": ("/run/netns/ss_nope_pod_x", "failed", "cannot open network namespace"),
+        "node": (f"/run/netns/{node_netns}", "failed", "the agent's own namespace"),
+        "unknown": (None, "pending", "is not known"),
+    }
+    for i, (name, (path, _, _)) in enumerate(cases.items()):
+        annotations = (
+            f"annotations: {{slipstream.dev/netns: '{path}'}}" if path else "annotations: {}"
+        )
+        (Path(lab.objects_dir) / f"pod_mesh_bad-{name}.yaml").write_text(
+            textwrap.dedent(f"""\
+            apiVersion: v1
+            kind: Pod
+            metadata:
+              name: bad-{name}
+              namespace: mesh
+              {annotations}
+            spec:
+              nodeName: n1
+              containers: [{{name: c, command: [x]}}]
+            status: {{podIP: 10.244.1.{200 + i}, phase: Running}}
+            """)
+        )
+    for name, (_, state, reason) in cases.items():
+
+        def refused(n: str = name, want: str = state) -> dict:
+            w = workload(lab, "n1", "mesh", f"bad-{n}")
+            return w if w.get("state") == want else {}
+
+        seen = wait_until(refused, 2, f"bad-{name} refused")
+        assert reason in seen["reason"], seen
+    # The agent still serves its real pods.
+    assert curl(lab, "client", f"http://{ip(lab, 'far')}:8080/", "mesh")["pod"] == "far"
+    assert "capture_egress" in netns_view(lab, "client", "mesh")["eth0_egress"]
+    status, _ = lab.node_http("n1", "http://127.0.0.1:15021/healthz/ready")
+    assert status == 200
