@@ -1,0 +1,1 @@
+"""The mesh CA: keeps the roots, authorizes nodes, signs workload certificates."""

@@ -1,0 +1,1 @@
+"""Workload identities: SPIFFE IDs, keys, certificates, and the agent's certificate manager."""

@@ -1,0 +1,91 @@
+"""The agent's certificate manager against a real CA: first issue, half-life renewal, CA outages."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+
+import pytest
+
+from agent.identity.certs import SpiffeId
+from agent.identity.manager import CertManager, NoCertificate
+from tests.functional.cakit import TD, start_ca
+
+WEB = SpiffeId(TD, "shop", "web")
+DB = SpiffeId(TD, "shop", "db")
+
+
+@pytest.fixture
+def ca(tmp_path):
+    running = start_ca(tmp_path)
+    yield running
+    running.stop()
+
+
+async def running_manager(ca, ttl_s: float, wanted: set[SpiffeId]):
+    mgr = CertManager(
+        ca.client("n1"),
+        ca.bundle(),
+        ttl=dt.timedelta(seconds=ttl_s),
+        wanted=lambda: wanted,
+        bundle_refresh=0.5,
+    )
+    drain = asyncio.Event()
+    task = asyncio.create_task(mgr.run(drain))
+    return mgr, drain, task
+
+
+async def test_first_certificate_then_renewal_at_half_life(ca):
+    mgr, drain, task = await running_manager(ca, 4, {WEB})
+    try:
+        first = await mgr.get(WEB, timeout=5)
+        life = first.not_after - first.cert.not_valid_before_utc.timestamp()
+        assert first.renew_at == pytest.approx(first.not_after - life / 2)
+        # Renewed at half-life with a new key, long before it expires.
+        deadline = time.time() + 10
+        while mgr.current(WEB) is first and time.time() < deadline:
+            await asyncio.sleep(0.05)
+        second = mgr.current(WEB)
+        assert second is not first and second.cert.serial_number != first.cert.serial_number
+        assert second.key.public_key().public_numbers() != first.key.public_key().public_numbers()
+        assert time.time() < first.not_after, "renewed before the old certificate expired"
+    finally:
+        drain.set()
+        await task
+
+
+async def test_an_identity_the_node_may_not_have_stays_pending_with_the_reason(ca):
+    mgr, drain, task = await running_manager(ca, 60, {DB})
+    try:
+        with pytest.raises(NoCertificate, match="node n1 runs no pod with service account db"):
+            await mgr.get(DB, timeout=2)
+        (status,) = mgr.status()
+        assert status["state"] == "pending" and "403" in status["lastError"]
+    finally:
+        drain.set()
+        await task
+
+
+async def test_the_valid_certificate_stays_in_use_while_the_ca_is_down(ca, tmp_path):
+    mgr, drain, task = await running_manager(ca, 6, {WEB})
+    try:
+        first = await mgr.get(WEB, timeout=5)
+        ca.stop()
+        await asyncio.sleep(max(0.0, first.renew_at - time.time()) + 1.0)
+        assert mgr.current(WEB) is first, "kept while valid"
+        (status,) = mgr.status()
+        assert status["state"] == "valid" and "cannot reach the CA" in status["lastError"]
+        restarted = start_ca(tmp_path, port=ca.port)
+        try:
+            deadline = time.time() + 10
+            while mgr.current(WEB) is first and time.time() < deadline:
+                await asyncio.sleep(0.1)
+            assert mgr.current(WEB) is not first, (
+                "renewed once the CA was back (retried with backoff)"
+            )
+        finally:
+            restarted.stop()
+    finally:
+        drain.set()
+        await task
