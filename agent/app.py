@@ -1,21 +1,29 @@
 """The node agent process: builds its components and runs them until SIGTERM.
 
 This is the composition root; each component lives in its own module and
-meets the others only through the state store.
+meets the others only through the state store and the shared MeshContext.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .admin import AdminServer
+from .admin import AdminServer, parse_addr
+from .ca.authority import ca_identity
 from .capture import EbpfCapture, IptablesCapture
 from .enroller import Capture, Enroller
+from .enrollment import decide
 from .errors import SlipstreamError
+from .identity.caclient import CAClient
+from .identity.certs import DEFAULT_TRUST_DOMAIN, SpiffeId, load_certs
+from .identity.manager import CertManager
+from .proxy.context import MeshContext
 from .runtime import Component, serve
 from .sources.file import FileSource
 from .state import StateStore, StateUpdater
@@ -39,6 +47,14 @@ class AgentConfig:
     capture: str = "ebpf"
     cleanup: bool = False
     """On exit, remove capture from every pod (otherwise enrolled pods fail closed)."""
+    ca: str | None = None
+    """host:port of the CA. Without it there are no identities and no HBONE."""
+    ca_root: str | None = None
+    """PEM file with the first trust bundle (the CA's roots); later ones come from the CA."""
+    ca_token_file: str | None = None
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    cert_ttl: dt.timedelta = dt.timedelta(hours=24)
+    bundle_refresh: float = 60.0
     drain_deadline: float = 10.0
 
 
@@ -60,17 +76,57 @@ class Agent:
         self.admin = AdminServer(
             self.config_dump, self.ready, admin_addr=config.admin_addr, ready_addr=config.ready_addr
         )
+        self.mesh = MeshContext(
+            config.node, lambda: self.store.snapshot, trust_domain=config.trust_domain
+        )
+        self.certs = self._cert_manager()
+        self.mesh.certs = self.certs
         self.programs: Any = None
         self.enroller: Enroller | None = None
 
+    def _cert_manager(self) -> CertManager | None:
+        c = self.config
+        if not c.ca:
+            return None
+        if not c.ca_root or not c.ca_token_file:
+            raise SlipstreamError(
+                "--ca needs --ca-root (the trust bundle) and --ca-token-file (this node's token)"
+            )
+        try:
+            with open(c.ca_root) as f:
+                bundle = f.read()
+            load_certs(bundle)
+            with open(c.ca_token_file) as f:
+                token = f.read().strip()
+        except OSError as exc:
+            raise SlipstreamError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+        client = CAClient(parse_addr(c.ca, "127.0.0.1"), token, ca_identity(c.trust_domain))
+        certs = CertManager(
+            client,
+            bundle,
+            ttl=c.cert_ttl,
+            wanted=self._wanted_identities,
+            bundle_refresh=c.bundle_refresh,
+        )
+        self.store.subscribe(lambda old, new: certs.wake())
+        return certs
+
+    def _wanted_identities(self) -> set[SpiffeId]:
+        """One identity per service account with an enrolled pod on this node."""
+        snap = self.store.snapshot
+        return {
+            self.mesh.identity(p)
+            for p in snap.pods_on_node(self.config.node)
+            if p.ip and decide(p, snap.namespace(p.meta.namespace)).enroll
+        }
+
     def _capture(self) -> Capture:
-        snapshot = lambda: self.store.snapshot  # noqa: E731
         if self.config.capture == "iptables":
-            return IptablesCapture(self.config.node, snapshot)
+            return IptablesCapture(self.mesh)
         from .datapath.loader import Programs
 
         self.programs = Programs()
-        return EbpfCapture(self.programs, self.config.node, snapshot)
+        return EbpfCapture(self.programs, self.mesh)
 
     def ready(self) -> bool:
         return (
@@ -85,15 +141,27 @@ class Agent:
             "node": self.config.node,
             "ready": self.ready(),
             "capture": self.config.capture,
+            "trustDomain": self.config.trust_domain,
             "sources": [self.source.status()],
             "workloads": [asdict(w) for w in self.enroller.workloads()] if self.enroller else [],
+            "certificates": self.certs.status() if self.certs else [],
+            "hbone": self.mesh.pool.status(),
+            "ejectedEndpoints": self.mesh.balancer.status(time.monotonic()),
             "datapath": {"counters": self.programs.counters()} if self.programs else {},
             **snapshot_json(snap),
         }
 
     def components(self) -> dict[str, Component]:
         assert self.enroller is not None
-        return {"source": self.source, "admin": self.admin, "enroller": self.enroller}
+        parts: dict[str, Component] = {
+            "source": self.source,
+            "admin": self.admin,
+            "enroller": self.enroller,
+            "hbone-pool": self.mesh.pool,
+        }
+        if self.certs is not None:
+            parts["certificates"] = self.certs
+        return parts
 
     async def run(self) -> None:
         log.info(
@@ -102,6 +170,7 @@ class Agent:
                 "node": self.config.node,
                 "source": self.config.source,
                 "capture": self.config.capture,
+                "ca": self.config.ca,
             },
         )
         capture = await asyncio.to_thread(self._capture)

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from .datapath import abi, iptables, pod
 from .datapath.loader import DatapathError, Programs
 from .netns import Netns
-from .proxy.pod import PodProxy, PodRef, original_dst_from_conntrack, original_dst_from_sockname
-from .state import Snapshot
+from .proxy.context import MeshContext
+from .proxy.pod import PodProxy, original_dst_from_conntrack, original_dst_from_sockname
+from .state.objects import Pod
 
 
 @dataclass
@@ -49,24 +49,23 @@ class EbpfCapture:
     """tc programs inside the pod steer packets to the agent; sk_lookup picks its listener.
     No NAT, no conntrack."""
 
-    def __init__(self, programs: Programs, node: str, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(self, programs: Programs, mesh: MeshContext) -> None:
         self.programs = programs
         self.fds = {name: programs.fd(name) for name in abi.TC_PROGRAMS}
-        self.node = node
-        self.snapshot = snapshot
+        self.mesh = mesh
         self._slots = SlotPool(abi.LISTENER_SLOTS)
 
-    def make_proxy(self, ref: PodRef, ns: Netns) -> PodProxy:
-        return PodProxy(ref, ns, self.node, self.snapshot, original_dst=original_dst_from_sockname)
+    def make_proxy(self, pod: Pod, ns: Netns) -> PodProxy:
+        return PodProxy(pod, ns, self.mesh, original_dst=original_dst_from_sockname)
 
-    def bind(self, ref: PodRef, ns: Netns, proxy: PodProxy) -> Binding:
-        binding = Binding(ref.ip)
+    def bind(self, pod: Pod, ns: Netns, proxy: PodProxy) -> Binding:
+        binding = Binding(pod.ip)
         try:
             out, inb = self._slots.take(), self._slots.take()
             binding.slots = (out, inb)
             self.programs.set_listener(out, proxy.listener_fd("outbound"))
             self.programs.set_listener(inb, proxy.listener_fd("inbound"))
-            self.programs.set_pod(ref.ip, out, inb)
+            self.programs.set_pod(pod.ip, out, inb)
             binding.link_fd = self.programs.attach_lookup(ns.fd)
         except BaseException:
             self.unbind(binding)
@@ -98,22 +97,16 @@ class EbpfCapture:
 class IptablesCapture:
     """iptables REDIRECT (outbound only): the pre-eBPF baseline for `make bench`."""
 
-    def __init__(self, node: str, snapshot: Callable[[], Snapshot]) -> None:
-        self.node = node
-        self.snapshot = snapshot
+    def __init__(self, mesh: MeshContext) -> None:
+        self.mesh = mesh
 
-    def make_proxy(self, ref: PodRef, ns: Netns) -> PodProxy:
+    def make_proxy(self, pod: Pod, ns: Netns) -> PodProxy:
         return PodProxy(
-            ref,
-            ns,
-            self.node,
-            self.snapshot,
-            original_dst=original_dst_from_conntrack,
-            transparent_outbound=False,
+            pod, ns, self.mesh, original_dst=original_dst_from_conntrack, transparent_outbound=False
         )
 
-    def bind(self, ref: PodRef, ns: Netns, proxy: PodProxy) -> Binding:
-        return Binding(ref.ip)  # NAT needs no listener registry
+    def bind(self, pod: Pod, ns: Netns, proxy: PodProxy) -> Binding:
+        return Binding(pod.ip)  # NAT needs no listener registry
 
     def unbind(self, binding: Binding) -> None:
         pass

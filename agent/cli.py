@@ -75,12 +75,26 @@ def _register_agent(
         action="store_true",
         help="on exit, remove capture from every pod instead of leaving them to fail closed",
     )
+    g = p.add_argument_group(
+        "identity (without --ca: no mTLS, captured traffic is relayed in plaintext)"
+    )
+    g.add_argument("--ca", metavar="HOST:PORT", help="the mesh CA (slipstream ca serve)")
+    g.add_argument(
+        "--ca-root", metavar="FILE", help="PEM trust bundle to start with (the CA's roots)"
+    )
+    g.add_argument("--ca-token-file", metavar="FILE", help="this node's credential for the CA")
+    g.add_argument("--trust-domain", default="cluster.local")
+    g.add_argument(
+        "--cert-ttl", default="24h", help="workload certificate life (default %(default)s)"
+    )
+    g.add_argument("--bundle-refresh", default="60s", help="how often to fetch the trust bundle")
     p.set_defaults(func=_run_agent)
 
 
 def _run_agent(args: argparse.Namespace) -> int:
     from .admin import parse_addr
     from .app import AgentConfig, main
+    from .identity.certs import parse_duration
 
     main(
         AgentConfig(
@@ -92,12 +106,19 @@ def _run_agent(args: argparse.Namespace) -> int:
             netns_dir=args.netns_dir,
             capture=args.capture,
             cleanup=args.cleanup,
+            ca=args.ca,
+            ca_root=args.ca_root,
+            ca_token_file=args.ca_token_file,
+            trust_domain=args.trust_domain,
+            cert_ttl=parse_duration(args.cert_ttl),
+            bundle_refresh=parse_duration(args.bundle_refresh).total_seconds(),
         )
     )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .ca import cli as ca_cli
     from .lab import apps, demo
     from .lab import cli as lab_cli
 
@@ -109,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     parents = [common_options()]
     _register_agent(sub, parents)
+    ca_cli.register(sub, parents)
     lab_cli.register(sub, parents)
     demo.register(sub, parents)
     apps.register(sub, parents)

@@ -28,13 +28,21 @@ class FlowRecord:
     """namespace/pod of the destination, or service/namespace/name for a cluster IP."""
     upstream: str | None = None
     """Where the agent actually connected (differs from dst for a Service)."""
+    transport: str = ""
+    """hbone or plaintext."""
+    src_identity: str | None = None
+    """SPIFFE ID of the client workload (from its certificate, on the inbound side)."""
+    dst_identity: str | None = None
+    """SPIFFE ID of the destination workload."""
+    traceparent: str | None = None
     bytes_sent: int = 0
     """Client to server."""
     bytes_received: int = 0
     """Server to client."""
     outcome: str = "open"
     """ok, or why it ended: upstream_refused, upstream_timeout, upstream_unreachable,
-    client_reset, upstream_reset, unenrolled, agent_stopping."""
+    client_reset, upstream_reset, refused_plaintext, denied, no_certificate, hbone_error,
+    bad_request, unenrolled, agent_stopping."""
     detail: str = ""
     start_time: float = field(default_factory=time.time)
     duration_ms: float = 0.0

@@ -1,38 +1,39 @@
 """The agent's listeners inside one enrolled pod, and the connections they carry.
 
-Per pod: 15001 (captured outbound, transparent), 15006 (captured inbound
-plaintext) and 15008 (inbound HBONE). Every socket is created inside the pod's
-namespace and carries the agent mark, so capture never takes the agent's own
-traffic. Closing a PodProxy closes its listeners and resets its connections.
-
-In this version captured connections are relayed in plaintext: outbound to
-the original destination, from the pod's own address; inbound to the app,
-from the original client's address (bound transparently), so both servers
-see the real client IP.
+Per pod: 15001 (captured outbound), 15006 (captured inbound plaintext) and
+15008 (inbound HBONE). Every socket is created inside the pod's namespace and
+carries the agent mark, so capture never takes the agent's own traffic.
+Closing a PodProxy closes its listeners and resets its connections.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
+import ssl
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..datapath import abi
+from ..errors import SlipstreamError
+from ..hbone import server as hbone_server
+from ..hbone.protocol import HBONE_PORT
+from ..identity.manager import NoCertificate
 from ..netns import Netns
-from ..state import Snapshot
+from ..state.objects import Pod
 from .accesslog import FlowRecord, emit
-from .splice import Splice, TcpEnd, reset_socket
+from .context import MeshContext
+from .inbound import HboneInbound, plaintext_refused
+from .outbound import Attempt, Outbound, addr, connect_plain
+from .splice import End, Splice, TcpEnd
 
 log = logging.getLogger("agent.proxy")
 
 IP_TRANSPARENT = 19
 SO_ORIGINAL_DST = 80
-CONNECT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,6 @@ class PodRef:
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
-
-
-def _addr(a: tuple[str, int]) -> str:
-    return f"{a[0]}:{a[1]}"
 
 
 def original_dst_from_sockname(sock: Any) -> tuple[str, int]:
@@ -60,16 +57,6 @@ def original_dst_from_conntrack(sock: Any) -> tuple[str, int]:
     raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     port, packed = struct.unpack_from("!2xH4s", raw)
     return socket.inet_ntoa(packed), port
-
-
-def describe(snap: Snapshot, ip: str) -> str | None:
-    pod = snap.find_pod(ip)
-    if pod is not None:
-        return f"{pod.meta.namespace}/{pod.meta.name}"
-    for svc in snap.services():
-        if svc.cluster_ip == ip:
-            return f"service/{svc.meta.namespace}/{svc.meta.name}"
-    return None
 
 
 class _ClientEnd(TcpEnd):
@@ -90,24 +77,26 @@ class _ClientEnd(TcpEnd):
 class PodProxy:
     def __init__(
         self,
-        pod: PodRef,
+        pod: Pod,
         ns: Netns,
-        node: str,
-        snapshot: Callable[[], Snapshot],
+        mesh: MeshContext,
         *,
         original_dst: Callable[[Any], tuple[str, int]] = original_dst_from_sockname,
         transparent_outbound: bool = True,
     ) -> None:
         self.pod = pod
+        self.ref = PodRef(pod.meta.namespace, pod.meta.name, pod.ip)
         self.ns = ns
-        self.node = node
-        self._snapshot = snapshot
+        self.mesh = mesh
         self._original_dst = original_dst
         self._transparent_outbound = transparent_outbound
         self._servers: list[asyncio.base_events.Server] = []
         self._listener_fds: dict[str, int] = {}
         self._splices: set[Splice] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._hbone_conns: set[hbone_server.HboneServerConnection] = set()
+        self._outbound = Outbound(pod, ns, mesh)
+        self._hbone = HboneInbound(pod, mesh, self._dial_app, self._new_splice)
 
     # ------------------------------------------------------------ listeners
 
@@ -128,17 +117,17 @@ class PodProxy:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        specs = (
-            (abi.OUTBOUND_PORT, self._transparent_outbound, "outbound"),
-            (abi.INBOUND_PORT, False, "inbound"),
-            (abi.HBONE_PORT, False, "hbone"),
-        )
         try:
-            for port, transparent, direction in specs:
+            for port, transparent, direction in (
+                (abi.OUTBOUND_PORT, self._transparent_outbound, "outbound"),
+                (abi.INBOUND_PORT, False, "inbound"),
+            ):
                 sock = self._listener(port, transparent=transparent)
                 self._listener_fds[direction] = sock.fileno()
-                server = await loop.create_server(self._factory(direction), sock=sock)
-                self._servers.append(server)
+                self._servers.append(await loop.create_server(self._factory(direction), sock=sock))
+            hbone = self._listener(HBONE_PORT, transparent=False)
+            self._listener_fds["hbone"] = hbone.fileno()
+            self._spawn(self._serve_hbone(hbone))
         except BaseException:
             await self.close("enrollment failed")
             raise
@@ -149,8 +138,11 @@ class PodProxy:
         self._servers.clear()
         for task in list(self._tasks):
             task.cancel()
+        for conn in list(self._hbone_conns):
+            conn.abort(reason)
         for splice in list(self._splices):
             splice.abort(reason)
+        self.mesh.pool.close_for(self.ref.ip)
 
     def listener_fd(self, direction: str) -> int:
         """The listening socket for outbound, inbound or hbone (for the datapath's socket map)."""
@@ -160,17 +152,27 @@ class PodProxy:
     def connections(self) -> int:
         return len(self._splices)
 
-    # ------------------------------------------------------------ connections
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------ captured plaintext (15001, 15006)
 
     def _factory(self, direction: str) -> Callable[[], _ClientEnd]:
         return lambda: self._new_client(direction)
 
-    def _new_client(self, direction: str) -> _ClientEnd:
-        record = FlowRecord(direction=direction, src="", dst="", node=self.node)
+    def _new_splice(self, record: FlowRecord) -> Splice:
         splice = Splice(record, self._finished)
-        end = _ClientEnd(splice, lambda e: self._accepted(e, direction))
-        splice.client = end
         self._splices.add(splice)
+        return splice
+
+    def _new_client(self, direction: str) -> _ClientEnd:
+        splice = self._new_splice(
+            FlowRecord(direction=direction, src="", dst="", node=self.mesh.node)
+        )
+        end = _ClientEnd(splice, lambda e: self._spawn(self._accepted(e, direction)))
+        splice.client = end
         return end
 
     def _finished(self, splice: Splice) -> None:
@@ -178,12 +180,7 @@ class PodProxy:
         if splice.record.src:
             emit(splice.record)
 
-    def _accepted(self, end: _ClientEnd, direction: str) -> None:
-        task = asyncio.ensure_future(self._forward(end, direction))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _forward(self, end: _ClientEnd, direction: str) -> None:
+    async def _accepted(self, end: _ClientEnd, direction: str) -> None:
         splice, record = end.splice, end.splice.record
         assert end.transport is not None
         sock = end.transport.get_extra_info("socket")
@@ -193,52 +190,54 @@ class PodProxy:
         except OSError as exc:
             splice.abort("client_reset", str(exc))
             return
-        snap = self._snapshot()
-        record.src, record.dst = _addr(src), _addr(dst)
-        record.src_workload = describe(snap, src[0])
-        record.dst_workload = describe(snap, dst[0])
-        if direction == "hbone":
-            # HBONE (HTTP/2 CONNECT over mTLS) terminates here once identities exist.
-            splice.abort("not_supported", "HBONE is not served by this agent version")
+        snap = self.mesh.snapshot()
+        record.src, record.dst = addr(src), addr(dst)
+        src_pod = snap.find_pod(src[0])
+        record.src_workload = f"{src_pod.meta.namespace}/{src_pod.meta.name}" if src_pod else None
+        if direction == "outbound":
+            await self._outbound.forward(splice, end, src, dst)
             return
-        upstream = self._upstream_socket(direction, src)
-        record.upstream = _addr(dst)
-        loop = asyncio.get_running_loop()
+        record.dst_workload = f"{self.ref.namespace}/{self.ref.name}"
+        record.transport = "plaintext"
+        why = plaintext_refused(self.mesh, self.pod)
+        if why:
+            log.info(
+                "inbound plaintext refused", extra={"pod": str(self.ref), "client": record.src}
+            )
+            splice.abort("refused_plaintext", why)
+            return
+        record.upstream = addr(dst)
         try:
-            await asyncio.wait_for(loop.sock_connect(upstream, dst), CONNECT_TIMEOUT)
-        except (TimeoutError, OSError) as exc:
-            reset_socket(upstream)
-            outcome = _connect_outcome(exc)
-            splice.abort(outcome, str(exc) or outcome)
-            return
-        except asyncio.CancelledError:
-            reset_socket(upstream)
-            raise
-        if end.closed:
-            upstream.close()
-            return
-        up_end = TcpEnd(splice)
-        await loop.create_connection(lambda: up_end, sock=upstream)
-        splice.attach_upstream(up_end)
-        end.resume_reading()
+            await self._dial_app(splice, end, dst, src[0])
+        except Attempt as exc:
+            splice.abort(exc.outcome, exc.detail)
 
-    def _upstream_socket(self, direction: str, src: tuple[str, int]) -> socket.socket:
-        sock = self.ns.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, abi.AGENT_MARK)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if direction == "inbound":
-            # The app must see the real client: bind its address (not local here).
-            sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-            sock.bind((src[0], 0))
-        sock.setblocking(False)
-        return sock
+    async def _dial_app(
+        self, splice: Splice, client: End, dst: tuple[str, int], client_ip: str
+    ) -> None:
+        """Deliver to the app from the real client's address (not local here: transparent)."""
+        await connect_plain(
+            splice, client, self.ns.socket, dst, self.mesh.connect_timeout, bind=client_ip
+        )
 
+    # ------------------------------------------------------------ HBONE (15008)
 
-def _connect_outcome(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "upstream_timeout"
-    if isinstance(exc, ConnectionRefusedError):
-        return "upstream_refused"
-    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-        return "upstream_unreachable"
-    return "upstream_error"
+    async def _serve_hbone(self, listener: socket.socket) -> None:
+        try:
+            await hbone_server.accept_loop(listener, self._server_context, self._new_hbone)
+        finally:
+            listener.close()
+
+    async def _server_context(self) -> ssl.SSLContext:
+        if self.mesh.certs is None:
+            raise SlipstreamError("this agent has no CA: HBONE is off")
+        try:
+            return (await self.mesh.certs.get(self.mesh.identity(self.pod))).server_ctx
+        except NoCertificate as exc:
+            raise SlipstreamError(str(exc)) from exc
+
+    def _new_hbone(self) -> hbone_server.HboneServerConnection:
+        conn = hbone_server.HboneServerConnection(self._hbone.handle, self.mesh.trust_domain)
+        self._hbone_conns.add(conn)
+        conn.lost.add_done_callback(lambda _: self._hbone_conns.discard(conn))
+        return conn

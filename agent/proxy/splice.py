@@ -42,6 +42,11 @@ class Splice:
         self._done = False
         self._pending: list[bytes] = []
         """Client bytes that arrived before the upstream was attached."""
+        self._finishers: list[Callable[[], None]] = []
+
+    def on_finish(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once, when the connection is over."""
+        self._finishers.append(callback)
 
     # -- called by ends ----------------------------------------------------------
     def on_data(self, end: End, data: bytes) -> None:
@@ -113,6 +118,8 @@ class Splice:
         if not self._done and all(e.closed for e in ends):
             self._done = True
             self.record.finish("ok" if len(self._eof) == 2 else "closed")
+            for callback in self._finishers:
+                callback()
             self._on_done(self)
 
 

@@ -152,6 +152,18 @@ class Service(Resource):
     type: str
 
 
+MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
+
+
+@dataclass(frozen=True)
+class PeerAuthentication(Resource):
+    """Whether a workload accepts plaintext besides mTLS (slipstream.dev/v1alpha1)."""
+
+    selector: Mapping[str, str] | None
+    """matchLabels; None applies to the whole namespace (or mesh, in the root namespace)."""
+    mode: str
+
+
 FIELD_REFS = {
     "metadata.name",
     "metadata.namespace",
@@ -330,7 +342,36 @@ def parse_object(body: Any) -> Resource:
         return _parse_service(api_version, meta, body)
     if kind == "Namespace" and api_version == "v1":
         return Namespace(api_version, kind, meta, body)
+    if kind == "PeerAuthentication" and api_version == MESH_API:
+        return _parse_peer_authentication(api_version, meta, body)
     return Resource(api_version, kind, meta, body)
+
+
+def _known_fields(obj: Mapping[str, Any], allowed: set[str], path: str) -> None:
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        where = f"{path}.{unknown[0]}" if path else unknown[0]
+        raise FieldError(where, f"unknown field (known: {', '.join(sorted(allowed))})")
+
+
+def _selector(spec: Mapping[str, Any]) -> dict[str, str] | None:
+    sel = _map(spec, "selector", "spec")
+    if not sel:
+        return None
+    _known_fields(sel, {"matchLabels"}, "spec.selector")
+    return _string_map(sel, "matchLabels", "spec.selector", labels=True) or None
+
+
+def _parse_peer_authentication(
+    api_version: str, meta: Meta, body: Mapping[str, Any]
+) -> PeerAuthentication:
+    spec = _map(body, "spec", "")
+    _known_fields(spec, {"selector", "mtls"}, "spec")
+    mtls = _map(spec, "mtls", "spec")
+    _known_fields(mtls, {"mode"}, "spec.mtls")
+    mode = _str(mtls, "mode", "spec.mtls", default="UNSET")
+    _need(mode in MTLS_MODES, "spec.mtls.mode", f"{mode!r} is not one of {', '.join(MTLS_MODES)}")
+    return PeerAuthentication(api_version, "PeerAuthentication", meta, body, _selector(spec), mode)
 
 
 def _parse_env(c: Mapping[str, Any], path: str) -> tuple[EnvVar, ...]:

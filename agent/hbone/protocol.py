@@ -1,0 +1,172 @@
+"""HBONE requests and settings, without I/O.
+
+A stream is opened with
+    :method CONNECT   :authority <destination ip>:<port>
+    forwarded: for="<client ip>:<port>"      traceparent / baggage (optional)
+and answered 200 (then bytes both ways), 400 (bad request), 401 (denied by
+policy) or 503 (the destination could not be reached). :scheme and :path must
+be absent (RFC 9113 8.5). Wire-compatible with Istio's HBONE.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from h2.settings import SettingCodes
+
+from ..errors import SlipstreamError
+
+HBONE_PORT = 15008
+STREAM_WINDOW = 4 << 20
+"""Per-stream receive window: large, so one bulk transfer is not starved."""
+CONNECTION_WINDOW = 64 << 20
+MAX_FRAME_SIZE = 1 << 20
+MAX_CONCURRENT_STREAMS = 1000
+MAX_HEADER_LIST_SIZE = 16 << 10
+
+OK, BAD_REQUEST, DENIED, UNAVAILABLE = 200, 400, 401, 503
+
+
+def local_settings() -> dict[SettingCodes, int]:
+    return {
+        SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+        SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
+        SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+        SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+        SettingCodes.ENABLE_PUSH: 0,
+    }
+
+
+class TunnelError(SlipstreamError):
+    """An HBONE connection or stream failed; `status` is the HTTP status when there was one."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class BadRequest(TunnelError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, BAD_REQUEST)
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    destination: tuple[str, int]
+    client: tuple[str, int] | None
+    """From Forwarded: the address of the workload that opened the connection."""
+    traceparent: str | None = None
+    baggage: str | None = None
+
+
+def _addr(value: str, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise BadRequest(f"{what} {value!r} is not ip:port")
+    try:
+        ip = ipaddress.IPv4Address(host)
+    except ValueError as exc:
+        raise BadRequest(f"{what} {value!r}: {host!r} is not an IPv4 address") from exc
+    number = int(port)
+    if not 1 <= number <= 65535:
+        raise BadRequest(f"{what} {value!r}: port out of range")
+    return str(ip), number
+
+
+_FORWARDED_FOR = re.compile(r'(?:^|[;,\s])for="?([^";,\s]+)"?', re.I)
+
+
+def parse_forwarded(value: str) -> tuple[str, int] | None:
+    m = _FORWARDED_FOR.search(value)
+    if not m:
+        return None
+    try:
+        return _addr(m.group(1), "forwarded for")
+    except BadRequest:
+        return None
+
+
+def parse_connect(headers: list[tuple[str, str]]) -> ConnectRequest:
+    """Validate a request header block as an HBONE CONNECT; BadRequest says what is wrong."""
+    pseudo: dict[str, str] = {}
+    regular: dict[str, str] = {}
+    for name, value in headers:
+        if name.startswith(":"):
+            if name in pseudo:
+                raise BadRequest(f"pseudo-header {name} appears twice")
+            pseudo[name] = value
+        else:
+            regular[name.lower()] = value
+    if pseudo.get(":method") != "CONNECT":
+        raise BadRequest(f"method must be CONNECT, not {pseudo.get(':method')!r}")
+    extra = set(pseudo) - {":method", ":authority"}
+    if extra:
+        raise BadRequest(f"CONNECT must not carry {', '.join(sorted(extra))}")
+    authority = pseudo.get(":authority")
+    if not authority:
+        raise BadRequest("CONNECT without :authority")
+    destination = _addr(authority, ":authority")
+    forwarded = regular.get("forwarded")
+    return ConnectRequest(
+        destination,
+        parse_forwarded(forwarded) if forwarded else None,
+        regular.get("traceparent"),
+        regular.get("baggage"),
+    )
+
+
+def connect_headers(
+    destination: tuple[str, int], client: tuple[str, int], traceparent: str | None = None
+) -> list[tuple[str, str]]:
+    headers = [
+        (":method", "CONNECT"),
+        (":authority", f"{destination[0]}:{destination[1]}"),
+        ("forwarded", f'for="{client[0]}:{client[1]}"'),
+    ]
+    if traceparent:
+        headers.append(("traceparent", traceparent))
+    return headers
+
+
+CLIENT_PREFACE_LEN = 24
+"""b"PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n", sent by the client before any frame."""
+
+
+class FrameGuard:
+    """Checks every frame header as its bytes arrive.
+
+    h2 checks a frame's length only once the whole frame is buffered, so a
+    header announcing a 16 MiB frame would make a server hold that much per
+    connection before refusing it. The guard refuses at the header.
+    """
+
+    def __init__(self, max_frame: int, preface: int) -> None:
+        self.max_frame = max_frame
+        self._skip = preface
+        self._head = b""
+        self._left = 0
+
+    def feed(self, data: bytes) -> None:
+        i, n = 0, len(data)
+        if self._skip:
+            taken = min(self._skip, n)
+            self._skip -= taken
+            i += taken
+        while i < n:
+            if self._left:
+                taken = min(self._left, n - i)
+                self._left -= taken
+                i += taken
+                continue
+            chunk = data[i:i + 9 - len(self._head)]
+            self._head += chunk
+            i += len(chunk)
+            if len(self._head) == 9:
+                length = int.from_bytes(self._head[:3], "big")
+                self._head = b""
+                if length > self.max_frame:
+                    raise TunnelError(f"a frame of {length} bytes is over the limit of {self.max_frame}")
+                self._left = length

@@ -1,0 +1,1 @@
+"""Security policy the agent enforces: peer authentication (mTLS mode), later authorization."""

@@ -1,0 +1,44 @@
+"""Which mTLS mode applies to a workload (pure).
+
+The most specific PeerAuthentication wins, as in Istio: one whose selector
+matches the pod, then the namespace-wide one, then the mesh-wide one (in the
+root namespace). UNSET defers to the next level; no policy at all means
+PERMISSIVE. STRICT refuses plaintext (inbound, and outbound to destinations
+outside the mesh); PERMISSIVE and DISABLE accept it.
+"""
+
+from __future__ import annotations
+
+from ..state import Snapshot
+from ..state.objects import PeerAuthentication, Pod
+
+STRICT = "STRICT"
+PERMISSIVE = "PERMISSIVE"
+ROOT_NAMESPACE = "slipstream-system"
+
+
+def _policies(snap: Snapshot) -> list[PeerAuthentication]:
+    return [p for p in snap.of_kind("PeerAuthentication") if isinstance(p, PeerAuthentication)]
+
+
+def mode_for(
+    snap: Snapshot, pod: Pod | None, namespace: str, root_namespace: str = ROOT_NAMESPACE
+) -> str:
+    policies = sorted(_policies(snap), key=lambda p: (p.meta.namespace, p.meta.name))
+    labels = pod.meta.labels if pod else {}
+    levels = [
+        [
+            p
+            for p in policies
+            if p.meta.namespace == namespace
+            and p.selector
+            and all(labels.get(k) == v for k, v in p.selector.items())
+        ],
+        [p for p in policies if p.meta.namespace == namespace and not p.selector],
+        [p for p in policies if p.meta.namespace == root_namespace and not p.selector],
+    ]
+    for level in levels:
+        for p in level:
+            if p.mode != "UNSET":
+                return STRICT if p.mode == STRICT else PERMISSIVE
+    return PERMISSIVE

@@ -1,0 +1,32 @@
+"""What every pod's proxy shares on a node: the store, identities, the HBONE pool, the balancer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..hbone.client import HbonePool
+from ..identity.certs import DEFAULT_TRUST_DOMAIN, SpiffeId
+from ..identity.manager import CertManager
+from ..policy.peerauth import ROOT_NAMESPACE
+from ..routing import Balancer
+from ..state import Snapshot
+from ..state.objects import Pod
+
+
+@dataclass
+class MeshContext:
+    node: str
+    snapshot: Callable[[], Snapshot]
+    certs: CertManager | None = None
+    """None when the agent runs without a CA: captured traffic is relayed in plaintext."""
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    root_namespace: str = ROOT_NAMESPACE
+    pool: HbonePool = field(default_factory=HbonePool)
+    balancer: Balancer = field(default_factory=Balancer)
+    connect_timeout: float = 5.0
+    max_attempts: int = 3
+    """Endpoints of a Service tried for one connection before giving up."""
+
+    def identity(self, pod: Pod) -> SpiffeId:
+        return SpiffeId(self.trust_domain, pod.meta.namespace, pod.service_account)

@@ -1,0 +1,87 @@
+"""Connections arriving at an enrolled pod: captured plaintext (15006) and HBONE (15008).
+
+Both end at the app, from the original client's address (bound transparently
+inside the pod), so the app sees the real client IP. Plaintext is accepted in
+PERMISSIVE mode and refused in STRICT mode. An HBONE stream must name this
+pod's own address as its :authority; it is answered 200 once the app
+accepted the connection, 503 when it did not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from ..hbone.endpoint import H2Stream
+from ..hbone.protocol import BAD_REQUEST, OK, UNAVAILABLE, ConnectRequest
+from ..hbone.server import HboneServerConnection
+from ..policy.peerauth import STRICT, mode_for
+from ..state.objects import Pod
+from .accesslog import FlowRecord
+from .context import MeshContext
+from .outbound import Attempt, addr
+from .splice import End, Splice
+
+log = logging.getLogger("agent.proxy")
+
+Dial = Callable[[Splice, End, tuple[str, int], str], Awaitable[None]]
+"""Connect to the app at an address from a client address, and splice (see connect_plain)."""
+
+
+def plaintext_refused(mesh: MeshContext, pod: Pod) -> str | None:
+    if mesh.certs is None:
+        return None  # no mesh identities on this agent: nothing but plaintext exists
+    snap = mesh.snapshot()
+    if mode_for(snap, pod, pod.meta.namespace, mesh.root_namespace) == STRICT:
+        return f"plaintext refused: {pod.meta.namespace} requires mTLS (PeerAuthentication STRICT)"
+    return None
+
+
+class HboneInbound:
+    """Serves the CONNECT streams of one pod's 15008 listener."""
+
+    def __init__(
+        self, pod: Pod, mesh: MeshContext, dial: Dial, new_splice: Callable[[FlowRecord], Splice]
+    ) -> None:
+        self.pod = pod
+        self.mesh = mesh
+        self.dial = dial
+        self.new_splice = new_splice
+
+    async def handle(
+        self, stream: H2Stream, request: ConnectRequest, conn: HboneServerConnection
+    ) -> None:
+        peer = conn.transport.get_extra_info("peername") if conn.transport else None
+        client = request.client or (tuple(peer[:2]) if peer else ("0.0.0.0", 0))
+        record = FlowRecord(
+            direction="inbound",
+            src=addr(client),
+            dst=addr(request.destination),
+            node=self.mesh.node,
+            transport="hbone",
+            src_identity=conn.peer_identity,
+            dst_identity=str(self.mesh.identity(self.pod)),
+            traceparent=request.traceparent,
+        )
+        snap = self.mesh.snapshot()
+        src_pod = snap.find_pod(client[0])
+        record.src_workload = f"{src_pod.meta.namespace}/{src_pod.meta.name}" if src_pod else None
+        record.dst_workload = f"{self.pod.meta.namespace}/{self.pod.meta.name}"
+        record.upstream = addr(request.destination)
+        splice = self.new_splice(record)
+        stream.attach(splice)
+        splice.client = stream
+        if request.destination[0] != self.pod.ip:
+            conn.respond(stream, BAD_REQUEST)
+            splice.abort(
+                "bad_request",
+                f":authority {addr(request.destination)} is not this pod ({self.pod.ip})",
+            )
+            return
+        try:
+            await self.dial(splice, stream, request.destination, client[0])
+        except Attempt as exc:
+            conn.respond(stream, UNAVAILABLE)
+            splice.abort(exc.outcome, exc.detail)
+            return
+        conn.respond(stream, OK)
