@@ -108,12 +108,13 @@ class Enroller:
                 version = self.store.snapshot.version
                 await self.reconcile()
                 self.reconciled_version = version
-                await self._wait(drain)
+                # Wait from the version reconciled, not the current one: a change
+                # that landed during reconcile must start the next round at once.
+                await self._wait(drain, version)
         finally:
             await self._stop()
 
-    async def _wait(self, drain: asyncio.Event) -> None:
-        version = self.store.snapshot.version
+    async def _wait(self, drain: asyncio.Event, version: int) -> None:
         timeout = None
         if self._failures:
             timeout = max(0.0, min(at for at, _ in self._failures.values()) - time.monotonic())

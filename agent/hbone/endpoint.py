@@ -159,8 +159,9 @@ class H2Endpoint(asyncio.Protocol):
             client_side=self.client_side, header_encoding="utf-8", validate_inbound_headers=False
         )
         self.conn = h2.connection.H2Connection(config=config)
-        self.guard = protocol.FrameGuard(protocol.MAX_FRAME_SIZE,
-                                         0 if self.client_side else protocol.CLIENT_PREFACE_LEN)
+        self.guard = protocol.FrameGuard(
+            protocol.MAX_FRAME_SIZE, 0 if self.client_side else protocol.CLIENT_PREFACE_LEN
+        )
         self.streams: dict[int, H2Stream] = {}
         self.transport: asyncio.Transport | None = None
         self.peer_identity: str | None = None

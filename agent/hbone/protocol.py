@@ -29,7 +29,7 @@ MAX_HEADER_LIST_SIZE = 16 << 10
 OK, BAD_REQUEST, DENIED, UNAVAILABLE = 200, 400, 401, 503
 
 
-def local_settings() -> dict[SettingCodes, int]:
+def local_settings() -> dict[SettingCodes | int, int]:
     return {
         SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
         SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
@@ -161,12 +161,14 @@ class FrameGuard:
                 self._left -= taken
                 i += taken
                 continue
-            chunk = data[i:i + 9 - len(self._head)]
+            chunk = data[i : i + 9 - len(self._head)]
             self._head += chunk
             i += len(chunk)
             if len(self._head) == 9:
                 length = int.from_bytes(self._head[:3], "big")
                 self._head = b""
                 if length > self.max_frame:
-                    raise TunnelError(f"a frame of {length} bytes is over the limit of {self.max_frame}")
+                    raise TunnelError(
+                        f"a frame of {length} bytes is over the limit of {self.max_frame}"
+                    )
                 self._left = length

@@ -136,6 +136,8 @@ class CertManager:
 
     async def run(self, drain: asyncio.Event) -> None:
         while not drain.is_set():
+            # Cleared before the work, so a wake-up during a fetch is not lost.
+            self._wake.clear()
             now = time.time()
             wanted = self._wanted()
             for ident in wanted:
@@ -163,7 +165,6 @@ class CertManager:
                 else (st.current.renew_at if st.current else now + 1)
             )
         timeout = max(0.05, min(times) - now)
-        self._wake.clear()
         waiters = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(drain.wait())}
         try:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

@@ -67,11 +67,10 @@ class Lab:
         except FieldError as exc:
             raise LabError(str(exc)) from exc
         self.root = root
-        self.dir = os.path.join(root, name)
-        self.objects_dir = os.path.join(self.dir, "objects")
-        self.logs_dir = os.path.join(self.dir, "logs")
-        self.pods_dir = os.path.join(self.dir, "pods")
-        self.state_path = os.path.join(self.dir, "state.json")
+        self.dirs = model.LabDirs(os.path.join(root, name))
+        self.dir = self.dirs.dir
+        self.objects_dir = self.dirs.objects
+        self.state_path = self.dirs.state
         self.lock_path = os.path.join(root, f".{name}.lock")
 
     # ------------------------------------------------------------ discovery
@@ -150,22 +149,20 @@ class Lab:
             implicit = [self._implicit_namespace(ns) for ns in IMPLICIT_NAMESPACES]
             checked = self._check(state, [d for d in documents if _kind(d) != "Lab"])
             try:
-                for d in (self.objects_dir, self.logs_dir, self.pods_dir):
+                for d in (self.dirs.objects, self.dirs.logs, self.dirs.pods):
                     os.makedirs(d, exist_ok=True)
                 net.build_bridge(self.name)
                 for node in state.nodes.values():
                     net.build_node(self.name, node, state.nodes.values())
                 if spec.mesh:
-                    # Agents first: a pod in the mesh starts only once its agent captures it.
+                    # The CA, then the agents, then pods: a pod in the mesh starts only
+                    # once its agent captures it.
+                    net.build_control_plane(self.name)
+                    mesh.start_ca(state, self.dirs)
+                    self._save(state)
+                    mesh.wait_ca_ready(state, self.dirs)
                     for node in state.nodes.values():
-                        mesh.start_agent(
-                            state,
-                            self.dir,
-                            self.objects_dir,
-                            self.logs_dir,
-                            node,
-                            ["--capture", spec.capture],
-                        )
+                        mesh.start_agent(state, self.dirs, node)
                     self._save(state)
                     for node in state.nodes.values():
                         mesh.wait_agent_ready(state, node)
@@ -380,7 +377,7 @@ class Lab:
                 changed.append(key)
             live = state.live.setdefault(str(key), {"creationTimestamp": _now_iso()})
             if isinstance(c.obj, Pod) and not existing:
-                rec = pods.create_sandbox(state, self.pods_dir, self.name, c.obj)
+                rec = pods.create_sandbox(state, self.dirs.pods, self.name, c.obj)
                 created.append((rec, c.obj))
                 live.update(
                     nodeName=rec.node,
@@ -448,8 +445,7 @@ class Lab:
             node = self._node(state, node_name)
             if mesh.agent_alive(state, node_name):
                 raise LabError(f"the agent on node {node_name} is already running")
-            extra = ["--capture", state.spec.capture] + (["--cleanup"] if cleanup else [])
-            mesh.start_agent(state, self.dir, self.objects_dir, self.logs_dir, node, extra)
+            mesh.start_agent(state, self.dirs, node, ["--cleanup"] if cleanup else [])
             self._save(state)
             if wait:
                 mesh.wait_agent_ready(state, node)

@@ -1,14 +1,17 @@
-"""The mesh processes the lab runs: one agent per node (later the CA, waypoints, gateways).
+"""The mesh processes the lab runs: the CA, one agent per node (later waypoints, gateways).
 
-Each runs inside its node's namespace, detached from the command that started
-it, with its log under the lab's directory. The lab talks to them over HTTP
-from inside that namespace: readiness, and each pod's enrollment state.
+Each runs inside a lab namespace (the CA in the control-plane one, agents in
+their nodes), detached from the command that started it, with its log under
+the lab's directory. The lab mints each node's CA credential, hands agents the
+CA's trust bundle, and talks to them over HTTP from inside their namespace:
+readiness, and each pod's enrollment state.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import sys
 import time
 import urllib.error
@@ -16,10 +19,12 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 
 from .. import netns
+from ..ca.authority import RootStore
+from ..ca.cli import mint_token
 from ..enrollment import ENROLLED
-from ..errors import LabError
+from ..errors import LabError, SlipstreamError
 from . import model, net, pods
-from .model import LabState, NodeRecord, PodRecord, ProcessRecord
+from .model import LabDirs, LabState, NodeRecord, PodRecord, ProcessRecord
 
 READY_TIMEOUT = 30.0
 ENROLL_TIMEOUT = 15.0
@@ -27,22 +32,117 @@ ADMIN = "http://127.0.0.1:15000"
 READY = "http://127.0.0.1:15021/healthz/ready"
 
 
-def node_http(lab: str, node: str, url: str, timeout: float = 2.0) -> tuple[int, str]:
-    """GET a URL from inside a node's namespace (the agents' admin ports live there)."""
+def http_get(netns_name: str, url: str, timeout: float = 2.0) -> tuple[int, str]:
+    """GET a URL from inside a lab namespace (TLS is not verified: this is a probe)."""
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
 
     def _get() -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
+            with urllib.request.urlopen(url, timeout=timeout, context=insecure) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
-    return netns.call_in(model.node_netns(lab, node), _get)
+    return netns.call_in(netns_name, _get)
+
+
+def node_http(lab: str, node: str, url: str, timeout: float = 2.0) -> tuple[int, str]:
+    """GET a URL from inside a node's namespace (the agents' admin ports live there)."""
+    return http_get(model.node_netns(lab, node), url, timeout)
+
+
+def _spawn(
+    state: LabState, kind: str, name: str, netns_name: str, argv: list[str], log_path: str
+) -> None:
+    proc = pods.spawn(argv, netns_name, log_path)
+    state.processes[f"{kind}/{name}"] = ProcessRecord(
+        kind, name, netns_name, proc.pid, net.proc_starttime(proc.pid) or 0, argv, log_path
+    )
+
+
+def _wait(state: LabState, key: str, netns_name: str, url: str, what: str) -> None:
+    rec = state.processes[key]
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if not net.alive(rec.pid, rec.starttime):
+            raise LabError(f"{what} exited during start:\n{pods.tail(rec.log)}")
+        try:
+            if http_get(netns_name, url, timeout=1.0)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise LabError(f"{what} was not ready within {READY_TIMEOUT:.0f}s:\n{pods.tail(rec.log)}")
+
+
+# ------------------------------------------------------------------ the CA
+
+
+def ca_address() -> str:
+    return f"{model.node_ip(model.CONTROL_PLANE_INDEX)}:{model.CA_PORT}"
+
+
+def start_ca(state: LabState, dirs: LabDirs) -> None:
+    """Mint every node's credential and start the CA in the control-plane namespace."""
+    os.makedirs(dirs.ca, mode=0o700, exist_ok=True)
+    for node in state.nodes:
+        os.makedirs(dirs.agent(node), exist_ok=True)
+        mint_token(node, f"{dirs.ca}/tokens.json", f"{dirs.agent(node)}/ca-token")
+    argv = [
+        sys.executable,
+        "-m",
+        "agent",
+        "ca",
+        "serve",
+        "--root-dir",
+        f"{dirs.ca}/roots",
+        "--source",
+        f"file:{dirs.objects}",
+        "--node-tokens",
+        f"{dirs.ca}/tokens.json",
+        "--listen",
+        f"0.0.0.0:{model.CA_PORT}",
+        "--trust-domain",
+        state.spec.trust_domain,
+        "--max-ttl",
+        state.spec.certificate_ttl,
+        "--log-format",
+        "json",
+    ]
+    _spawn(state, "ca", "ca", model.control_plane_netns(state.name), argv, f"{dirs.logs}/ca.log")
+
+
+def wait_ca_ready(state: LabState, dirs: LabDirs) -> None:
+    _wait(
+        state,
+        "ca/ca",
+        model.control_plane_netns(state.name),
+        f"https://127.0.0.1:{model.CA_PORT}/healthz/ready",
+        "the CA",
+    )
+    try:
+        roots = RootStore(f"{dirs.ca}/roots")
+        roots.load(create=False)
+    except SlipstreamError as exc:
+        raise LabError(f"the CA is up but its roots are not readable: {exc}") from exc
+    with open(bundle_path(dirs), "w") as f:
+        f.write(roots.bundle_pem())
+
+
+def bundle_path(dirs: LabDirs) -> str:
+    """The trust bundle agents start with (later ones come from the CA itself)."""
+    return f"{dirs.ca}/bundle.pem"
+
+
+# ------------------------------------------------------------------ agents
 
 
 def agent_argv(
-    lab_dir: str, objects_dir: str, node: NodeRecord, extra: Sequence[str] = ()
+    state: LabState, dirs: LabDirs, node: NodeRecord, extra: Sequence[str] = ()
 ) -> list[str]:
+    spec = state.spec
     return [
         sys.executable,
         "-m",
@@ -51,28 +151,39 @@ def agent_argv(
         "--node",
         node.name,
         "--source",
-        f"file:{objects_dir}",
+        f"file:{dirs.objects}",
         "--log-format",
         "json",
         "--state-dir",
-        os.path.join(lab_dir, "agents", node.name),
+        dirs.agent(node.name),
+        "--capture",
+        spec.capture,
+        "--ca",
+        ca_address(),
+        "--ca-root",
+        bundle_path(dirs),
+        "--ca-token-file",
+        f"{dirs.agent(node.name)}/ca-token",
+        "--trust-domain",
+        spec.trust_domain,
+        "--cert-ttl",
+        spec.certificate_ttl,
+        "--bundle-refresh",
+        spec.bundle_refresh,
         *extra,
     ]
 
 
 def start_agent(
-    state: LabState,
-    lab_dir: str,
-    objects_dir: str,
-    logs_dir: str,
-    node: NodeRecord,
-    extra: Sequence[str] = (),
+    state: LabState, dirs: LabDirs, node: NodeRecord, extra: Sequence[str] = ()
 ) -> None:
-    argv = agent_argv(lab_dir, objects_dir, node, extra)
-    log_path = os.path.join(logs_dir, f"agent-{node.name}.log")
-    proc = pods.spawn(argv, node.netns, log_path)
-    state.processes[f"agent/{node.name}"] = ProcessRecord(
-        "agent", node.name, node.netns, proc.pid, net.proc_starttime(proc.pid) or 0, argv, log_path
+    _spawn(
+        state,
+        "agent",
+        node.name,
+        node.netns,
+        agent_argv(state, dirs, node, extra),
+        f"{dirs.logs}/agent-{node.name}.log",
     )
 
 
@@ -82,23 +193,7 @@ def agent_alive(state: LabState, node: str) -> bool:
 
 
 def wait_agent_ready(state: LabState, node: NodeRecord) -> None:
-    rec = state.processes[f"agent/{node.name}"]
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if not net.alive(rec.pid, rec.starttime):
-            raise LabError(
-                f"the agent on node {node.name} exited during start:\n{pods.tail(rec.log)}"
-            )
-        try:
-            if node_http(state.name, node.name, READY, timeout=1.0)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise LabError(
-        f"the agent on node {node.name} was not ready within {READY_TIMEOUT:.0f}s:\n"
-        + pods.tail(rec.log)
-    )
+    _wait(state, f"agent/{node.name}", node.netns, READY, f"the agent on node {node.name}")
 
 
 def workloads(state: LabState, node: str) -> dict[str, dict[str, object]]:
@@ -134,6 +229,8 @@ def wait_enrolled(state: LabState, recs: Iterable[PodRecord]) -> None:
         key = next(iter(waiting))
         seen = last.get(key, {})
         why = f"{seen.get('state')}: {seen.get('reason')}" if seen else "the agent has not seen it"
+        agent = state.processes[f"agent/{waiting[key].node}"]
         raise LabError(
-            f"Pod {key} was not enrolled by its agent within {ENROLL_TIMEOUT:.0f}s ({why})"
+            f"Pod {key} was not enrolled by its agent within {ENROLL_TIMEOUT:.0f}s ({why}); "
+            f"the agent's log ends:\n{pods.tail(agent.log)}"
         )

@@ -42,10 +42,17 @@ class LabSpec:
     """Start the mesh (agents) on the nodes; off for a bare cluster."""
     capture: str = "ebpf"
     """The agents' capture: ebpf, or iptables (the pre-eBPF baseline, for benchmarks)."""
+    certificate_ttl: str = "24h"
+    """Life of workload certificates (short in tests, to see renewals)."""
+    trust_domain: str = "cluster.local"
+    bundle_refresh: str = "10s"
+    """How often agents fetch the trust bundle from the CA."""
 
 
 def parse_lab_spec(body: Mapping[str, Any]) -> LabSpec:
-    from ..state.objects import DNS_LABEL, parse_meta
+    from ..errors import SlipstreamError
+    from ..identity.certs import parse_duration
+    from ..state.objects import DNS_LABEL, DNS_SUBDOMAIN, parse_meta
 
     if body.get("apiVersion") != MESH_API:
         raise FieldError("apiVersion", f"a Lab must have apiVersion {MESH_API}")
@@ -66,13 +73,38 @@ def parse_lab_spec(body: Mapping[str, Any]) -> LabSpec:
     mesh = spec.get("mesh", {})
     if not isinstance(mesh, dict):
         raise FieldError("spec.mesh", "must be a mapping")
+    known = {"enabled", "capture", "certificateTTL", "trustDomain", "bundleRefresh"}
+    unknown = sorted(set(mesh) - known)
+    if unknown:
+        raise FieldError(
+            f"spec.mesh.{unknown[0]}", f"unknown field (known: {', '.join(sorted(known))})"
+        )
     enabled = mesh.get("enabled", True)
     if not isinstance(enabled, bool):
         raise FieldError("spec.mesh.enabled", "must be true or false")
     capture = mesh.get("capture", "ebpf")
     if capture not in ("ebpf", "iptables"):
         raise FieldError("spec.mesh.capture", f"{capture!r} is not one of ebpf, iptables")
-    return LabSpec(meta.name, tuple(nodes), enabled, capture)
+    durations = {}
+    for field_name, default in (("certificateTTL", "24h"), ("bundleRefresh", "10s")):
+        value = mesh.get(field_name, default)
+        try:
+            parse_duration(str(value))
+        except SlipstreamError as exc:
+            raise FieldError(f"spec.mesh.{field_name}", str(exc)) from exc
+        durations[field_name] = str(value)
+    trust_domain = mesh.get("trustDomain", "cluster.local")
+    if not isinstance(trust_domain, str) or not DNS_SUBDOMAIN.match(trust_domain):
+        raise FieldError("spec.mesh.trustDomain", f"{trust_domain!r} is not a trust domain")
+    return LabSpec(
+        meta.name,
+        tuple(nodes),
+        enabled,
+        capture,
+        durations["certificateTTL"],
+        trust_domain,
+        durations["bundleRefresh"],
+    )
 
 
 def check_lab_name(name: str) -> str:
@@ -96,6 +128,16 @@ def _fit(name: str) -> str:
 
 def bridge_netns(lab: str) -> str:
     return f"{NETNS_PREFIX}{lab}_bridge"
+
+
+def control_plane_netns(lab: str) -> str:
+    """Where the CA (and later other control-plane processes) run, on the lab bridge."""
+    return f"{NETNS_PREFIX}{lab}_cp"
+
+
+CONTROL_PLANE_INDEX = 250
+"""The control plane's host number on the bridge: 172.30.0.250."""
+CA_PORT = 15012
 
 
 def node_netns(lab: str, node: str) -> str:
@@ -213,12 +255,7 @@ class LabState:
         spec = d["spec"]
         return cls(
             name=d["name"],
-            spec=LabSpec(
-                spec["name"],
-                tuple(spec["nodes"]),
-                spec.get("mesh", True),
-                spec.get("capture", "ebpf"),
-            ),
+            spec=LabSpec(**{**spec, "nodes": tuple(spec["nodes"])}),
             created=d["created"],
             nodes={k: NodeRecord(**v) for k, v in d["nodes"].items()},
             pods={k: PodRecord(**v) for k, v in d["pods"].items()},
@@ -360,3 +397,35 @@ def hosts_file(state: LabState, pod: PodRecord) -> str:
             ips = [svc.cluster_ip] if svc.cluster_ip else []
         lines += [f"{ip}\t{' '.join(names)}" for ip in sorted(ips)]
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class LabDirs:
+    """Where one lab keeps its files (under /run, so a reboot takes them with the namespaces)."""
+
+    dir: str
+
+    @property
+    def state(self) -> str:
+        return f"{self.dir}/state.json"
+
+    @property
+    def objects(self) -> str:
+        """The manifests the agents and the CA watch."""
+        return f"{self.dir}/objects"
+
+    @property
+    def logs(self) -> str:
+        return f"{self.dir}/logs"
+
+    @property
+    def pods(self) -> str:
+        return f"{self.dir}/pods"
+
+    @property
+    def ca(self) -> str:
+        return f"{self.dir}/ca"
+
+    def agent(self, node: str) -> str:
+        """An agent's state directory and credentials."""
+        return f"{self.dir}/agents/{node}"

@@ -82,28 +82,40 @@ def build_bridge(lab: str) -> str:
     return name
 
 
-def build_node(lab: str, node: NodeRecord, peers: Iterable[NodeRecord]) -> None:
-    """A node namespace with eth0 on the lab bridge and routes to its peers' pod subnets."""
+def _on_bridge(lab: str, netns_name: str, index: int) -> None:
+    """A new namespace whose eth0 is port `n<index>` of the lab bridge, at 172.30.0.<index>."""
     bridge = model.bridge_netns(lab)
-    add_netns(node.netns)
-    port = f"n{node.index}"
+    add_netns(netns_name)
+    port = f"n{index}"
     _ip(
         [],
         netns_name=bridge,
         batch=[
-            f"link add {port} type veth peer name eth0 netns {node.netns}",
+            f"link add {port} type veth peer name eth0 netns {netns_name}",
             f"link set {port} master br0",
             f"link set {port} up",
         ],
     )
     _ip(
         [],
-        netns_name=node.netns,
+        netns_name=netns_name,
         batch=[
-            f"addr add {node.ip}/{model.NODE_NET.prefixlen} dev eth0",
+            f"addr add {model.node_ip(index)}/{model.NODE_NET.prefixlen} dev eth0",
             "link set eth0 up",
         ],
     )
+
+
+def build_control_plane(lab: str) -> str:
+    """The namespace the CA runs in, on the bridge (agents reach it from their nodes)."""
+    name = model.control_plane_netns(lab)
+    _on_bridge(lab, name, model.CONTROL_PLANE_INDEX)
+    return name
+
+
+def build_node(lab: str, node: NodeRecord, peers: Iterable[NodeRecord]) -> None:
+    """A node namespace with eth0 on the lab bridge and routes to its peers' pod subnets."""
+    _on_bridge(lab, node.netns, node.index)
     sysctl(node.netns, "net.ipv4.ip_forward", "1")
     for peer in peers:
         if peer.name != node.name:

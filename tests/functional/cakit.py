@@ -28,6 +28,15 @@ status: {podIP: 10.244.1.2, phase: Running}
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: web2, namespace: shop}
+spec:
+  nodeName: n1
+  serviceAccountName: web2
+  containers: [{name: c, command: [x]}]
+status: {podIP: 10.244.1.3, phase: Running}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: db, namespace: shop}
 spec:
   nodeName: n2

@@ -14,6 +14,7 @@ from tests.functional.cakit import TD, start_ca
 
 WEB = SpiffeId(TD, "shop", "web")
 DB = SpiffeId(TD, "shop", "db")
+DB_ON_N1 = SpiffeId(TD, "shop", "web2")
 
 
 @pytest.fixture
@@ -86,6 +87,41 @@ async def test_the_valid_certificate_stays_in_use_while_the_ca_is_down(ca, tmp_p
             )
         finally:
             restarted.stop()
+    finally:
+        drain.set()
+        await task
+
+
+async def test_an_identity_wanted_during_a_fetch_is_fetched_at_once(ca):
+    """A wake-up that arrives while a certificate is being fetched must not be lost."""
+    wanted = {WEB}
+    client = ca.client("n1")
+    real_sign = client.sign
+
+    async def sign(identity, csr, ttl, bundle):
+        if identity == WEB:
+            wanted.add(DB_ON_N1)
+            mgr.wake()  # as the store would, mid-fetch
+        return await real_sign(identity, csr, ttl, bundle)
+
+    client.sign = sign
+    mgr = CertManager(
+        client,
+        ca.bundle(),
+        ttl=dt.timedelta(hours=1),
+        wanted=lambda: set(wanted),
+        bundle_refresh=30,
+    )
+    drain = asyncio.Event()
+    task = asyncio.create_task(mgr.run(drain))
+    try:
+        await mgr.get(WEB, timeout=5)
+        start = time.monotonic()
+        while mgr.current(DB_ON_N1) is None and time.monotonic() - start < 5:
+            await asyncio.sleep(0.02)
+        assert mgr.current(DB_ON_N1) is not None, (
+            "fetched at once, not at the next 30 s bundle refresh"
+        )
     finally:
         drain.set()
         await task

@@ -214,9 +214,9 @@ def test_down_leaves_nothing_and_root_namespace_is_untouched(make_lab):
     pids = [p["pid"] for p in st["processes"]]
     for pod in st["pods"]:
         pids += net.netns.pids_in(pod["netns"])
-    assert len(pids) >= 2 + 4 * 3  # agents; per pod: supervisor + two containers
+    assert len(pids) >= 1 + 2 + 4 * 3  # CA, agents; per pod: supervisor + two containers
     names = net.list_netns(lab_prefix(lab.name))
-    assert len(names) == 1 + 2 + 4
+    assert len(names) == 1 + 1 + 2 + 4  # bridge, control plane, nodes, pods
 
     assert lab.down()
     assert net.list_netns(lab_prefix(lab.name)) == []
@@ -350,6 +350,7 @@ def test_cli(make_lab):
     st = json.loads(cli("status", "-o", "json").stdout)
     assert [n["ip"] for n in st["nodes"]] == ["172.30.0.1", "172.30.0.2"]
     assert {(p["kind"], p["name"], p["alive"]) for p in st["processes"]} == {
+        ("ca", "ca", True),
         ("agent", "n1", True),
         ("agent", "n2", True),
     }

@@ -1,0 +1,425 @@
+"""The mTLS mesh across nodes, checked from outside: the bytes on the bridge, what apps see,
+access-log identities, Services, PeerAuthentication, an HTTP/2 client we did not write,
+certificate renewal under live traffic, and a root rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+
+from agent.ca.authority import ca_identity
+from agent.identity.caclient import CAClient
+from agent.identity.certs import SpiffeId, generate_key, key_pem, make_csr
+from agent.lab import model
+from agent.lab.lab import Lab
+from agent.manifest import load_text
+from tests.lab.labkit import access_log, config_dump, curl, wait_until
+
+ECHO = '[slipstream, app, http-echo, --port, "8080"]'
+TCP_ECHO = '[slipstream, app, tcp-echo, --port, "9000"]'
+SLEEP = "[sleep, infinity]"
+
+
+def pod(name: str, ns: str, node: str, command: str, sa: str = "default", labels: str = "") -> str:
+    return textwrap.dedent(f"""\
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: {name}, namespace: {ns}, labels: {{name: {name}{labels}}}}}
+        spec:
+          nodeName: {node}
+          serviceAccountName: {sa}
+          restartPolicy: Never
+          containers:
+          - name: main
+            command: {command}
+        """)
+
+
+def cluster(mesh_spec: str = "{}") -> str:
+    return (
+        f"apiVersion: slipstream.dev/v1alpha1\nkind: Lab\nmetadata: {{name: mesh}}\n"
+        f"spec: {{nodes: [n1, n2], mesh: {mesh_spec}}}\n"
+        "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: mesh\n"
+        "  labels: {slipstream.dev/dataplane-mode: ambient}\n"
+        "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n"
+        + pod("client", "mesh", "n1", SLEEP, sa="client")
+        + pod("server-1", "mesh", "n1", ECHO, sa="server", labels=", app: server")
+        + pod("server-2", "mesh", "n2", ECHO, sa="server", labels=", app: server")
+        + pod("tcp", "mesh", "n2", TCP_ECHO, sa="tcp")
+        + pod("client", "plain", "n1", SLEEP)
+        + pod("server", "plain", "n2", ECHO)
+        + textwrap.dedent("""\
+            ---
+            apiVersion: v1
+            kind: Service
+            metadata: {name: server, namespace: mesh}
+            spec:
+              selector: {app: server}
+              ports: [{name: http, port: 80, targetPort: 8080}]
+            """)
+    )
+
+
+def ip(lab: Lab, name: str, ns: str = "mesh") -> str:
+    return lab.pod(name, ns).ip
+
+
+def served(lab: Lab, name: str, ns: str) -> bool:
+    return (
+        lab.exec(
+            "client",
+            ["curl", "-s", "-o", "/dev/null", f"http://{ip(lab, name, ns)}:8080/"],
+            namespace="plain",
+        ).returncode
+        == 0
+    )
+
+
+@pytest.fixture
+def lab(make_lab) -> Lab:
+    lab = make_lab(cluster())
+    for name, ns in (("server-1", "mesh"), ("server-2", "mesh"), ("server", "plain")):
+        wait_until(lambda n=name, s=ns: served(lab, n, s), 10, f"{ns}/{name} to serve")
+    return lab
+
+
+SEND_MARKER = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(sys.argv[3].encode() + b"\\n")
+got = b""
+while not got.endswith(b"\\n"):
+    got += s.recv(4096)
+print(got.decode().strip())
+"""
+
+
+def test_traffic_between_enrolled_pods_crosses_the_bridge_encrypted(lab, tmp_path):
+    pcap = tmp_path / "bridge.pcap"
+    dump = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            model.bridge_netns(lab.name),
+            "tcpdump",
+            "-i",
+            "any",
+            "--immediate-mode",
+            "-U",
+            "-s",
+            "0",
+            "-w",
+            str(pcap),
+            "tcp",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: pcap.exists() and pcap.stat().st_size > 0, 5, "tcpdump to start")
+        secret = f"SECRET-{uuid.uuid4().hex}"
+        visible = f"VISIBLE-{uuid.uuid4().hex}"
+        res = lab.exec(
+            "client",
+            ["python3", "-c", SEND_MARKER, ip(lab, "tcp"), "9000", secret],
+            namespace="mesh",
+        )
+        assert res.stdout.strip() == secret, res.stderr
+        assert curl(lab, "client", f"http://{ip(lab, 'server', 'plain')}:8080/{visible}", "plain")
+        time.sleep(0.5)
+    finally:
+        dump.send_signal(signal.SIGINT)
+        dump.wait(10)
+        dump.stderr.close()
+    raw = pcap.read_bytes()
+    assert visible.encode() in raw, (
+        "plaintext between unenrolled pods is visible on the wire (the check works)"
+    )
+    assert secret.encode() not in raw, (
+        "a marker sent between enrolled pods must never appear on the wire"
+    )
+    hbone = subprocess.run(
+        ["tcpdump", "-r", str(pcap), "-nn", "tcp port 15008"], capture_output=True, text=True
+    )
+    assert len(hbone.stdout.splitlines()) > 4, "the enrolled pods' bytes did cross, on 15008"
+    tcp9000 = subprocess.run(
+        ["tcpdump", "-r", str(pcap), "-nn", "tcp port 9000"], capture_output=True, text=True
+    )
+    assert tcp9000.stdout == "", "no plaintext 9000 on the bridge"
+
+
+def test_the_server_sees_the_client_and_the_destination_logs_both_identities(lab):
+    since = time.time()
+    answer = curl(lab, "client", f"http://{ip(lab, 'server-2')}:8080/", "mesh")
+    assert answer["client"].split(":")[0] == ip(lab, "client")
+
+    def inbound():
+        return [
+            r
+            for r in access_log(lab, "n2", since)
+            if r["direction"] == "inbound" and r["transport"] == "hbone"
+        ]
+
+    (rec,) = wait_until(inbound, 2, "the destination's access-log record")
+    assert rec["src_identity"] == "spiffe://cluster.local/ns/mesh/sa/client"
+    assert rec["dst_identity"] == "spiffe://cluster.local/ns/mesh/sa/server"
+    assert rec["src_workload"] == "mesh/client" and rec["dst_workload"] == "mesh/server-2"
+    (out,) = wait_until(
+        lambda: [r for r in access_log(lab, "n1", since) if r["direction"] == "outbound"], 2, "out"
+    )
+    assert out["transport"] == "hbone" and out["dst_identity"] == rec["dst_identity"]
+
+
+def test_a_service_spreads_over_both_nodes_and_skips_a_killed_endpoint(lab):
+    svc = lab.get("svc", "mesh")[0]["spec"]["clusterIP"]
+    seen = [curl(lab, "client", f"http://{svc}:80/", "mesh")["pod"] for _ in range(12)]
+    assert set(seen) == {"server-1", "server-2"}, seen
+    # Kill server-2's app (the pod stays, so its endpoint stays in the Service).
+    pid = lab.get("pod", "mesh")[
+        [p["metadata"]["name"] for p in lab.get("pod", "mesh")].index("server-2")
+    ]["status"]["containerStatuses"][0]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not served(lab, "server-2", "mesh"), 5, "server-2 to be down")
+    after = [curl(lab, "client", f"http://{svc}:80/", "mesh")["pod"] for _ in range(12)]
+    assert after == ["server-1"] * 12, "every connection still succeeds, on the live endpoint"
+    ejected = config_dump(lab, "n1")["ejectedEndpoints"]
+    assert [e["endpoint"] for e in ejected] == [f"{ip(lab, 'server-2')}:8080"]
+
+
+PA = """\
+apiVersion: slipstream.dev/v1alpha1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: mesh}}
+spec:
+  mtls: {{mode: {mode}}}
+"""
+
+
+def test_strict_refuses_plaintext_and_permissive_accepts_it(lab):
+    url = f"http://{ip(lab, 'server-2')}:8080/"
+    assert curl(lab, "client", url, "plain"), "PERMISSIVE by default"
+    lab.apply(load_text(PA.format(mode="STRICT"), "pa.yaml"))
+
+    def refused() -> bool:
+        return (
+            lab.exec("client", ["curl", "-sS", "-m", "3", url], namespace="plain").returncode != 0
+        )
+
+    wait_until(refused, 2, "STRICT to refuse plaintext")
+    since = time.time()
+    assert refused()
+    recs = wait_until(
+        lambda: [r for r in access_log(lab, "n2", since) if r["outcome"] == "refused_plaintext"],
+        2,
+        "a refused_plaintext record",
+    )
+    assert "STRICT" in recs[0]["detail"]
+    assert curl(lab, "client", url, "mesh")["pod"] == "server-2", (
+        "mTLS from enrolled pods still works"
+    )
+    lab.apply(load_text(PA.format(mode="PERMISSIVE"), "pa.yaml"))
+    wait_until(lambda: not refused(), 2, "PERMISSIVE to accept plaintext again")
+
+
+NODE_CLIENT = """
+const http2 = require('http2');
+const fs = require('fs');
+const [url, authority, dir] = process.argv.slice(2);
+const client = http2.connect(url, {
+  key: fs.readFileSync(dir + '/key.pem'), cert: fs.readFileSync(dir + '/cert.pem'),
+  ca: fs.readFileSync(dir + '/bundle.pem'), checkServerIdentity: () => undefined,
+});
+client.on('error', (e) => { console.error('ERROR ' + e.message); process.exit(2); });
+const req = client.request({':method': 'CONNECT', ':authority': authority});
+req.on('response', (h) => {
+  console.log('STATUS ' + h[':status']);
+  console.log('PEER ' + client.socket.getPeerCertificate().subjectaltname);
+  req.write('GET /interop HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n');
+  req.end();
+});
+let body = '';
+req.on('data', (d) => { body += d; });
+req.on('end', () => { console.log('BODY ' + body.split('\\r\\n\\r\\n')[1]); client.close(); });
+"""
+
+
+def test_an_http2_client_we_did_not_write_opens_an_hbone_stream(lab, tmp_path):
+    """Node.js's http2, with a certificate the lab's CA issued to node n1 for mesh/client."""
+    with open(f"{lab.dirs.agent('n1')}/ca-token") as f:
+        token = f.read().strip()
+    with open(f"{lab.dirs.ca}/bundle.pem") as f:
+        bundle = f.read()
+    ident = SpiffeId("cluster.local", "mesh", "client")
+    key = generate_key()
+
+    async def sign():
+        client = CAClient(("172.30.0.250", 15012), token, ca_identity("cluster.local"))
+        return await client.sign(ident, make_csr(key, ident), 600, bundle)
+
+    cert, _ = lab_call(lab, "n1", sign)
+    (tmp_path / "key.pem").write_bytes(key_pem(key))
+    (tmp_path / "cert.pem").write_text(cert)
+    (tmp_path / "bundle.pem").write_text(bundle)
+    (tmp_path / "client.js").write_text(NODE_CLIENT)
+    target = ip(lab, "server-2")
+    res = lab.exec(
+        "client",
+        [
+            "node",
+            str(tmp_path / "client.js"),
+            f"https://{target}:15008",
+            f"{target}:8080",
+            str(tmp_path),
+        ],
+        namespace="plain",
+    )
+    assert res.returncode == 0, res.stderr
+    lines = dict(line.split(" ", 1) for line in res.stdout.splitlines() if " " in line)
+    assert lines["STATUS"] == "200"
+    assert lines["PEER"] == "URI:spiffe://cluster.local/ns/mesh/sa/server"
+    body = json.loads(lines["BODY"])
+    assert body["pod"] == "server-2" and body["path"] == "/interop"
+
+
+def lab_call(lab: Lab, node: str, coro_fn):
+    """Run a coroutine from inside a node's namespace (where the CA is reachable)."""
+    from agent import netns
+
+    return netns.call_in(model.node_netns(lab.name, node), lambda: asyncio.run(coro_fn()))
+
+
+LONG_CONNECTION = """
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+ok = 0
+end = time.time() + float(sys.argv[3])
+while time.time() < end:
+    s.sendall(b"ping %d\\n" % ok)
+    got = b""
+    while not got.endswith(b"\\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            raise SystemExit("connection closed after %d echoes" % ok)
+        got += chunk
+    assert got == b"ping %d\\n" % ok, got
+    ok += 1
+    time.sleep(0.2)
+print(ok)
+"""
+
+NEW_CONNECTIONS = """
+import socket, sys, time
+ok = failed = 0
+end = time.time() + float(sys.argv[3])
+while time.time() < end:
+    try:
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+        s.sendall(b"hi\\n")
+        assert s.recv(10) == b"hi\\n"
+        s.close()
+        ok += 1
+    except Exception as e:
+        failed += 1
+        print("FAILED", repr(e), file=sys.stderr)
+    time.sleep(0.1)
+print(ok, failed)
+"""
+
+
+def serials(lab: Lab, node: str, identity: str) -> str | None:
+    for c in config_dump(lab, node)["certificates"]:
+        if c["identity"] == identity:
+            return c["serial"]
+    return None
+
+
+def test_certificates_renew_at_half_life_under_live_traffic(make_lab):
+    lab = make_lab(cluster("{certificateTTL: 6s, bundleRefresh: 1s}"))
+    tcp = ip(lab, "tcp")
+    wait_until(
+        lambda: (
+            lab.exec(
+                "client", ["python3", "-c", SEND_MARKER, tcp, "9000", "x"], namespace="mesh"
+            ).returncode
+            == 0
+        ),
+        10,
+        "tcp echo",
+    )
+    client_id = "spiffe://cluster.local/ns/mesh/sa/client"
+    seen = {serials(lab, "n1", client_id)}
+    proc = subprocess.Popen(
+        lab.exec_argv(["python3", "-c", LONG_CONNECTION, tcp, "9000", "10"], "client", "mesh"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 12
+    while proc.poll() is None and time.time() < deadline:
+        seen.add(serials(lab, "n1", client_id))
+        time.sleep(0.3)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert int(out) >= 40, "one connection carried echoes for the whole run"
+    assert len(seen - {None}) >= 3, f"renewed at least twice at half-life of 6 s: {seen}"
+    new = lab.exec("client", ["python3", "-c", SEND_MARKER, tcp, "9000", "after"], namespace="mesh")
+    assert new.stdout.strip() == "after", "new connections use the renewed certificate"
+
+
+def ca_roots(lab: Lab, *args: str) -> str:
+    res = subprocess.run(
+        [sys.executable, "-m", "agent", "ca", "roots", *args, "--root-dir", f"{lab.dirs.ca}/roots"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_a_root_rotation_fails_no_connection(make_lab):
+    ttl = 4.0
+    lab = make_lab(cluster(f"{{certificateTTL: {ttl:g}s, bundleRefresh: 1s}}"))
+    tcp = ip(lab, "tcp")
+    wait_until(
+        lambda: (
+            lab.exec(
+                "client", ["python3", "-c", SEND_MARKER, tcp, "9000", "x"], namespace="mesh"
+            ).returncode
+            == 0
+        ),
+        10,
+        "tcp echo",
+    )
+    old = ca_roots(lab, "list").split()[0]
+    traffic = subprocess.Popen(
+        lab.exec_argv(["python3", "-c", NEW_CONNECTIONS, tcp, "9000", "16"], "client", "mesh"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    new = ca_roots(lab, "add").splitlines()[0]
+    time.sleep(2.5)  # every agent has fetched the bundle with both roots
+    ca_roots(lab, "activate", new)
+    time.sleep(ttl + 2)  # every certificate from the old root has been renewed, then expired
+    ca_roots(lab, "retire", old)
+    out, err = traffic.communicate(timeout=30)
+    ok, failed = map(int, out.split())
+    assert failed == 0, err
+    assert ok > 50
+    with open(f"{lab.dirs.logs}/ca.log") as f:
+        issued = [json.loads(line) for line in f if "certificate issued" in line]
+    assert issued[-1]["root"] == new
+    roots = ca_roots(lab, "list")
+    assert old not in roots and new in roots
