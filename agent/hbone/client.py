@@ -15,9 +15,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from h2.errors import ErrorCodes
-
 from ..datapath import abi
+from . import codec
 from .endpoint import H2Endpoint, H2Stream
 from .protocol import TunnelError
 
@@ -48,7 +47,7 @@ class HboneClientConnection(H2Endpoint):
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
     def has_room(self, cap: int) -> bool:
-        return len(self.streams) < min(cap, self.conn.remote_settings.max_concurrent_streams)
+        return self.conn.can_open(cap)
 
     def forget(self, stream: H2Stream) -> None:
         super().forget(stream)
@@ -58,19 +57,17 @@ class HboneClientConnection(H2Endpoint):
     async def open_stream(
         self, headers: list[tuple[str, str]], timeout: float = RESPONSE_TIMEOUT
     ) -> H2Stream:
-        stream_id = self.conn.get_next_available_stream_id()
-        stream = self.add_stream(stream_id)
-        self.conn.send_headers(stream_id, headers)
+        stream = self.add_stream(self.conn.open_stream(headers))
         self.flush()
         try:
             response = await asyncio.wait_for(asyncio.shield(stream.response), timeout)
         except TimeoutError as exc:
-            self.reset(stream, ErrorCodes.CANCEL)
+            self.reset(stream, codec.CANCEL)
             raise TunnelError("the destination's agent did not answer the CONNECT") from exc
         status = dict(response).get(":status", "")
         if status != "200":
             if not stream.closed:
-                self.reset(stream, ErrorCodes.CANCEL)
+                self.reset(stream, codec.CANCEL)
             raise TunnelError(
                 f"the destination's agent answered {status}",
                 int(status) if status.isdigit() else None,

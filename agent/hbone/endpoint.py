@@ -1,9 +1,9 @@
 """One HTTP/2 connection of HBONE over an asyncio transport, and its streams.
 
-The h2 library is the protocol state machine (sans-IO); this module feeds it
-bytes and events. Each stream is an `End` of a Splice, so a stream and a TCP
-connection are spliced alike. Backpressure: a paused stream stops
-acknowledging received data, so the peer runs out of window and stops
+The codec (codec.py) is the protocol, sans-IO; this module feeds it bytes and
+turns its events into stream callbacks. Each stream is an `End` of a Splice, so
+a stream and a TCP connection are spliced alike. Backpressure: a paused stream
+stops acknowledging received data, so the peer runs out of window and stops
 sending; outgoing data waits in the stream's buffer for window, and a full
 buffer pauses the splice's other end.
 """
@@ -11,19 +11,13 @@ buffer pauses the splice's other end.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import logging
-from typing import Any
-
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-from h2.errors import ErrorCodes
+from typing import cast
 
 from ..identity import tls
 from ..proxy.splice import Splice
-from . import protocol
+from . import codec, protocol
 from .protocol import TunnelError
 
 log = logging.getLogger("agent.hbone")
@@ -43,7 +37,9 @@ class H2Stream:
         self.response: asyncio.Future[list[tuple[str, str]]] = (
             asyncio.get_running_loop().create_future()
         )
-        self._out = bytearray()
+        self._out: collections.deque[bytes] = collections.deque()
+        self._out_len = 0
+        """Bytes waiting for flow-control window, kept as the chunks that came (no copying)."""
         self._out_eof = False
         self.sent_eof = False
         self.remote_ended = False
@@ -69,9 +65,10 @@ class H2Stream:
     def write(self, data: bytes) -> None:
         if self.closed or self._out_eof:
             return
-        self._out += data
+        self._out.append(data)
+        self._out_len += len(data)
         self.endpoint.pump(self)
-        if len(self._out) > SEND_HIGH_WATER and not self._told_pause and self.splice:
+        if self._out_len > SEND_HIGH_WATER and not self._told_pause and self.splice:
             self._told_pause = True
             self.splice.on_pause(self)
 
@@ -84,7 +81,7 @@ class H2Stream:
         self.write_eof()
 
     def reset(self) -> None:
-        self.endpoint.reset(self, ErrorCodes.CANCEL)
+        self.endpoint.reset(self, codec.CANCEL)
 
     def pause_reading(self) -> None:
         self._recv_paused = True
@@ -99,19 +96,34 @@ class H2Stream:
 
     @property
     def pending(self) -> bool:
-        return bool(self._out) or (self._out_eof and not self.sent_eof)
+        return self._out_len > 0 or (self._out_eof and not self.sent_eof)
 
-    def take(self, window: int, max_frame: int) -> bytes:
-        n = min(len(self._out), window, max_frame)
-        chunk = bytes(self._out[:n])
-        del self._out[:n]
-        if self._told_pause and len(self._out) < SEND_LOW_WATER and self.splice:
+    def take(self, limit: int) -> bytes:
+        """Up to `limit` bytes for one DATA frame."""
+        first = self._out[0]
+        if len(first) <= limit and (len(self._out) == 1 or len(first) + len(self._out[1]) > limit):
+            chunk = self._out.popleft()  # the common case: a whole chunk, no copy
+        else:
+            parts, size = [], 0
+            while self._out and size < limit:
+                head = self._out[0]
+                if size + len(head) <= limit:
+                    parts.append(self._out.popleft())
+                    size += len(head)
+                else:
+                    cut = limit - size
+                    parts.append(head[:cut])
+                    self._out[0] = head[cut:]
+                    size = limit
+            chunk = b"".join(parts)
+        self._out_len -= len(chunk)
+        if self._told_pause and self._out_len < SEND_LOW_WATER and self.splice:
             self._told_pause = False
             self.splice.on_resume(self)
         return chunk
 
     def wants_eof(self) -> bool:
-        return self._out_eof and not self._out and not self.sent_eof
+        return self._out_eof and not self._out_len and not self.sent_eof
 
     def on_data(self, data: bytes, flow_len: int) -> None:
         if self.splice is not None:
@@ -121,7 +133,7 @@ class H2Stream:
         if self._recv_paused:
             self._unacked += flow_len
         else:
-            self.endpoint.acknowledge(self, flow_len)
+            self.endpoint.acknowledge(self, flow_len, flush=False)
 
     def on_end(self) -> None:
         self.remote_ended = True
@@ -138,6 +150,7 @@ class H2Stream:
     def on_reset(self, reason: str) -> None:
         if not self.response.done():
             self.response.set_exception(TunnelError(reason))
+            self.response.exception()  # retrieved: nobody may be waiting for it
         self._finish(TunnelError(reason))
 
     def _finish(self, exc: Exception | None) -> None:
@@ -155,12 +168,13 @@ class H2Endpoint(asyncio.Protocol):
     client_side = False
 
     def __init__(self) -> None:
-        config = h2.config.H2Configuration(
-            client_side=self.client_side, header_encoding="utf-8", validate_inbound_headers=False
-        )
-        self.conn = h2.connection.H2Connection(config=config)
-        self.guard = protocol.FrameGuard(
-            protocol.MAX_FRAME_SIZE, 0 if self.client_side else protocol.CLIENT_PREFACE_LEN
+        self.conn = codec.H2Codec(
+            self.client_side,
+            stream_window=protocol.STREAM_WINDOW,
+            connection_window=protocol.CONNECTION_WINDOW,
+            max_frame_size=protocol.MAX_FRAME_SIZE,
+            max_concurrent_streams=protocol.MAX_CONCURRENT_STREAMS,
+            max_header_list_size=protocol.MAX_HEADER_LIST_SIZE,
         )
         self.streams: dict[int, H2Stream] = {}
         self.transport: asyncio.Transport | None = None
@@ -172,54 +186,57 @@ class H2Endpoint(asyncio.Protocol):
     # ------------------------------------------------------------ transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses; they behave as one.
+        self.transport = cast(asyncio.Transport, transport)
         self.peer_identity = tls.peer_spiffe_id(transport.get_extra_info("ssl_object"))
-        transport.set_write_buffer_limits(high=4 << 20)
-        self.conn.initiate_connection()
-        # Through update_settings, so h2 applies each value once the peer acknowledged it.
-        self.conn.update_settings(protocol.local_settings())
-        self.conn.increment_flow_control_window(protocol.CONNECTION_WINDOW - 65535)
+        self.transport.set_write_buffer_limits(high=4 << 20)
+        self.conn.initiate()
         self.flush()
 
     def data_received(self, data: bytes) -> None:
         try:
-            self.guard.feed(data)
-            events = self.conn.receive_data(data)
-        except (h2.exceptions.ProtocolError, ValueError, TunnelError) as exc:
+            events = self.conn.receive(data)
+        except codec.H2ProtocolError as exc:
             log.warning(
                 "HBONE peer broke the HTTP/2 protocol; closing",
-                extra={"peer": self.peer_identity, "error": repr(exc)},
+                extra={"peer": self.peer_identity, "error": str(exc)},
             )
-            self.flush()  # h2 has queued a GOAWAY
-            self.abort()
+            self.flush()  # the codec has queued a GOAWAY
+            self.abort(str(exc))
             return
         for event in events:
             self._dispatch(event)
         self.flush()
 
-    def _dispatch(self, event: Any) -> None:
-        stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
-        if isinstance(event, h2.events.RequestReceived):
-            self.on_request(event.stream_id, [(str(k), str(v)) for k, v in event.headers])
-        elif isinstance(event, h2.events.ResponseReceived):
-            if stream is not None and not stream.response.done():
-                stream.response.set_result([(str(k), str(v)) for k, v in event.headers])
-        elif isinstance(event, h2.events.DataReceived):
+    def _dispatch(self, event: codec.Event) -> None:
+        if isinstance(event, codec.DataReceived):
+            stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.on_data(event.data, event.flow_controlled_length)
             else:
-                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-        elif isinstance(event, h2.events.StreamEnded):
+                self.conn.acknowledge(event.stream_id, event.flow_controlled_length)
+        elif isinstance(event, codec.RequestReceived):
+            self.on_request(event.stream_id, event.headers)
+        elif isinstance(event, codec.ResponseReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and not stream.response.done():
+                stream.response.set_result(event.headers)
+        elif isinstance(event, codec.StreamEnded):
+            stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.on_end()
-        elif isinstance(event, h2.events.StreamReset):
+        elif isinstance(event, codec.StreamReset):
+            stream = self.streams.get(event.stream_id)
             if stream is not None:
-                stream.on_reset(f"stream reset by peer ({event.error_code!s})")
-        elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
-            self.pump_all()
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self.abort(f"peer closed the connection ({event.error_code!s})")
+                side = "peer" if event.remote else "this agent"
+                stream.on_reset(f"stream reset by {side} (code {event.error_code})")
+        elif isinstance(event, codec.WindowUpdated):
+            if event.stream_id == 0:
+                self.pump_all()
+            elif (stream := self.streams.get(event.stream_id)) is not None:
+                self.pump(stream)
+        elif isinstance(event, codec.ConnectionTerminated):
+            self.abort(f"peer closed the connection (code {event.error_code})")
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -243,6 +260,9 @@ class H2Endpoint(asyncio.Protocol):
     def abort(self, reason: str = "closed") -> None:
         for stream in list(self.streams.values()):
             stream.on_reset(reason)
+        if not self.conn.closed:
+            self.conn.close()
+            self.flush()
         if self.transport is not None:
             self.transport.close()
 
@@ -260,21 +280,16 @@ class H2Endpoint(asyncio.Protocol):
         """Send what the stream has, as far as flow-control windows allow."""
         if self.closed or stream.closed:
             return
-        try:
-            while stream.pending and not self._write_paused:
-                if stream.wants_eof():
-                    self.conn.end_stream(stream.id)
-                    stream.sent_eof = True
-                    break
-                window = self.conn.local_flow_control_window(stream.id)
-                if window <= 0:
-                    break
-                self.conn.send_data(
-                    stream.id, stream.take(window, self.conn.max_outbound_frame_size)
-                )
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as exc:
-            stream.on_reset(f"stream closed: {exc}")
-            return
+        conn = self.conn
+        while stream.pending and not self._write_paused:
+            if stream.wants_eof():
+                conn.end_stream(stream.id)
+                stream.sent_eof = True
+                break
+            window = conn.send_window(stream.id)
+            if window <= 0:
+                break
+            conn.send_data(stream.id, stream.take(min(window, conn.remote_max_frame)))
         self.flush()
         stream.maybe_closed()
 
@@ -283,24 +298,23 @@ class H2Endpoint(asyncio.Protocol):
             if stream.pending:
                 self.pump(stream)
 
-    def acknowledge(self, stream: H2Stream, n: int) -> None:
+    def acknowledge(self, stream: H2Stream, n: int, flush: bool = True) -> None:
+        """Give `n` bytes of window back. While handling received data the flush is left
+        to the end of data_received, so a batch of frames costs one write."""
         if self.closed:
             return
-        try:
-            self.conn.acknowledge_received_data(n, stream.id)
-        except h2.exceptions.StreamClosedError:
-            return
-        self.flush()
+        self.conn.acknowledge(stream.id, n)
+        if flush:
+            self.flush()
 
-    def reset(self, stream: H2Stream, code: ErrorCodes) -> None:
+    def reset(self, stream: H2Stream, code: int) -> None:
         if stream.closed:
             return
-        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            self.conn.reset_stream(stream.id, code)
+        self.conn.reset(stream.id, code)
         self.flush()
         stream.on_reset("stream reset")
 
     # ------------------------------------------------------------ subclass hooks
 
     def on_request(self, stream_id: int, headers: list[tuple[str, str]]) -> None:
-        self.conn.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+        self.conn.reset(stream_id, codec.REFUSED_STREAM)

@@ -14,8 +14,6 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from h2.settings import SettingCodes
-
 from ..errors import SlipstreamError
 
 HBONE_PORT = 15008
@@ -27,16 +25,6 @@ MAX_CONCURRENT_STREAMS = 1000
 MAX_HEADER_LIST_SIZE = 16 << 10
 
 OK, BAD_REQUEST, DENIED, UNAVAILABLE = 200, 400, 401, 503
-
-
-def local_settings() -> dict[SettingCodes | int, int]:
-    return {
-        SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-        SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
-        SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-        SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
-        SettingCodes.ENABLE_PUSH: 0,
-    }
 
 
 class TunnelError(SlipstreamError):
@@ -129,46 +117,3 @@ def connect_headers(
     if traceparent:
         headers.append(("traceparent", traceparent))
     return headers
-
-
-CLIENT_PREFACE_LEN = 24
-"""b"PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n", sent by the client before any frame."""
-
-
-class FrameGuard:
-    """Checks every frame header as its bytes arrive.
-
-    h2 checks a frame's length only once the whole frame is buffered, so a
-    header announcing a 16 MiB frame would make a server hold that much per
-    connection before refusing it. The guard refuses at the header.
-    """
-
-    def __init__(self, max_frame: int, preface: int) -> None:
-        self.max_frame = max_frame
-        self._skip = preface
-        self._head = b""
-        self._left = 0
-
-    def feed(self, data: bytes) -> None:
-        i, n = 0, len(data)
-        if self._skip:
-            taken = min(self._skip, n)
-            self._skip -= taken
-            i += taken
-        while i < n:
-            if self._left:
-                taken = min(self._left, n - i)
-                self._left -= taken
-                i += taken
-                continue
-            chunk = data[i : i + 9 - len(self._head)]
-            self._head += chunk
-            i += len(chunk)
-            if len(self._head) == 9:
-                length = int.from_bytes(self._head[:3], "big")
-                self._head = b""
-                if length > self.max_frame:
-                    raise TunnelError(
-                        f"a frame of {length} bytes is over the limit of {self.max_frame}"
-                    )
-                self._left = length

@@ -15,10 +15,9 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 
-from h2.errors import ErrorCodes
-
 from ..errors import SlipstreamError
 from ..identity.certs import IdentityError, SpiffeId
+from . import codec
 from .endpoint import H2Endpoint, H2Stream
 from .protocol import OK, BadRequest, ConnectRequest, parse_connect
 
@@ -67,7 +66,7 @@ class HboneServerConnection(H2Endpoint):
             request = parse_connect(headers)
         except BadRequest as exc:
             log.info("HBONE bad request", extra={"peer": self.peer_identity, "reason": exc.reason})
-            self.conn.send_headers(stream_id, [(":status", str(exc.status))], end_stream=True)
+            self.conn.respond(stream_id, [(":status", str(exc.status))], end_stream=True)
             return
         stream = self.add_stream(stream_id)
         task = asyncio.ensure_future(self._handle(stream, request))
@@ -85,11 +84,11 @@ class HboneServerConnection(H2Endpoint):
         """Answer a CONNECT: 200 opens the tunnel; anything else ends the stream."""
         if self.closed or stream.closed:
             return
-        self.conn.send_headers(stream.id, [(":status", str(status))], end_stream=status != OK)
+        self.conn.respond(stream.id, [(":status", str(status))], end_stream=status != OK)
         self.flush()
         if status != OK:
             stream.sent_eof = True
-            self.reset(stream, ErrorCodes.NO_ERROR)  # the tunnel never opened
+            self.reset(stream, codec.NO_ERROR)  # the tunnel never opened
 
     def connection_lost(self, exc: Exception | None) -> None:
         for task in self._tasks:

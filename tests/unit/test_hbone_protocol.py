@@ -1,12 +1,10 @@
-"""HBONE requests and the frame guard, without sockets."""
+"""HBONE CONNECT requests, without sockets (frame-level checks: test_hbone_codec.py)."""
 
 import pytest
 
 from agent.hbone.protocol import (
     BadRequest,
     ConnectRequest,
-    FrameGuard,
-    TunnelError,
     connect_headers,
     parse_connect,
     parse_forwarded,
@@ -62,22 +60,3 @@ def test_bad_requests_say_why(headers, reason):
 )
 def test_forwarded(value, expected):
     assert parse_forwarded(value) == expected
-
-
-def frame(length: int) -> bytes:
-    return length.to_bytes(3, "big") + b"\x00\x00\x00\x00\x00\x01" + b"x" * length
-
-
-def test_frame_guard_passes_frames_up_to_the_limit_in_any_chunking():
-    data = b"P" * 24 + frame(0) + frame(100) + frame(1000)
-    for step in (1, 7, 9, 64, len(data)):
-        guard = FrameGuard(1000, preface=24)
-        for i in range(0, len(data), step):
-            guard.feed(data[i : i + step])
-
-
-def test_frame_guard_refuses_an_oversized_frame_at_its_header():
-    guard = FrameGuard(1000, preface=24)
-    guard.feed(b"P" * 24 + frame(10))
-    with pytest.raises(TunnelError, match="6383461 bytes"):
-        guard.feed(b"age-garba")  # a header announcing ~6 MB; nothing else sent yet
