@@ -24,7 +24,7 @@ from .identity.caclient import CAClient
 from .identity.certs import DEFAULT_TRUST_DOMAIN, SpiffeId, load_certs
 from .identity.manager import CertManager
 from .proxy.context import MeshContext
-from .runtime import Component, serve
+from .runtime import Component, run_main, serve
 from .sources.file import FileSource
 from .state import StateStore, StateUpdater
 from .state.dump import snapshot_json
@@ -187,4 +187,4 @@ class Agent:
 
 
 def main(config: AgentConfig) -> None:
-    asyncio.run(Agent(config).run())
+    run_main(Agent(config).run())

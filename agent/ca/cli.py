@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import secrets
@@ -11,7 +10,7 @@ import secrets
 from ..admin import parse_addr
 from ..errors import SlipstreamError
 from ..identity.certs import DEFAULT_TRUST_DOMAIN, parse_duration
-from ..runtime import serve
+from ..runtime import run_main, serve
 from ..sources.file import FileSource
 from ..state import StateStore, StateUpdater
 from .authority import Authority, NodeTokens, RootStore
@@ -81,7 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = CAServer(
         authority, NodeTokens.load(args.node_tokens), store, parse_addr(args.listen, "0.0.0.0")
     )
-    asyncio.run(serve({"source": source, "ca": server}))
+    run_main(serve({"source": source, "ca": server}))
     return 0
 
 

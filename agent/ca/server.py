@@ -16,6 +16,7 @@ import collections
 import contextlib
 import datetime as dt
 import logging
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -52,17 +53,24 @@ class CAServer:
         app.router.add_get("/healthz/ready", self._ready)
         return app
 
-    def _ssl(self) -> Any:
+    def _ssl(self) -> ssl.SSLContext:
         key = generate_key()
         cert = self.authority.server_certificate(key)
         return tls.server_context(
             [cert], key, self.authority.roots.bundle_pem(), require_client_cert=False
         )
 
+    def _reissue(self, ctx: ssl.SSLContext) -> None:
+        """A serving certificate from the (maybe new) active root, in the live context: new
+        handshakes get it at once and the listener never closes."""
+        key = generate_key()
+        tls.load_chain(ctx, [self.authority.server_certificate(key)], key)
+
     async def run(self, drain: asyncio.Event) -> None:
         runner = web.AppRunner(self.app(), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, *self.listen, ssl_context=self._ssl(), reuse_address=True)
+        ctx = self._ssl()
+        site = web.TCPSite(runner, *self.listen, ssl_context=ctx, reuse_address=True)
         await site.start()
         stamp = self.authority.roots.stamp()
         log.info(
@@ -87,12 +95,7 @@ class CAServer:
                             extra={"error": str(exc)},
                         )
                         continue
-                    # Re-issue the serving certificate from the (maybe new) active root.
-                    await site.stop()
-                    site = web.TCPSite(
-                        runner, *self.listen, ssl_context=self._ssl(), reuse_address=True
-                    )
-                    await site.start()
+                    self._reissue(ctx)
                     log.info(
                         "roots reloaded",
                         extra={

@@ -19,7 +19,7 @@ from .certs import IdentityError, cert_pem, key_pem, spiffe_id_from_peercert
 ALPN_H2 = "h2"
 
 
-def _load_chain(
+def load_chain(
     ctx: ssl.SSLContext, chain: list[x509.Certificate], key: ec.EllipticCurvePrivateKey
 ) -> None:
     fd = os.memfd_create("slipstream-identity", os.MFD_CLOEXEC)
@@ -54,7 +54,7 @@ def server_context(
     ctx = _base(ssl.Purpose.CLIENT_AUTH, bundle_pem, alpn)
     if not require_client_cert:
         ctx.verify_mode = ssl.CERT_NONE
-    _load_chain(ctx, chain, key)
+    load_chain(ctx, chain, key)
     return ctx
 
 
@@ -66,7 +66,7 @@ def client_context(
 ) -> ssl.SSLContext:
     ctx = _base(ssl.Purpose.SERVER_AUTH, bundle_pem, alpn)
     if chain and key is not None:
-        _load_chain(ctx, chain, key)
+        load_chain(ctx, chain, key)
     return ctx
 
 
