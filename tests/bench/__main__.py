@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from tests.bench import capture
+from tests.bench import capture, mesh
 
-BENCHES = {"capture": capture.run}
+BENCHES = {"capture": capture.run, "mesh": mesh.run}
 
 
 def main(argv: list[str]) -> int:
