@@ -58,17 +58,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 Look around (in another terminal, as root):
   slipstream lab get pods -A -o wide {me}     pods, their IPs and nodes
   slipstream lab logs -n shop frontend {me}   the client's calls, as it sees them
-  slipstream lab logs -n shop backend {me}    the server's view: which client address it saw
+  slipstream lab logs -n shop backend-1 {me}  the server's view: which client address it saw
   slipstream lab exec -n shop frontend {me} -- ip addr
   slipstream lab exec --node node-a {me} -- curl -s localhost:15000/config_dump
                                                 the agent's view: cluster, workloads, counters
   slipstream lab exec -n shop frontend {me} -- tc filter show dev eth0 egress
                                                 the capture program inside an enrolled pod
   slipstream lab logs --node node-b {me}      an agent's log, with its access log
+  slipstream ca roots list --root-dir {lab.dir}/ca/roots
+                                                the mesh CA's roots (add/activate/retire)
 
 The clients' calls follow, with each agent's access-log record of what it captured.
-shop/frontend is in the mesh: its calls are captured leaving node-a and arriving at node-b.
-legacy/old-client is not: only its arrival at the enrolled backend is captured.
+shop/frontend is in the mesh: it calls the Service `backend`; node-a's agent picks a
+backend and carries the call to node-b over HBONE (HTTP/2 CONNECT in mTLS 1.3), and
+node-b's agent logs both SPIFFE identities. legacy/old-client is outside the mesh: its
+plaintext is accepted at the backends (PERMISSIVE) and logged without an identity.
 (Ctrl-C tears the lab down.)
 """)
         _follow(lab, args.duration)
@@ -88,19 +92,38 @@ def _print_enrollment(lab: Lab) -> None:
             rows.append([node, f"{w['namespace']}/{w['name']}", str(w["state"]), str(w["reason"])])
     print()
     print(table(rows))
+    print("\nThe mesh CA issued (each node got only its own pods' identities):")
+    issued = [["NODE", "IDENTITY", "SERIAL", "VALID UNTIL"]]
+    with open(f"{lab.dir}/logs/ca.log") as f:
+        for line in f:
+            rec = _json(line)
+            if rec.get("msg") == "certificate issued":
+                issued.append([rec["node"], rec["identity"], rec["serial"][:12], rec["notAfter"]])
+    print(table(issued))
+
+
+def _json(line: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _access_line(line: str) -> str | None:
-    try:
-        rec = json.loads(line)
-    except ValueError:
-        return None
+    rec = _json(line)
     if rec.get("scope") != "access":
         return None
+    how = rec.get("transport") or "?"
+    who = rec.get("src_workload") or rec["src"]
+    whom = rec.get("dst_workload") or rec["dst"]
+    ids = ""
+    if rec.get("src_identity") or rec.get("dst_identity"):
+        ids = f"\n      {rec.get('src_identity') or '(no identity)'} -> {rec.get('dst_identity')}"
     return (
-        f"{rec['direction']:8} {rec.get('src_workload') or rec['src']} -> "
-        f"{rec.get('dst_workload') or rec['dst']} ({rec['dst']}): {rec['outcome']}, "
-        f"{rec['bytes_sent']} B sent, {rec['bytes_received']} B back, {rec['duration_ms']:.1f} ms"
+        f"{rec['direction']} over {how}: {who} -> {whom} via {rec.get('upstream') or rec['dst']}: "
+        f"{rec['outcome']}, {rec['bytes_sent']} B sent, {rec['bytes_received']} B back, "
+        f"{rec['duration_ms']:.1f} ms{ids}"
     )
 
 

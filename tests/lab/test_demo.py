@@ -44,6 +44,14 @@ def test_demo_runs_and_ctrl_c_tears_it_down():
         assert any(ln.startswith("agent") and "node-b" in ln for ln in lines), (
             "status lists the agents"
         )
+        text = "".join(lines)
+        assert "node-b   spiffe://cluster.local/ns/shop/sa/backend" in text, "CA table shown"
+        while "[agent node-b] captured inbound over hbone: shop/frontend" not in "".join(lines):
+            assert time.monotonic() < deadline, "no HBONE access record:\n" + "".join(lines)
+            time.sleep(0.2)
+        while "captured inbound over plaintext: legacy/old-client" not in "".join(lines):
+            assert time.monotonic() < deadline, "no plaintext record:\n" + "".join(lines)
+            time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
         reader.join(5)
