@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 
 from . import log as logsetup
 from .errors import SlipstreamError
+from .identity.certs import DEFAULT_TRUST_DOMAIN
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -83,11 +84,19 @@ def _register_agent(
         "--ca-root", metavar="FILE", help="PEM trust bundle to start with (the CA's roots)"
     )
     g.add_argument("--ca-token-file", metavar="FILE", help="this node's credential for the CA")
-    g.add_argument("--trust-domain", default="cluster.local")
+    g.add_argument(
+        "--trust-domain",
+        default=DEFAULT_TRUST_DOMAIN,
+        help="the mesh's trust domain, as the CA's (default %(default)s)",
+    )
     g.add_argument(
         "--cert-ttl", default="24h", help="workload certificate life (default %(default)s)"
     )
-    g.add_argument("--bundle-refresh", default="60s", help="how often to fetch the trust bundle")
+    g.add_argument(
+        "--bundle-refresh",
+        default="60s",
+        help="how often to fetch the trust bundle (default %(default)s)",
+    )
     p.set_defaults(func=_run_agent)
 
 

@@ -42,21 +42,30 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         metavar="FILE",
         help="JSON: node name -> SHA-256 hex of its token (see `slipstream ca token`)",
     )
-    p.add_argument("--listen", default="0.0.0.0:15012", metavar="ADDR")
-    p.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    p.add_argument("--listen", default="0.0.0.0:15012", metavar="ADDR", help="default %(default)s")
+    p.add_argument(
+        "--trust-domain",
+        default=DEFAULT_TRUST_DOMAIN,
+        help="identities are spiffe://TRUST_DOMAIN/ns/NS/sa/SA (default %(default)s)",
+    )
     p.add_argument(
         "--max-ttl", default="24h", help="longest certificate life (default %(default)s)"
     )
     p.set_defaults(func=cmd_serve)
 
     p = cmds.add_parser("roots", parents=parents, help="list, add, activate or retire roots")
-    p.add_argument("action", choices=["list", "add", "activate", "retire"])
+    p.add_argument(
+        "action",
+        choices=["list", "add", "activate", "retire"],
+        help="add a new root (trusted, not yet signing), activate it (signs from now on), "
+        "retire an old one (no longer trusted)",
+    )
     p.add_argument("id", nargs="?", help="the root, for activate and retire")
-    p.add_argument("--root-dir", required=True)
+    p.add_argument("--root-dir", required=True, help="the CA's --root-dir")
     p.set_defaults(func=cmd_roots)
 
     p = cmds.add_parser("token", parents=parents, help="mint a node credential")
-    p.add_argument("node")
+    p.add_argument("node", help="the node the token authenticates")
     p.add_argument(
         "--node-tokens", required=True, metavar="FILE", help="the CA's token digests, updated"
     )

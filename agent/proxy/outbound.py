@@ -180,7 +180,7 @@ async def connect_plain(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, abi.AGENT_MARK)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if bind is not None:
-        sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        sock.setsockopt(socket.SOL_IP, socket.IP_TRANSPARENT, 1)
         sock.bind((bind, 0))
     sock.setblocking(False)
     try:
@@ -198,9 +198,6 @@ async def connect_plain(
     await loop.create_connection(lambda: upstream, sock=sock)
     splice.attach_upstream(upstream)
     client.resume_reading()
-
-
-IP_TRANSPARENT = 19
 
 
 def connect_outcome(exc: BaseException) -> str:

@@ -32,8 +32,7 @@ from .splice import End, Splice, TcpEnd
 
 log = logging.getLogger("agent.proxy")
 
-IP_TRANSPARENT = 19
-SO_ORIGINAL_DST = 80
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; the socket module does not name it
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ class PodProxy:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, abi.AGENT_MARK)
             if transparent:
-                sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+                sock.setsockopt(socket.SOL_IP, socket.IP_TRANSPARENT, 1)
             sock.bind(("0.0.0.0", port))
             sock.listen(1024)
             sock.setblocking(False)

@@ -74,6 +74,19 @@ def wrk(
     return parse_wrk(res.stdout)
 
 
+def reuse_time_wait(lab: Lab, pod: str, ns: str) -> None:
+    """Let a client pod reuse its TIME_WAIT ports for new connections (timestamps keep it safe).
+
+    A client that closes first keeps each port in TIME_WAIT for 60 s; at thousands
+    of new connections a second the pod's ephemeral ports run out within seconds
+    and every connect() then scans the whole range, so whichever variant ran
+    later would pay for the earlier ones. Every variant's client gets this.
+    """
+    res = lab.exec(pod, ["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"], namespace=ns)
+    if res.returncode != 0:
+        raise RuntimeError(f"sysctl in {ns}/{pod}: {res.stderr}")
+
+
 def nginx_conf(directory: Path, port: int = 8080, body: str = "ok") -> Path:
     """nginx answering every request with a small body; keeps connections alive, logs nothing."""
     directory.mkdir(parents=True, exist_ok=True)
