@@ -224,6 +224,27 @@ async def test_a_stream_reaches_the_app_as_the_real_client(server, caplog):
     )
 
 
+async def test_a_traceparent_on_the_connect_reaches_the_access_record(server):
+    pool = hbone.HbonePool()
+    key = hbone.PoolKey("127.0.0.5", str(WEB), str(DB), ("127.0.0.1", server.port))
+    ctx = server.client_context()
+
+    async def dial():
+        conn = await hbone.connect(socket.socket, ("127.0.0.1", server.port), ctx, str(DB), key)
+        server.conns.append(conn)
+        return conn
+
+    trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    headers = connect_headers(("127.0.0.1", server.app_port), APP_CLIENT, traceparent=trace)
+    stream = await pool.stream(key, headers, dial)
+    out = pipe(stream)
+    stream.write(b"traced")
+    stream.write_eof()
+    await asyncio.wait_for(out.eof.wait(), 10)
+    await asyncio.sleep(0.05)
+    assert [r.traceparent for r in server.records] == [trace]
+
+
 async def test_many_streams_share_one_pooled_connection(server):
     pool = hbone.HbonePool(max_streams=100)
     key = hbone.PoolKey("127.0.0.5", str(WEB), str(DB), ("127.0.0.1", server.port))
@@ -249,6 +270,37 @@ async def test_many_streams_share_one_pooled_connection(server):
     assert answers == [b"x%d" % i for i in range(40)]
     assert dials == 1
     assert pool.status()[0]["connections"] == 1
+
+
+async def test_the_pool_caps_streams_per_connection_and_closes_idle_ones(server):
+    pool = hbone.HbonePool(max_streams=2, idle_timeout=0.2)
+    key = hbone.PoolKey("127.0.0.5", str(WEB), str(DB), ("127.0.0.1", server.port))
+    dialed: list = []
+    ctx = server.client_context()
+
+    async def dial():
+        conn = await hbone.connect(socket.socket, ("127.0.0.1", server.port), ctx, str(DB), key)
+        server.conns.append(conn)
+        dialed.append(conn)
+        return conn
+
+    streams = [await pool.stream(key, server.headers(), dial) for _ in range(5)]
+    outs = [pipe(s) for s in streams]
+    assert len(dialed) == 3, "5 open streams at 2 per connection need 3 connections"
+    assert [len(c.streams) for c in dialed] == [2, 2, 1]
+    for s, out in zip(streams, outs, strict=True):
+        s.write(b"bye")
+        s.write_eof()
+        await asyncio.wait_for(out.eof.wait(), 10)
+    pool.close_idle()
+    assert len(pool.status()) == 1, "not idle for long enough yet: kept"
+    await asyncio.sleep(0.3)
+    pool.close_idle()
+    assert pool.status() == []
+    assert all(not c.usable for c in dialed), "idle connections are closed"
+    again = await pool.stream(key, server.headers(), dial)
+    assert len(dialed) == 4, "a new stream after the idle close dials afresh"
+    again.reset()
 
 
 async def test_bulk_transfer_both_ways_respects_flow_control(server):

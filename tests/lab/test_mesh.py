@@ -181,6 +181,27 @@ def test_the_server_sees_the_client_and_the_destination_logs_both_identities(lab
     assert out["transport"] == "hbone" and out["dst_identity"] == rec["dst_identity"]
 
 
+def test_workload_keys_stay_in_the_agents_memory(lab):
+    curl(lab, "client", f"http://{ip(lab, 'server-2')}:8080/", "mesh")  # keys exist and are used
+    key_files = []
+    for root, _, files in os.walk(lab.dir):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                if b"PRIVATE KEY" in f.read() and "/ca/roots/" not in path:
+                    key_files.append(path)
+    assert key_files == [], "only the CA's root key is on disk"
+    for proc in lab.status()["processes"]:
+        if proc["kind"] == "agent":
+            fd_dir = f"/proc/{proc['pid']}/fd"
+            for fd in os.listdir(fd_dir):
+                try:
+                    target = os.readlink(f"{fd_dir}/{fd}")
+                except FileNotFoundError:  # closed meanwhile
+                    continue
+                assert "memfd:" not in target, "no key memfd is left open"
+
+
 def test_a_service_spreads_over_both_nodes_and_skips_a_killed_endpoint(lab):
     svc = lab.get("svc", "mesh")[0]["spec"]["clusterIP"]
     seen = [curl(lab, "client", f"http://{svc}:80/", "mesh")["pod"] for _ in range(12)]
@@ -197,6 +218,22 @@ def test_a_service_spreads_over_both_nodes_and_skips_a_killed_endpoint(lab):
     assert [e["endpoint"] for e in ejected] == [f"{ip(lab, 'server-2')}:8080"]
 
 
+def test_an_endpoint_that_does_not_answer_costs_one_connect_timeout(lab):
+    svc = lab.get("svc", "mesh")[0]["spec"]["clusterIP"]
+    # server-2's pod silently drops HBONE SYNs: connecting to it can only time out.
+    drop = ["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "15008", "-j", "DROP"]
+    assert lab.exec("server-2", drop, namespace="mesh").returncode == 0
+    answers, took = [], []
+    for _ in range(2):  # round robin: one of the two goes to server-2 first
+        start = time.monotonic()
+        res = lab.exec("client", ["curl", "-sS", "-m", "20", f"http://{svc}:80/"], namespace="mesh")
+        took.append(time.monotonic() - start)
+        assert res.returncode == 0, res.stderr
+        answers.append(json.loads(res.stdout)["pod"])
+    assert answers == ["server-1", "server-1"]
+    assert max(took) > 4, f"one call waited for the 5 s connect timeout first: {took}"
+
+
 PA = """\
 apiVersion: slipstream.dev/v1alpha1
 kind: PeerAuthentication
@@ -208,7 +245,11 @@ spec:
 
 def test_strict_refuses_plaintext_and_permissive_accepts_it(lab):
     url = f"http://{ip(lab, 'server-2')}:8080/"
+    outside = f"http://{ip(lab, 'server', 'plain')}:8080/"
     assert curl(lab, "client", url, "plain"), "PERMISSIVE by default"
+    assert curl(lab, "client", outside, "mesh")["pod"] == "server", (
+        "PERMISSIVE: a mesh pod reaches a pod outside the mesh in plaintext"
+    )
     lab.apply(load_text(PA.format(mode="STRICT"), "pa.yaml"))
 
     def refused() -> bool:
@@ -228,6 +269,15 @@ def test_strict_refuses_plaintext_and_permissive_accepts_it(lab):
     assert curl(lab, "client", url, "mesh")["pod"] == "server-2", (
         "mTLS from enrolled pods still works"
     )
+    since = time.time()
+    out = lab.exec("client", ["curl", "-sS", "-m", "3", outside], namespace="mesh")
+    assert out.returncode != 0, "STRICT: no plaintext out of the mesh either"
+    recs = wait_until(
+        lambda: [r for r in access_log(lab, "n1", since) if r["outcome"] == "refused_plaintext"],
+        2,
+        "the source agent's refused_plaintext record",
+    )
+    assert "not in the mesh" in recs[0]["detail"] and "STRICT" in recs[0]["detail"]
     lab.apply(load_text(PA.format(mode="PERMISSIVE"), "pa.yaml"))
     wait_until(lambda: not refused(), 2, "PERMISSIVE to accept plaintext again")
 
