@@ -23,10 +23,11 @@ from .errors import SlipstreamError
 from .identity.caclient import CAClient
 from .identity.certs import DEFAULT_TRUST_DOMAIN, SpiffeId, load_certs
 from .identity.manager import CertManager
+from .policy.peerauth import ROOT_NAMESPACE
 from .proxy.context import MeshContext
 from .runtime import Component, run_main, serve
 from .sources.file import FileSource
-from .state import StateStore, StateUpdater
+from .state import Snapshot, StateStore, StateUpdater
 from .state.dump import snapshot_json
 
 log = logging.getLogger("agent")
@@ -53,6 +54,8 @@ class AgentConfig:
     """PEM file with the first trust bundle (the CA's roots); later ones come from the CA."""
     ca_token_file: str | None = None
     trust_domain: str = DEFAULT_TRUST_DOMAIN
+    root_namespace: str = ROOT_NAMESPACE
+    """Policies in this namespace apply mesh-wide."""
     cert_ttl: dt.timedelta = dt.timedelta(hours=24)
     bundle_refresh: float = 60.0
     drain_deadline: float = 10.0
@@ -77,8 +80,13 @@ class Agent:
             self.config_dump, self.ready, admin_addr=config.admin_addr, ready_addr=config.ready_addr
         )
         self.mesh = MeshContext(
-            config.node, lambda: self.store.snapshot, trust_domain=config.trust_domain
+            config.node,
+            lambda: self.store.snapshot,
+            trust_domain=config.trust_domain,
+            root_namespace=config.root_namespace,
         )
+        self._checked_generation = 0
+        self.store.subscribe(self._recheck_policy)
         self.certs = self._cert_manager()
         self.mesh.certs = self.certs
         self.programs: Any = None
@@ -128,6 +136,20 @@ class Agent:
         self.programs = Programs()
         return EbpfCapture(self.programs, self.mesh)
 
+    def _recheck_policy(self, old: Snapshot, new: Snapshot) -> None:
+        """After a change to policy or to this node's pods, close what is now denied."""
+        authz = self.mesh.authz
+        authz.refresh(new)
+        node = self.config.node
+        if authz.generation == self._checked_generation and old.pods_on_node(
+            node
+        ) == new.pods_on_node(node):
+            return
+        self._checked_generation = authz.generation
+        if self.enroller is not None:
+            for proxy in self.enroller.proxies():
+                proxy.recheck()
+
     def ready(self) -> bool:
         return (
             self.store.synced
@@ -147,6 +169,7 @@ class Agent:
             "certificates": self.certs.status() if self.certs else [],
             "hbone": self.mesh.pool.status(),
             "ejectedEndpoints": self.mesh.balancer.status(time.monotonic()),
+            "authorizationPolicies": self.mesh.authz.status(snap),
             "datapath": {"counters": self.programs.counters()} if self.programs else {},
             **snapshot_json(snap),
         }

@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 from . import log as logsetup
 from .errors import SlipstreamError
 from .identity.certs import DEFAULT_TRUST_DOMAIN
+from .policy.peerauth import ROOT_NAMESPACE
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -76,6 +77,12 @@ def _register_agent(
         action="store_true",
         help="on exit, remove capture from every pod instead of leaving them to fail closed",
     )
+    p.add_argument(
+        "--root-namespace",
+        default=ROOT_NAMESPACE,
+        metavar="NS",
+        help="policies here apply mesh-wide (default %(default)s)",
+    )
     g = p.add_argument_group(
         "identity (without --ca: no mTLS, captured traffic is relayed in plaintext)"
     )
@@ -119,6 +126,7 @@ def _run_agent(args: argparse.Namespace) -> int:
             ca_root=args.ca_root,
             ca_token_file=args.ca_token_file,
             trust_domain=args.trust_domain,
+            root_namespace=args.root_namespace,
             cert_ttl=parse_duration(args.cert_ttl),
             bundle_refresh=parse_duration(args.bundle_refresh).total_seconds(),
         )
@@ -130,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .ca import cli as ca_cli
     from .lab import apps, demo
     from .lab import cli as lab_cli
+    from .policy import cli as policy_cli
 
     parser = argparse.ArgumentParser(
         prog="slipstream",
@@ -141,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_agent(sub, parents)
     ca_cli.register(sub, parents)
     lab_cli.register(sub, parents)
+    policy_cli.register(sub, parents)
     demo.register(sub, parents)
     apps.register(sub, parents)
     for ep in entry_points(group="slipstream.commands"):

@@ -307,6 +307,9 @@ class Enroller:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._record_path(pod))
 
+    def proxies(self) -> list[PodProxy]:
+        return [a.proxy for a in self.active.values()]
+
     def workloads(self) -> list[WorkloadStatus]:
         return [self.status[k] for k in sorted(self.status)]
 

@@ -6,6 +6,9 @@ deep inside an object can still name the line a user must edit.
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +135,23 @@ def load_file(path: str | Path) -> list[Document]:
     except OSError as exc:
         raise ManifestError(str(p), f"cannot read: {exc.strerror}") from exc
     return load_text(text, str(p))
+
+
+def load_paths(paths: Sequence[str]) -> list[Document]:
+    """Files, directories of them (.yaml, .yml, .json), or - for standard input."""
+    docs: list[Document] = []
+    for path in paths:
+        if path == "-":
+            docs += load_text(sys.stdin.read(), "<stdin>")
+        elif os.path.isdir(path):
+            for name in sorted(os.listdir(path)):
+                if name.endswith((".yaml", ".yml", ".json")):
+                    docs += load_file(os.path.join(path, name))
+        elif not os.path.exists(path):
+            raise ManifestError(path, "no such file")
+        else:
+            docs += load_file(path)
+    return docs
 
 
 def dump_objects(bodies: list[dict[str, Any]]) -> str:

@@ -7,13 +7,12 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
-from ..errors import LabError, ManifestError
-from ..manifest import Document, load_file, load_text
+from ..errors import LabError
+from ..manifest import load_paths
 from ..state.objects import canonical_kind
 from .lab import DEFAULT_ROOT, Lab
 
@@ -101,22 +100,6 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
 # ------------------------------------------------------------------ helpers
 
 
-def read_manifests(paths: Sequence[str]) -> list[Document]:
-    docs: list[Document] = []
-    for path in paths:
-        if path == "-":
-            docs += load_text(sys.stdin.read(), "<stdin>")
-        elif os.path.isdir(path):
-            for name in sorted(os.listdir(path)):
-                if name.endswith((".yaml", ".yml", ".json")):
-                    docs += load_file(os.path.join(path, name))
-        elif not os.path.exists(path):
-            raise ManifestError(path, "no such file")
-        else:
-            docs += load_file(path)
-    return docs
-
-
 def resolve(args: argparse.Namespace) -> Lab:
     if args.name:
         return Lab(args.name)
@@ -159,7 +142,7 @@ def table(rows: list[list[str]]) -> str:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    docs = read_manifests(args.filename)
+    docs = load_paths(args.filename)
     name = args.name or os.environ.get("SLIPSTREAM_LAB")
     if not name:
         labs = [d for d in docs if isinstance(d.body, dict) and d.body.get("kind") == "Lab"]
@@ -177,7 +160,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     lab = resolve(args)
-    for line in lab.apply(read_manifests(args.filename)):
+    for line in lab.apply(load_paths(args.filename)):
         print(line)
     return 0
 

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli import cmd_status, read_manifests, table
+from ..manifest import load_paths
+from .cli import cmd_status, table
 from .lab import Lab
 from .mesh import workloads
 
@@ -46,7 +47,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     lab = Lab(args.name)
     if lab.down():
         print(f"(removed a lab {lab.name!r} left from an earlier run)")
-    docs = read_manifests([args.filename])
+    docs = load_paths([args.filename])
     print(f"Bringing up lab {lab.name!r} from {args.filename} ...")
     lab.up(docs)
     try:

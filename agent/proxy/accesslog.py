@@ -35,13 +35,16 @@ class FlowRecord:
     dst_identity: str | None = None
     """SPIFFE ID of the destination workload."""
     traceparent: str | None = None
+    authz: dict[str, object] | None = None
+    """The destination's authorization decision: decision, policy, rule, reason (audit, dryRun)."""
     bytes_sent: int = 0
     """Client to server."""
     bytes_received: int = 0
     """Server to client."""
     outcome: str = "open"
     """ok, or why it ended: upstream_refused, upstream_timeout, upstream_unreachable,
-    client_reset, upstream_reset, refused_plaintext, denied, no_certificate, hbone_error,
+    client_reset, upstream_reset, refused_plaintext, denied (by authorization policy, also when a
+    changed policy closes an open connection), no_certificate, hbone_error,
     bad_request, unenrolled, agent_stopping."""
     detail: str = ""
     start_time: float = field(default_factory=time.time)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ..hbone.client import HbonePool
 from ..identity.certs import DEFAULT_TRUST_DOMAIN, SpiffeId
 from ..identity.manager import CertManager
+from ..policy.authz import Authorizer
 from ..policy.peerauth import ROOT_NAMESPACE
 from ..routing import Balancer
 from ..state import Snapshot
@@ -24,9 +25,13 @@ class MeshContext:
     root_namespace: str = ROOT_NAMESPACE
     pool: HbonePool = field(default_factory=HbonePool)
     balancer: Balancer = field(default_factory=Balancer)
+    authz: Authorizer = field(init=False)
     connect_timeout: float = 5.0
     max_attempts: int = 3
     """Endpoints of a Service tried for one connection before giving up."""
+
+    def __post_init__(self) -> None:
+        self.authz = Authorizer(self.root_namespace)
 
     def identity(self, pod: Pod) -> SpiffeId:
         return SpiffeId(self.trust_domain, pod.meta.namespace, pod.service_account)

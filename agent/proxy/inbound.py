@@ -3,8 +3,9 @@
 Both end at the app, from the original client's address (bound transparently
 inside the pod), so the app sees the real client IP. Plaintext is accepted in
 PERMISSIVE mode and refused in STRICT mode. An HBONE stream must name this
-pod's own address as its :authority; it is answered 200 once the app
-accepted the connection, 503 when it did not.
+pod's own address as its :authority, and authorization policy must allow its
+client; it is answered 200 once the app accepted the connection, 400 for a
+bad request, 401 when policy denies it, 503 when the app did not accept.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from ..hbone.endpoint import H2Stream
-from ..hbone.protocol import BAD_REQUEST, OK, UNAVAILABLE, ConnectRequest
+from ..hbone.protocol import BAD_REQUEST, DENIED, OK, UNAVAILABLE, ConnectRequest
 from ..hbone.server import HboneServerConnection
+from ..policy.authz import Decision, Peer
 from ..policy.peerauth import STRICT, mode_for
 from ..state.objects import Pod
 from .accesslog import FlowRecord
@@ -26,6 +28,8 @@ log = logging.getLogger("agent.proxy")
 
 Dial = Callable[[Splice, End, tuple[str, int], str], Awaitable[None]]
 """Connect to the app at an address from a client address, and splice (see connect_plain)."""
+Authorize = Callable[[Splice, Peer], Decision]
+"""Decide by policy, note it in the record, and keep watching the connection if allowed."""
 
 
 def plaintext_refused(mesh: MeshContext, pod: Pod) -> str | None:
@@ -37,16 +41,32 @@ def plaintext_refused(mesh: MeshContext, pod: Pod) -> str | None:
     return None
 
 
+def authorize(mesh: MeshContext, pod: Pod, splice: Splice, peer: Peer) -> Decision:
+    """Decide for a connection to `pod` (as the store has it now: its labels pick the
+    policies) and note the decision in the connection's record."""
+    snap = mesh.snapshot()
+    current = snap.get(pod.key)
+    decision = mesh.authz.decide(snap, current if isinstance(current, Pod) else pod, peer)
+    splice.record.authz = decision.as_dict()
+    return decision
+
+
 class HboneInbound:
     """Serves the CONNECT streams of one pod's 15008 listener."""
 
     def __init__(
-        self, pod: Pod, mesh: MeshContext, dial: Dial, new_splice: Callable[[FlowRecord], Splice]
+        self,
+        pod: Pod,
+        mesh: MeshContext,
+        dial: Dial,
+        new_splice: Callable[[FlowRecord], Splice],
+        authorize: Authorize,
     ) -> None:
         self.pod = pod
         self.mesh = mesh
         self.dial = dial
         self.new_splice = new_splice
+        self.authorize = authorize
 
     async def handle(
         self, stream: H2Stream, request: ConnectRequest, conn: HboneServerConnection
@@ -71,17 +91,24 @@ class HboneInbound:
         splice = self.new_splice(record)
         stream.attach(splice)
         splice.client = stream
+
+        def refuse(status: int, outcome: str, detail: str) -> None:
+            splice.record.finish(outcome, detail)  # before the answer closes the stream
+            conn.respond(stream, status)
+            splice.abort(outcome, detail)
+
         if request.destination[0] != self.pod.ip:
-            conn.respond(stream, BAD_REQUEST)
-            splice.abort(
-                "bad_request",
-                f":authority {addr(request.destination)} is not this pod ({self.pod.ip})",
-            )
+            where = f":authority {addr(request.destination)} is not this pod ({self.pod.ip})"
+            refuse(BAD_REQUEST, "bad_request", where)
+            return
+        peer = Peer.from_spiffe(client[0], conn.peer_identity, *request.destination)
+        decision = self.authorize(splice, peer)
+        if not decision.allow:
+            refuse(DENIED, "denied", decision.reason)
             return
         try:
             await self.dial(splice, stream, request.destination, client[0])
         except Attempt as exc:
-            conn.respond(stream, UNAVAILABLE)
-            splice.abort(exc.outcome, exc.detail)
+            refuse(UNAVAILABLE, exc.outcome, exc.detail)
             return
         conn.respond(stream, OK)

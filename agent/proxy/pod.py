@@ -23,10 +23,11 @@ from ..hbone import server as hbone_server
 from ..hbone.protocol import HBONE_PORT
 from ..identity.manager import NoCertificate
 from ..netns import Netns
+from ..policy.authz import Decision, Peer
 from ..state.objects import Pod
 from .accesslog import FlowRecord, emit
 from .context import MeshContext
-from .inbound import HboneInbound, plaintext_refused
+from .inbound import HboneInbound, authorize, plaintext_refused
 from .outbound import Attempt, Outbound, addr, connect_plain
 from .splice import End, Splice, TcpEnd
 
@@ -95,7 +96,9 @@ class PodProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._hbone_conns: set[hbone_server.HboneServerConnection] = set()
         self._outbound = Outbound(pod, ns, mesh)
-        self._hbone = HboneInbound(pod, mesh, self._dial_app, self._new_splice)
+        self._hbone = HboneInbound(pod, mesh, self._dial_app, self._new_splice, self._authorize)
+        self._watched: dict[Splice, Peer] = {}
+        """Open inbound connections, checked again when policy changes."""
 
     # ------------------------------------------------------------ listeners
 
@@ -176,6 +179,7 @@ class PodProxy:
 
     def _finished(self, splice: Splice) -> None:
         self._splices.discard(splice)
+        self._watched.pop(splice, None)
         if splice.record.src:
             emit(splice.record)
 
@@ -205,6 +209,10 @@ class PodProxy:
             )
             splice.abort("refused_plaintext", why)
             return
+        decision = self._authorize(splice, Peer(src[0], None, *dst))
+        if not decision.allow:
+            splice.abort("denied", decision.reason)
+            return
         record.upstream = addr(dst)
         try:
             await self._dial_app(splice, end, dst, src[0])
@@ -218,6 +226,31 @@ class PodProxy:
         await connect_plain(
             splice, client, self.ns.socket, dst, self.mesh.connect_timeout, bind=client_ip
         )
+
+    # ------------------------------------------------------------ authorization
+
+    def _authorize(self, splice: Splice, peer: Peer) -> Decision:
+        decision = authorize(self.mesh, self.pod, splice, peer)
+        if decision.allow:
+            self._watched[splice] = peer
+        return decision
+
+    def recheck(self) -> int:
+        """Policy changed: close the open inbound connections it now denies. Returns how many."""
+        closed = 0
+        for splice, peer in list(self._watched.items()):
+            decision = authorize(self.mesh, self.pod, splice, peer)
+            if decision.allow:
+                continue
+            del self._watched[splice]
+            splice.abort("denied", f"policy changed: {decision.reason}")
+            closed += 1
+        if closed:
+            log.info(
+                "open connections closed by a policy change",
+                extra={"pod": str(self.ref), "connections": closed},
+            )
+        return closed
 
     # ------------------------------------------------------------ HBONE (15008)
 

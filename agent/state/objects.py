@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import FieldError
+from .authz import parse_authorization_policy
 from .fields import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
@@ -34,6 +35,7 @@ from .resource import (
     GATEWAY_API,
     MESH_API,
     NAMESPACED_KINDS,
+    POLICY_APIS,
     Meta,
     ObjectKey,
     Resource,
@@ -48,6 +50,7 @@ __all__ = [
     "GATEWAY_API",
     "MESH_API",
     "NAMESPACED_KINDS",
+    "POLICY_APIS",
     "Meta",
     "ObjectKey",
     "Resource",
@@ -170,7 +173,15 @@ def parse_object(body: Any) -> Resource:
         return _parse_service(api_version, meta, body)
     if kind == "Namespace" and api_version == "v1":
         return Namespace(api_version, kind, meta, body)
-    if kind == "PeerAuthentication" and api_version == MESH_API:
+    if kind in ("AuthorizationPolicy", "PeerAuthentication"):
+        # A policy nobody reads would fail open: refuse one we do not understand.
+        need(
+            api_version in POLICY_APIS,
+            "apiVersion",
+            f"{api_version!r} is not a {kind} version we read ({', '.join(POLICY_APIS)})",
+        )
+        if kind == "AuthorizationPolicy":
+            return parse_authorization_policy(api_version, meta, body)
         return _parse_peer_authentication(api_version, meta, body)
     return Resource(api_version, kind, meta, body)
 

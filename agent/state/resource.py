@@ -14,6 +14,8 @@ from .fields import DNS_LABEL, DNS_SUBDOMAIN, mapping, need, string, string_map
 
 MESH_API = "slipstream.dev/v1alpha1"
 GATEWAY_API = "gateway.networking.k8s.io/v1"
+POLICY_APIS = (MESH_API, "security.istio.io/v1", "security.istio.io/v1beta1")
+"""AuthorizationPolicy and PeerAuthentication: ours, or Istio's manifests as they are."""
 
 # Kinds the mesh reads. Anything else is kept and served as-is (the lab and the
 # store pass it on), so a manifest with a ConfigMap or ServiceAccount still loads.

@@ -55,6 +55,8 @@ def agent(tmp_path):
             # iptables mode loads nothing until a pod enrolls, so no eBPF compile here.
             "--capture",
             "iptables",
+            "--root-namespace",
+            "mesh-root",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -74,6 +76,51 @@ def agent(tmp_path):
     if proc.poll() is None:
         proc.kill()
     proc.communicate()
+
+
+POLICIES = """
+apiVersion: slipstream.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-all, namespace: mesh-root}
+spec: {}
+---
+apiVersion: slipstream.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+---
+apiVersion: slipstream.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: broken, namespace: shop}
+spec: {rules: [{from: [{source: {ipBlocks: [10.0.0.0/40]}}]}]}
+"""
+
+
+def test_config_dump_shows_policies_their_scope_and_what_l4_makes_of_them(agent):
+    proc, admin, objects = agent
+    (objects / "policies.yaml").write_text(POLICIES)
+
+    def policies():
+        return {
+            p["name"]: p
+            for p in json.loads(get(f"{admin}/config_dump")[1])["authorizationPolicies"]
+        }
+
+    deadline = time.monotonic() + 5
+    while len(policies()) < 2:
+        assert time.monotonic() < deadline, "policies never showed up"
+        time.sleep(0.05)
+    found = policies()
+    assert found["mesh-root/deny-all"]["scope"] == "mesh", "--root-namespace is honoured"
+    assert found["shop/no-admin"]["scope"] == "namespace"
+    (warning,) = found["shop/no-admin"]["warnings"]
+    assert warning.startswith("spec.rules[0].to[0].operation.paths: needs HTTP")
+    assert "shop/broken" not in found
+    errors = json.loads(get(f"{admin}/config_dump")[1])["sources"][0]["errors"]
+    assert any("policies.yaml" in e and "ipBlocks[0]" in e for e in errors), errors
+    assert proc.poll() is None
 
 
 def test_config_dump_follows_the_directory(agent):

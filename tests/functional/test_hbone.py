@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import logging
 import os
@@ -28,7 +29,7 @@ from agent.identity import tls
 from agent.identity.certs import SpiffeId, generate_key
 from agent.proxy.accesslog import FlowRecord, emit
 from agent.proxy.context import MeshContext
-from agent.proxy.inbound import HboneInbound
+from agent.proxy.inbound import HboneInbound, authorize
 from agent.proxy.outbound import connect_plain
 from agent.proxy.splice import Splice
 from agent.state import StateStore, StateUpdater, parse_object
@@ -135,7 +136,8 @@ class Server:
             }
         )
         store = StateStore()
-        StateUpdater(store).apply([pod])
+        self.updater = StateUpdater(store)
+        self.updater.apply([pod])
         mesh = MeshContext("n1", lambda: store.snapshot, trust_domain=TD)
 
         def new_splice(record: FlowRecord) -> Splice:
@@ -144,7 +146,9 @@ class Server:
         async def dial(splice, client, dst, client_ip):
             await connect_plain(splice, client, socket.socket, dst, 2.0, bind=client_ip)
 
-        self.inbound = HboneInbound(pod, mesh, dial, new_splice)
+        self.inbound = HboneInbound(
+            pod, mesh, dial, new_splice, functools.partial(authorize, mesh, pod)
+        )
         cert, key = mint(self.auth, DB)
         self.ctx = tls.server_context([cert], key, self.auth.roots.bundle_pem(), alpn=[tls.ALPN_H2])
         self.listener = socket.socket()
@@ -328,9 +332,40 @@ async def test_unreachable_app_is_503_and_wrong_authority_is_400(server):
     with pytest.raises(TunnelError) as exc:
         await conn.open_stream(server.headers(host="127.0.0.2"))
     assert exc.value.status == 400
+    await asyncio.sleep(0.05)
+    assert [r.outcome for r in server.records] == ["upstream_refused", "bad_request"]
     assert await echo_once(conn, server, b"still fine") == b"still fine", (
         "the connection keeps serving"
     )
+
+
+async def test_a_stream_policy_denies_gets_401_and_the_connection_serves_on(server):
+    only_api = parse_object(
+        {
+            "apiVersion": "slipstream.dev/v1alpha1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "only-api", "namespace": "shop"},
+            "spec": {"rules": [{"from": [{"source": {"principals": [f"{TD}/ns/shop/sa/api"]}}]}]},
+        }
+    )
+    server.updater.apply([only_api])
+    conn = await server.connect()  # as shop/web
+    with pytest.raises(TunnelError) as exc:
+        await conn.open_stream(server.headers())
+    assert exc.value.status == 401
+    await asyncio.sleep(0.05)
+    (rec,) = server.records
+    assert rec.outcome == "denied" and "shop/only-api" in rec.detail
+    assert rec.authz is not None and rec.authz["decision"] == "deny"
+    assert server.app_peers == [], "the app never saw the denied connection"
+    server.updater.apply(deletes=[only_api.key])
+    assert await echo_once(conn, server, b"allowed now") == b"allowed now"
+    assert server.records[-1].authz == {
+        "decision": "allow",
+        "policy": None,
+        "rule": None,
+        "reason": "allowed: no ALLOW policy applies",
+    }
 
 
 @pytest.mark.parametrize("case", ["other CA", "other trust domain", "expired", "not a workload ID"])

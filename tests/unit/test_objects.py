@@ -62,14 +62,14 @@ def test_service_parses_named_target_port():
 def test_unknown_kinds_are_kept_generic():
     obj = parse_object(
         {
-            "apiVersion": "slipstream.dev/v1alpha1",
-            "kind": "AuthorizationPolicy",
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
             "metadata": {"name": "p", "namespace": "shop"},
-            "spec": {"action": "ALLOW"},
+            "data": {"a": "b"},
         }
     )
     assert type(obj) is Resource
-    assert obj.key == ObjectKey("AuthorizationPolicy", "shop", "p")
+    assert obj.key == ObjectKey("ConfigMap", "shop", "p")
 
 
 def test_namespace_is_cluster_scoped():

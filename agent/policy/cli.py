@@ -1,0 +1,190 @@
+"""`slipstream policy check`: what the destination agent would decide for a connection, and why.
+
+It reads the same objects the agents read (a lab's, or manifests given with
+-f), runs the agents' own evaluation, and names the policy and rule that
+decided. Exit status: 0 allowed, 3 denied, 1 the question could not be asked
+(no such pod, bad syntax), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import FieldError, SlipstreamError
+from ..identity.certs import DEFAULT_TRUST_DOMAIN
+from ..manifest import load_paths
+from ..state import Snapshot, parse_object
+from ..state.objects import ObjectKey, Pod, Resource
+from .authz import Authorizer, Decision, Peer
+from .peerauth import ROOT_NAMESPACE
+
+UNKNOWN_IP = "0.0.0.0"
+DENIED_STATUS = 3
+
+
+def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    policy = sub.add_parser("policy", parents=parents, help="inspect authorization policy")
+    cmds = policy.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
+    p = cmds.add_parser(
+        "check",
+        parents=parents,
+        help="would a connection be allowed, and by which policy and rule",
+        description="Evaluate AuthorizationPolicies as the destination's agent does.",
+        epilog="exit status: 0 allowed, 3 denied, 1 error",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="NS/POD|NS/SA",
+        help="the client: a pod (its service account and IP), else a service account",
+    )
+    p.add_argument("--to", dest="dest", required=True, metavar="NS/POD:PORT")
+    p.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="the client is outside the mesh: it has an IP but no identity",
+    )
+    p.add_argument("--from-ip", metavar="IP", help="the client's IP (default: the pod's)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        metavar="PATH",
+        help="manifests (files or directories) to read instead of a lab",
+    )
+    where.add_argument(
+        "--name", help="the lab to read (default: $SLIPSTREAM_LAB, or the only lab that is up)"
+    )
+    p.add_argument("--root-namespace", default=ROOT_NAMESPACE, metavar="NS")
+    p.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    p.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_check)
+
+
+@dataclass
+class Check:
+    source: str
+    principal: str | None
+    source_ip: str
+    destination: str
+    port: int
+    decision: Decision
+    applicable: list[str]
+    rejected: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "from": self.source,
+            "principal": self.principal,
+            "sourceIP": self.source_ip,
+            "to": f"{self.destination}:{self.port}",
+            **self.decision.as_dict(),
+            "applicablePolicies": self.applicable,
+            "rejectedObjects": self.rejected,
+        }
+
+    def text(self) -> str:
+        d = self.decision
+        who = self.principal or "no identity (plaintext)"
+        lines = [
+            f"{'ALLOW' if d.allow else 'DENY'}  {self.source} ({who}, {self.source_ip})"
+            f" -> {self.destination}:{self.port}",
+            f"  {d.reason}",
+        ]
+        if d.audit:
+            lines.append(f"  audited by: {', '.join(d.audit)}")
+        if d.dry_run is not None:
+            lines.append(f"  with dry-run policies enforced: {d.dry_run.reason}")
+        lines.append(
+            f"  policies that apply to {self.destination}: {', '.join(self.applicable) or 'none'}"
+        )
+        lines += [f"  ignored (invalid): {r}" for r in self.rejected]
+        return "\n".join(lines)
+
+
+def split_ref(text: str, what: str) -> tuple[str, str]:
+    ns, sep, name = text.partition("/")
+    if not sep or not ns or not name or "/" in name:
+        raise SlipstreamError(f"{what} {text!r}: expected NAMESPACE/NAME")
+    return ns, name
+
+
+def check(
+    objects: list[Resource],
+    source: str,
+    dest: str,
+    *,
+    plaintext: bool = False,
+    source_ip: str | None = None,
+    root_namespace: str = ROOT_NAMESPACE,
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    rejected: list[str] | None = None,
+) -> Check:
+    snap = Snapshot.build(1, {o.key: o for o in objects})
+    target, sep, port_text = dest.rpartition(":")
+    if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise SlipstreamError(f"--to {dest!r}: expected NAMESPACE/POD:PORT")
+    dst_ns, dst_name = split_ref(target, "--to")
+    dst = snap.get(ObjectKey("Pod", dst_ns, dst_name))
+    if not isinstance(dst, Pod):
+        raise SlipstreamError(f"--to: no pod {dst_ns}/{dst_name} (its labels pick the policies)")
+    src_ns, src_name = split_ref(source, "--from")
+    src = snap.get(ObjectKey("Pod", src_ns, src_name))
+    sa = src.service_account if isinstance(src, Pod) else src_name
+    ip = source_ip or (src.ip if isinstance(src, Pod) and src.ip else UNKNOWN_IP)
+    principal = None if plaintext else f"{trust_domain}/ns/{src_ns}/sa/{sa}"
+    authz = Authorizer(root_namespace)
+    authz.refresh(snap)
+    decision = authz.decide(snap, dst, Peer(ip, principal, dst.ip or UNKNOWN_IP, int(port_text)))
+    applicable = [f"{p.meta.namespace}/{p.meta.name} ({p.action})" for p in authz.applicable(dst)]
+    return Check(
+        f"{src_ns}/{src_name}",
+        principal,
+        ip,
+        f"{dst_ns}/{dst_name}",
+        int(port_text),
+        decision,
+        applicable,
+        rejected or [],
+    )
+
+
+def read_objects(paths: list[str]) -> tuple[list[Resource], list[str]]:
+    """Objects that validate, and the errors of those that do not (the agents skip them)."""
+    objects, rejected = [], []
+    for doc in load_paths(paths):
+        try:
+            objects.append(parse_object(doc.body))
+        except FieldError as exc:
+            rejected.append(str(doc.error(exc)))
+    return objects, rejected
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    if args.filename:
+        paths = args.filename
+    else:
+        from ..lab.cli import resolve
+
+        paths = [resolve(args).objects_dir]
+    objects, rejected = read_objects(paths)
+    result = check(
+        objects,
+        args.source,
+        args.dest,
+        plaintext=args.plaintext,
+        source_ip=args.from_ip,
+        root_namespace=args.root_namespace,
+        trust_domain=args.trust_domain,
+        rejected=rejected,
+    )
+    if args.output == "json":
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(result.text())
+    return 0 if result.decision.allow else DENIED_STATUS
