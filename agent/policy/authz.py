@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -116,7 +115,10 @@ def _nets(networks: Iterable[Any]) -> tuple[_Net, ...]:
 
 def _in_nets(addr: tuple[int, int], nets: tuple[_Net, ...]) -> bool:
     version, value = addr
-    return any(v == version and value & mask == net for v, net, mask in nets)
+    for v, net, mask in nets:  # noqa: SIM110 (a plain loop: any() and its generator cost more here)
+        if v == version and value & mask == net:
+            return True
+    return False
 
 
 def _strings_pred(matchers: Iterable[StringMatch]) -> Callable[[str], bool]:
@@ -133,26 +135,33 @@ def _identity_pred(
 ) -> list[Pred]:
     """Checks on the principal or namespace. Unknown (plaintext): positive fails, negative
     holds only when lenient (DENY)."""
-    get = operator.attrgetter(attr)
     out: list[Pred] = []
+    if attr == "principal":
+        if positive:
+            hit = _strings_pred(positive)
+            out.append(lambda f: (v := f.principal) is not None and hit(v))
+        if negative:
+            miss = _strings_pred(negative)
+            out.append(lambda f: lenient if (v := f.principal) is None else not miss(v))
+        return out
     if positive:
-        hit = _strings_pred(positive)
-        out.append(lambda f: (v := get(f)) is not None and hit(v))
+        hit_ns = _strings_pred(positive)
+        out.append(lambda f: (v := f.namespace) is not None and hit_ns(v))
     if negative:
-        miss = _strings_pred(negative)
-        out.append(lambda f: lenient if (v := get(f)) is None else not miss(v))
+        miss_ns = _strings_pred(negative)
+        out.append(lambda f: lenient if (v := f.namespace) is None else not miss_ns(v))
     return out
 
 
 def _addr_pred(attr: str, positive: Iterable[Any], negative: Iterable[Any]) -> list[Pred]:
-    get = operator.attrgetter(attr)
     out: list[Pred] = []
+    src = attr == "src"
     if positive:
         nets = _nets(positive)
-        out.append(lambda f: _in_nets(get(f), nets))
+        out.append(lambda f: _in_nets(f.src if src else f.dst, nets))
     if negative:
         not_nets = _nets(negative)
-        out.append(lambda f: not _in_nets(get(f), not_nets))
+        out.append(lambda f: not _in_nets(f.src if src else f.dst, not_nets))
     return out
 
 
@@ -381,6 +390,7 @@ class Authorizer:
         """Bumped whenever the set of policies changes."""
         self._version = -1
         self._policies: tuple[Any, ...] = ()
+        self._by_key: dict[ObjectKey, AuthorizationPolicy] = {}
         self._by_ns: dict[str, list[AuthorizationPolicy]] = {}
         self._compiled: dict[ObjectKey, list[_Compiled]] = {}
         self._workloads: dict[ObjectKey, tuple[Pod, WorkloadPolicies]] = {}
@@ -393,20 +403,26 @@ class Authorizer:
         policies = snap.of_kind("AuthorizationPolicy")
         if policies == self._policies:
             return False
-        old = {p.key: p for p in self._policies}
         self._policies = policies
+        old, new = (
+            self._by_key,
+            {
+                k: o
+                for k, o in snap.objects.items()
+                if k.kind == "AuthorizationPolicy" and isinstance(o, AuthorizationPolicy)
+            },
+        )
         by_ns: dict[str, list[AuthorizationPolicy]] = {}
-        for p in policies:
-            if not isinstance(p, AuthorizationPolicy):
-                continue
-            by_ns.setdefault(p.meta.namespace, []).append(p)
-            if old.get(p.key) is not p:
-                self._compiled.pop(p.key, None)
+        for key in sorted(new):
+            p = new[key]
+            by_ns.setdefault(key.namespace, []).append(p)
+            if old.get(key) is not p:
+                self._compiled.pop(key, None)
                 if p.l7_fields:
                     _warn_l7(p)
-        for key in old.keys() - {p.key for p in policies}:
+        for key in old.keys() - new.keys():
             self._compiled.pop(key, None)
-        self._by_ns = by_ns
+        self._by_key, self._by_ns = new, by_ns
         self._workloads.clear()
         self.generation += 1
         return True

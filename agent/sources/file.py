@@ -4,6 +4,8 @@ Used by the lab, the demo and small installs. Every `*.yaml`, `*.yml` and
 `*.json` file directly in the directory is read (names starting with `.` are
 skipped, so writers can rename temporary files into place). Changes reach the
 store within a second: inotify wakes the loop, and a slow poll backs it up.
+Files are read and parsed in a worker thread, so a big file does not stall
+the connections the agent carries; the store is updated on the loop.
 """
 
 from __future__ import annotations
@@ -42,15 +44,12 @@ class FileSource:
         self._updater = updater
         self._set = ManifestSet()
         self._stamps: dict[str, _Stamp] = {}
+        self._status: dict[str, Any] = {"files": 0, "errors": []}
+        """What the last scan found, for readers on the loop while the next one runs."""
 
     def status(self) -> dict[str, Any]:
         """For /config_dump: what is loaded and what was rejected."""
-        return {
-            "type": "file",
-            "directory": self.directory,
-            "files": len(self._set.files),
-            "errors": [str(e) for e in self._set.errors()],
-        }
+        return {"type": "file", "directory": self.directory, **self._status}
 
     def scan(self) -> Change:
         """Re-read every file whose stamp changed; forget files that are gone."""
@@ -92,6 +91,10 @@ class FileSource:
             part = self._set.remove_file(path)
             change.upserts += part.upserts
             change.deletes += part.deletes
+        self._status = {
+            "files": len(self._set.files),
+            "errors": [str(e) for e in self._set.errors()],
+        }
         return change
 
     def _apply(self, change: Change) -> None:
@@ -114,7 +117,7 @@ class FileSource:
         wake = asyncio.Event()
         loop.add_reader(watch.fd, wake.set)
         try:
-            self._apply(self.scan())
+            self._apply(await asyncio.to_thread(self.scan))
             self._updater.mark_synced()
             log.info(
                 "initial sync done", extra={"directory": self.directory, "files": len(self._stamps)}
@@ -134,7 +137,7 @@ class FileSource:
                     wake.clear()
                     watch.drain()
                 try:
-                    self._apply(self.scan())
+                    self._apply(await asyncio.to_thread(self.scan))
                 except SlipstreamError as exc:
                     log.error(
                         "manifest directory unreadable, last state kept", extra={"error": str(exc)}
