@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from .lab import Lab
 from .mesh import workloads
 
 DEMO_MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "lab" / "demo.yaml"
+DEMO_POLICY = DEMO_MANIFEST.with_name("demo-policy.yaml")
 FOLLOW = [("shop", "frontend"), ("legacy", "old-client")]
 
 
@@ -34,6 +36,18 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.add_argument("--name", default="demo", help="lab name (default: %(default)s)")
     p.add_argument(
         "--duration", type=float, default=0, help="stop by itself after this many seconds"
+    )
+    p.add_argument(
+        "--policy",
+        default=str(DEMO_POLICY),
+        help="authorization policy applied live (default: %(default)s)",
+    )
+    p.add_argument(
+        "--policy-after",
+        type=float,
+        default=10,
+        metavar="SECONDS",
+        help="apply it this long after the calls start (default %(default)s; negative: never)",
     )
     p.set_defaults(func=cmd_demo)
 
@@ -68,15 +82,19 @@ Look around (in another terminal, as root):
   slipstream lab logs --node node-b {me}      an agent's log, with its access log
   slipstream ca roots list --root-dir {lab.dir}/ca/roots
                                                 the mesh CA's roots (add/activate/retire)
+  slipstream policy check {me} --from legacy/old-client --plaintext --to shop/backend-1:8080
+                                                what policy decides for a connection, and why
 
 The clients' calls follow, with each agent's access-log record of what it captured.
 shop/frontend is in the mesh: it calls the Service `backend`; node-a's agent picks a
 backend and carries the call to node-b over HBONE (HTTP/2 CONNECT in mTLS 1.3), and
 node-b's agent logs both SPIFFE identities. legacy/old-client is outside the mesh: its
 plaintext is accepted at the backends (PERMISSIVE) and logged without an identity.
+After {args.policy_after:g} s an AuthorizationPolicy is applied live: from then on only
+the frontend's identity gets in, and node-b's agent logs the rule that decided.
 (Ctrl-C tears the lab down.)
 """)
-        _follow(lab, args.duration)
+        _follow(lab, args.duration, lambda: _apply_policy(lab, args.policy), args.policy_after)
     except KeyboardInterrupt:
         pass
     finally:
@@ -121,14 +139,30 @@ def _access_line(line: str) -> str | None:
     ids = ""
     if rec.get("src_identity") or rec.get("dst_identity"):
         ids = f"\n      {rec.get('src_identity') or '(no identity)'} -> {rec.get('dst_identity')}"
+    authz = rec.get("authz")
+    policy = f"\n      policy: {authz['reason']}" if isinstance(authz, dict) else ""
     return (
         f"{rec['direction']} over {how}: {who} -> {whom} via {rec.get('upstream') or rec['dst']}: "
         f"{rec['outcome']}, {rec['bytes_sent']} B sent, {rec['bytes_received']} B back, "
-        f"{rec['duration_ms']:.1f} ms{ids}"
+        f"{rec['duration_ms']:.1f} ms{ids}{policy}"
     )
 
 
-def _follow(lab: Lab, duration: float) -> None:
+def _apply_policy(lab: Lab, path: str) -> None:
+    docs = load_paths([path])
+    print(f"\n=== Applying {path} live:")
+    for doc in docs:
+        meta = doc.body.get("metadata", {})
+        print(f"    {doc.body.get('kind')} {meta.get('namespace')}/{meta.get('name')}")
+    for line in lab.apply(docs):
+        print(f"    {line}")
+    print("    Only shop/frontend may now reach the backends: watch legacy/old-client's calls.\n")
+
+
+def _follow(
+    lab: Lab, duration: float, at_time: Callable[[], None] | None = None, after: float = -1
+) -> None:
+    """Print the clients' output and the agents' access log; run `at_time` once, `after` s in."""
     paths: dict[str, str] = {}
     for ns, pod in FOLLOW:
         for path in lab.log_paths(pod, ns):
@@ -136,8 +170,12 @@ def _follow(lab: Lab, duration: float) -> None:
     for node in ("node-a", "node-b"):
         paths[lab.agent_log_path(node)] = f"agent {node}"
     offsets = dict.fromkeys(paths, 0)
-    end = time.monotonic() + duration if duration else None
+    start = time.monotonic()
+    end = start + duration if duration else None
     while end is None or time.monotonic() < end:
+        if at_time is not None and 0 <= after <= time.monotonic() - start:
+            at_time()
+            at_time = None
         for path, who in paths.items():
             if not os.path.exists(path):
                 continue

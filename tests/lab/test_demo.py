@@ -16,7 +16,7 @@ from tests.lab.labkit import new_lab_name
 def test_demo_runs_and_ctrl_c_tears_it_down():
     name = new_lab_name()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "demo", "--name", name],
+        [sys.executable, "-m", "agent", "demo", "--name", name, "--policy-after", "5"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -51,6 +51,21 @@ def test_demo_runs_and_ctrl_c_tears_it_down():
             time.sleep(0.2)
         while "captured inbound over plaintext: legacy/old-client" not in "".join(lines):
             assert time.monotonic() < deadline, "no plaintext record:\n" + "".join(lines)
+            time.sleep(0.2)
+        # The policy goes in live: the legacy client is refused, the frontend let in by a rule.
+        deadline = time.monotonic() + 30
+        wanted = [
+            "policy: denied: no rule of the ALLOW policies shop/backend-from-frontend matches",
+            "policy: allowed by ALLOW policy shop/backend-from-frontend rule 0",
+        ]
+        while True:
+            text = "".join(lines)
+            after = text.partition("=== Applying ")[2]
+            legacy = [ln for ln in after.splitlines() if ln.startswith("[legacy/old-client]")]
+            refused = any("error" in ln and "reset" in ln for ln in legacy)
+            if after and refused and all(w in after for w in wanted):
+                break
+            assert time.monotonic() < deadline, "policy not shown at work:\n" + text
             time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
