@@ -1,0 +1,247 @@
+"""The request path through the gateway: route, plugins, filters, upstream, response.
+
+    route ─ CORS ─ authentication ─ (consumer's own plugins) ACL ─ rate limit ─ cache
+      ─ redirect / rewrite / request headers ─ upstream (retries, timeouts, health)
+      ─ response headers ─ plugins' response hooks (reverse order) ─ stream to client
+
+A plugin may answer at its step (401, 403, 429, a cache hit, a preflight);
+the response hooks of the plugins that ran still see that answer. Errors of
+the gateway's own are plain text with a request id: 404 no route, 502 the
+upstream failed, 503 no healthy endpoint, 504 the upstream was too slow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+
+from .accesslog import AccessLog
+from .errors import UpstreamError
+from .filters import modify_headers, new_path, redirect
+from .http import proxy
+from .http.message import Headers, Request, Response
+from .http.server import Exchange
+from .http.upstream import Endpoint
+from .metrics import Metrics
+from .plugins.base import Context, Plugin
+from .routing import Candidate
+from .runtime import RoutePlan, Runtime
+
+log = logging.getLogger("gateway")
+
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class Gateway:
+    """The handler every listener of a worker serves; `runtime` is swapped on reload."""
+
+    def __init__(self, runtime: Runtime, access_log: AccessLog, metrics: Metrics) -> None:
+        self.runtime = runtime
+        self.access_log = access_log
+        self.metrics = metrics
+
+    async def handle(self, req: Request, ex: Exchange) -> None:
+        rt = self.runtime
+        cfg = rt.config
+        rid_name = cfg.request_id_header
+        incoming = req.headers.get(rid_name)
+        if incoming is not None and cfg.trust_request_id and _REQUEST_ID.match(incoming):
+            req.id = incoming.decode()
+        else:
+            req.id = os.urandom(12).hex()
+        cand = rt.router.route(req)
+        if cand is None:
+            self._finish(
+                req, ex, Response.text(404, f"no route for {req.host}{req.path}"), "", None
+            )
+            return
+        route = cand.route
+        plan = rt.plans[route.name]
+        ctx = Context(req, route.name)
+        up = ctx.upstream_headers = req.headers.copy()
+        ran: list[Plugin] = []
+        answer = await self._request_hooks(rt, plan, ctx, ran)
+        f = route.filters
+        if answer is None and f.redirect is not None:
+            answer = redirect(req, cand.match.path, f.redirect)
+        if answer is not None:
+            self._hooks_on(ctx, ran, answer.status, answer.headers)
+            self._finish(req, ex, answer, route.name, ctx)
+            return
+        self._rewrite(req, cand, up)
+        attempt_or_error = await self._forward(rt, plan, req, up)
+        if isinstance(attempt_or_error, Response):
+            self._hooks_on(ctx, ran, attempt_or_error.status, attempt_or_error.headers)
+            self._finish(req, ex, attempt_or_error, route.name, ctx)
+            return
+        attempt, upstream = attempt_or_error
+        self.metrics.upstream_time(route.name, time.monotonic() - req.received)
+        headers = attempt.headers
+        if f.response_headers is not None:
+            modify_headers(headers, f.response_headers)
+        self._hooks_on(ctx, ran, attempt.status, headers)
+        headers.set(rid_name, req.id.encode())
+        done = attempt.pipe(ex, headers, _one_tap(ctx.taps))
+        if done is not None:
+            await done
+        self._log(req, attempt.status, attempt.body_bytes, route.name, ctx, upstream)
+
+    # ------------------------------------------------------------ steps
+
+    async def _request_hooks(
+        self, rt: Runtime, plan: RoutePlan, ctx: Context, ran: list[Plugin]
+    ) -> Response | None:
+        for p in plan.before_auth:
+            ran.append(p)
+            answer = await p.request(ctx)
+            if answer is not None:
+                return answer
+        if plan.auth:
+            refusal: Response | None = None
+            for p in plan.auth:
+                answer = await p.request(ctx)
+                if answer is None:
+                    ran.append(p)
+                    refusal = None
+                    break
+                refusal = refusal or answer
+            if refusal is not None:
+                return refusal
+        after = plan.after_auth
+        if ctx.consumer is not None:
+            own = rt.consumer_plugins.get(ctx.consumer.name)
+            if own:
+                after = {**after, **own}
+        for p in sorted(after.values(), key=lambda p: p.phase) if after else ():
+            ran.append(p)
+            answer = await p.request(ctx)
+            if answer is not None:
+                return answer
+        return None
+
+    def _hooks_on(self, ctx: Context, ran: list[Plugin], status: int, headers: Headers) -> None:
+        for p in reversed(ran):
+            p.response(ctx, status, headers)
+        headers.set(self.runtime.config.request_id_header, ctx.request.id.encode())
+
+    def _rewrite(self, req: Request, cand: Candidate, up: Headers) -> None:
+        f = cand.route.filters
+        if f.rewrite is not None:
+            if f.rewrite.path is not None:
+                req.path = new_path(req.path, cand.match.path, f.rewrite.path)
+            if f.rewrite.hostname is not None:
+                up.set(b"host", f.rewrite.hostname.encode())
+        if f.request_headers is not None:
+            modify_headers(up, f.request_headers)
+        cfg = self.runtime.config
+        client = req.client[0].encode()
+        xff = up.get(b"x-forwarded-for")
+        up.set(b"x-forwarded-for", xff + b", " + client if xff else client)
+        up.set(b"x-forwarded-proto", req.scheme.encode())
+        host = req.headers.get(b"host")
+        if host is not None:
+            up.set(b"x-forwarded-host", host)
+        up.set(cfg.request_id_header, req.id.encode())
+
+    async def _forward(
+        self, rt: Runtime, plan: RoutePlan, req: Request, up: Headers
+    ) -> tuple[proxy.Attempt, str] | Response:
+        route = plan.route
+        retry = route.retry
+        deadline = req.received + route.request_timeout
+        tried: set[Endpoint] = set()
+        failure: UpstreamError | None = None
+        for n in range(retry.attempts):
+            last = n + 1 == retry.attempts
+            backend = rt.backends[plan.backend_ref().name]
+            ep = backend.pick(req, tried)
+            if ep is None:
+                if failure is None:
+                    return Response.text(
+                        503, f"no healthy endpoint for backend {backend.spec.name}"
+                    )
+                break
+            tried.add(ep.endpoint)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                attempt = await proxy.send(ep.pool, req, up, min(route.backend_timeout, left))
+            except UpstreamError as exc:
+                backend.report(ep, False)
+                failure = exc
+                retriable = (exc.kind == "connect" and retry.on_connect_failure) or (
+                    exc.kind == "reset" and req.method in retry.methods
+                )
+                if retriable and not last:
+                    continue
+                break
+            if attempt.status in retry.statuses and req.method in retry.methods and not last:
+                backend.report(ep, False)
+                attempt.discard()
+                continue
+            backend.report(ep, attempt.status < 500)
+            return attempt, str(ep.endpoint)
+        if failure is not None and failure.kind == "timeout":
+            return Response.text(504, f"upstream timed out: {failure.detail}")
+        if failure is not None:
+            return Response.text(502, f"upstream failed: {failure.detail}")
+        return Response.text(504, "request timed out")
+
+    def _finish(
+        self, req: Request, ex: Exchange, resp: Response, route: str, ctx: Context | None
+    ) -> None:
+        resp.headers.set(self.runtime.config.request_id_header, req.id.encode())
+        ex.respond(resp)
+        self._log(req, resp.status, len(resp.body), route, ctx, None)
+
+    def _log(
+        self,
+        req: Request,
+        status: int,
+        size: int,
+        route: str,
+        ctx: Context | None,
+        upstream: str | None,
+    ) -> None:
+        seconds = time.monotonic() - req.received
+        consumer = ctx.consumer.name if ctx is not None and ctx.consumer is not None else ""
+        m = self.metrics
+        m.request(route, status, consumer, seconds)
+        notes = ctx.notes if ctx is not None else {}
+        if "ratelimit" in notes:
+            m.count(m.ratelimit, route, notes["ratelimit"])
+        if "cache" in notes:
+            m.count(m.cache, route, notes["cache"])
+        if self.access_log.format == "off":
+            return
+        self.access_log.record(
+            {
+                "request_id": req.id,
+                "client": req.client[0],
+                "method": req.method,
+                "host": req.host,
+                "path": req.path,
+                "status": status,
+                "bytes": size,
+                "duration_ms": round(seconds * 1000, 3),
+                "route": route,
+                "consumer": consumer or None,
+                "upstream": upstream,
+                **notes,
+            }
+        )
+
+
+def _one_tap(taps: list[Callable[[bytes | None], None]]) -> Callable[[bytes | None], None] | None:
+    if len(taps) < 2:
+        return taps[0] if taps else None
+
+    def all_taps(chunk: bytes | None) -> None:
+        for t in taps:
+            t(chunk)
+
+    return all_taps

@@ -1,0 +1,272 @@
+"""Response caching: bounded, in memory, honouring Cache-Control and Vary.
+
+Key: method, host, path, the query (all parameters sorted, or only those in
+`varyQuery`), the values of `varyHeaders`, and the consumer (so one
+consumer's answer never reaches another). A response is stored when its
+status is cacheable, its body is within `maxBody`, it carries no Set-Cookie,
+and its Cache-Control allows a shared cache (no `no-store`, no `private`).
+Freshness: `s-maxage`, else `max-age`, else the configured `ttl`. A stored
+response's `Vary` fields are compared with the next request's before reuse.
+
+`X-Cache-Status`: HIT (served from here), MISS (looked up, fetched; stored if
+allowed), BYPASS (the request cannot use a cache: method, body, upgrade, or
+its own Cache-Control: no-cache/no-store). Entries are evicted least-recently
+used beyond `maxEntries` or `maxBytes`; the admin API purges them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from agent.state.fields import known_fields, listing, need, strings
+
+from ..config import duration, integer, opt, size
+from ..http.message import Headers, Response
+from .base import PHASE_CACHE, Context, Plugin, Shared
+
+CACHEABLE = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    ttl: float = 60.0
+    max_entries: int = 10_000
+    max_bytes: int = 64 << 20
+    max_body: int = 1 << 20
+    methods: frozenset[str] = frozenset({"GET", "HEAD"})
+    statuses: frozenset[int] = frozenset({200, 301, 404})
+    vary_query: tuple[str, ...] | None = None
+    """None: every query parameter is part of the key."""
+    vary_headers: tuple[bytes, ...] = ()
+
+
+def parse(cfg: dict[str, Any], where: str) -> CacheConfig:
+    known_fields(
+        cfg,
+        {
+            "ttl",
+            "maxEntries",
+            "maxBytes",
+            "maxBody",
+            "methods",
+            "statuses",
+            "varyQuery",
+            "varyHeaders",
+        },
+        where,
+    )
+    statuses = []
+    for i, s in enumerate(listing(cfg, "statuses", where)):
+        w = f"{where}.statuses[{i}]"
+        need(
+            isinstance(s, int) and s in CACHEABLE,
+            w,
+            f"{s!r} is not a cacheable status ({sorted(CACHEABLE)})",
+        )
+        statuses.append(int(s))
+    methods = {m.upper() for m in strings(cfg, "methods", where)} or {"GET", "HEAD"}
+    need(methods <= {"GET", "HEAD"}, f"{where}.methods", "only GET and HEAD responses are cached")
+    return CacheConfig(
+        ttl=opt(cfg, "ttl", where, duration, 60.0),
+        max_entries=opt(cfg, "maxEntries", where, lambda v, w: integer(v, w, 1, 10**7), 10_000),
+        max_bytes=opt(cfg, "maxBytes", where, size, 64 << 20),
+        max_body=opt(cfg, "maxBody", where, size, 1 << 20),
+        methods=frozenset(methods),
+        statuses=frozenset(statuses) or frozenset({200, 301, 404}),
+        vary_query=strings(cfg, "varyQuery", where) if "varyQuery" in cfg else None,
+        vary_headers=tuple(h.lower().encode() for h in strings(cfg, "varyHeaders", where)),
+    )
+
+
+@dataclass
+class Entry:
+    status: int
+    headers: Headers
+    body: bytes
+    stored: float
+    expires: float
+    vary: tuple[tuple[bytes, bytes | None], ...]
+    """The request's values of the response's Vary fields, when it was stored."""
+    route: str
+    path: str
+
+    @property
+    def cost(self) -> int:
+        return len(self.body) + sum(len(n) + len(v) for n, v in self.headers) + 200
+
+
+class Store:
+    """LRU over variants: key -> list of entries differing by their Vary values."""
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[str, list[Entry]] = OrderedDict()
+        self.bytes = 0
+        self.count = 0
+
+    def get(self, key: str, headers: Headers, now: float) -> Entry | None:
+        variants = self.entries.get(key)
+        if not variants:
+            return None
+        for e in variants:
+            if e.expires > now and all(headers.get(n) == v for n, v in e.vary):
+                self.entries.move_to_end(key)
+                return e
+        return None
+
+    def put(self, key: str, entry: Entry, config: CacheConfig) -> None:
+        old = self.entries.pop(key, [])
+        self._drop(old)
+        variants = [e for e in old if e.vary != entry.vary and e.expires > entry.stored]
+        variants.append(entry)
+        self.entries[key] = variants
+        self._add(variants)
+        while self.entries and (self.count > config.max_entries or self.bytes > config.max_bytes):
+            _, evicted = self.entries.popitem(last=False)
+            self._drop(evicted)
+
+    def _add(self, entries: list[Entry]) -> None:
+        self.bytes += sum(e.cost for e in entries)
+        self.count += len(entries)
+
+    def _drop(self, entries: list[Entry]) -> None:
+        self.bytes -= sum(e.cost for e in entries)
+        self.count -= len(entries)
+
+    def purge(self, route: str | None = None, path_prefix: str | None = None) -> int:
+        removed = 0
+        for key in list(self.entries):
+            variants = self.entries[key]
+            keep = [
+                e
+                for e in variants
+                if not (
+                    (route is None or e.route == route)
+                    and (path_prefix is None or e.path.startswith(path_prefix))
+                )
+            ]
+            gone = [e for e in variants if e not in keep]
+            if gone:
+                removed += len(gone)
+                self._drop(gone)
+                if keep:
+                    self.entries[key] = keep
+                else:
+                    del self.entries[key]
+        return removed
+
+
+_MAX_AGE = re.compile(rb"(s-maxage|max-age)\s*=\s*\"?(\d+)")
+
+
+def freshness(headers: Headers, default: float) -> float | None:
+    """Seconds a shared cache may keep this response, or None if it must not."""
+    cc = headers.tokens(b"cache-control")
+    if b"no-store" in cc or b"no-cache" in cc or any(t.startswith(b"private") for t in cc):
+        return None
+    ages: dict[bytes, bytes] = {}
+    for v in headers.get_all(b"cache-control"):
+        for m in _MAX_AGE.finditer(v.lower()):
+            ages[m.group(1)] = m.group(2)
+    if b"s-maxage" in ages:
+        return float(ages[b"s-maxage"])
+    if b"max-age" in ages:
+        return float(ages[b"max-age"])
+    return default
+
+
+class Cache(Plugin):
+    name = "cache"
+    phase = PHASE_CACHE
+
+    def __init__(self, config: CacheConfig, shared: Shared, scope: str) -> None:
+        self.config = config
+        key = f"cache:{scope}"
+        store = shared.services.get(key)
+        if not isinstance(store, Store):
+            store = shared.services[key] = Store()
+        self.store = store
+
+    def key(self, ctx: Context) -> str:
+        req = ctx.request
+        c = self.config
+        if c.vary_query is None:
+            query = sorted(req.query)
+        else:
+            query = sorted((k, v) for k, v in req.query if k in c.vary_query)
+        parts = [req.method, req.host, req.path, repr(query)]
+        parts += [repr(req.headers.get(h)) for h in c.vary_headers]
+        parts.append(ctx.consumer.name if ctx.consumer is not None else "")
+        return "\x00".join(parts)
+
+    async def request(self, ctx: Context) -> Response | None:
+        req = ctx.request
+        cc = req.headers.tokens(b"cache-control")
+        if (
+            req.method not in self.config.methods
+            or req.body
+            or req.upgrade
+            or b"no-store" in cc
+            or b"no-cache" in cc
+        ):
+            ctx.notes["cache"] = "BYPASS"
+            ctx.scratch["cache"] = ("BYPASS", "")
+            return None
+        key = self.key(ctx)
+        now = time.monotonic()
+        entry = self.store.get(key, req.headers, now)
+        if entry is None:
+            ctx.notes["cache"] = "MISS"
+            ctx.scratch["cache"] = ("MISS", key)
+            return None
+        ctx.notes["cache"] = "HIT"
+        h = entry.headers.copy()
+        h.set(b"age", b"%d" % int(now - entry.stored))
+        h.set(b"x-cache-status", b"HIT")
+        return Response(entry.status, h, entry.body)
+
+    def response(self, ctx: Context, status: int, headers: Headers) -> None:
+        state, key = ctx.scratch.get("cache", (None, ""))
+        if state is None:
+            return
+        headers.set(b"x-cache-status", state.encode())
+        if state != "MISS" or status not in self.config.statuses:
+            return
+        ttl = freshness(headers, self.config.ttl)
+        vary = headers.tokens(b"vary")
+        if not ttl or b"set-cookie" in headers or b"*" in vary:
+            return
+        req = ctx.request
+        stored_headers = Headers((n, v) for n, v in headers if n not in (b"x-cache-status", b"age"))
+        chunks: list[bytes] = []
+        total = [0]
+        limit = self.config.max_body
+
+        def tap(chunk: bytes | None) -> None:
+            if chunk is not None:
+                total[0] += len(chunk)
+                if total[0] <= limit:
+                    chunks.append(chunk)
+                return
+            if total[0] > limit:
+                return
+            now = time.monotonic()
+            self.store.put(
+                key,
+                Entry(
+                    status,
+                    stored_headers,
+                    b"".join(chunks),
+                    now,
+                    now + ttl,
+                    tuple((n, req.headers.get(n)) for n in sorted(vary)),
+                    ctx.route_name,
+                    req.path,
+                ),
+                self.config,
+            )
+
+        ctx.taps.append(tap)

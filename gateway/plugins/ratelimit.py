@@ -1,0 +1,272 @@
+"""Rate limiting per consumer, client IP, route or header value; local or cluster-wide in Redis.
+
+Algorithms: a sliding window (exact: the requests of the last `window`) or a
+token bucket (`limit` tokens, refilled at limit/window per second). The Redis
+store runs each decision as one Lua script on Redis's own clock, so every
+gateway process sharing that Redis sees one exact count. The local store
+counts in this process only (each worker has its own; use Redis to share).
+
+Every answered request carries `RateLimit-Limit`, `RateLimit-Remaining` and
+`RateLimit-Reset` (seconds); a refused one gets 429 with `Retry-After`. When
+Redis cannot be reached, `failure: open` lets requests through and `closed`
+answers 503; either way Redis is not asked again for a second.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from agent.state.fields import known_fields, mapping, need, string
+
+from ..config import duration, integer, opt
+from ..http.message import Headers, Response
+from ..redisclient import Redis, RedisReplyError, RedisUnavailable
+from .base import PHASE_RATE_LIMIT, Context, Plugin, Shared
+
+BY = ("consumer", "ip", "route", "header")
+ALGORITHMS = ("sliding-window", "token-bucket")
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    limit: int
+    window: float
+    by: str = "consumer"
+    header: bytes | None = None
+    algorithm: str = "sliding-window"
+    store: str = "local"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout: float = 0.1
+    failure: str = "open"
+
+
+def parse(cfg: dict[str, Any], where: str) -> RateLimitConfig:
+    known_fields(cfg, {"limit", "window", "by", "header", "algorithm", "store", "redis"}, where)
+    need("limit" in cfg, f"{where}.limit", "is required")
+    need("window" in cfg, f"{where}.window", "is required")
+    window = duration(cfg["window"], f"{where}.window")
+    need(window >= 0.001, f"{where}.window", "must be at least 1ms")
+    by = string(cfg, "by", where, default="consumer")
+    need(by in BY, f"{where}.by", f"{by!r} is not one of {', '.join(BY)}")
+    header = string(cfg, "header", where) or None
+    need(
+        (by == "header") == (header is not None),
+        f"{where}.header",
+        "give header exactly when by: header",
+    )
+    algorithm = string(cfg, "algorithm", where, default="sliding-window")
+    need(
+        algorithm in ALGORITHMS,
+        f"{where}.algorithm",
+        f"{algorithm!r} is not one of {', '.join(ALGORITHMS)}",
+    )
+    store = string(cfg, "store", where, default="local")
+    need(store in ("local", "redis"), f"{where}.store", f"{store!r} is not local or redis")
+    redis = mapping(cfg, "redis", where)
+    rw = f"{where}.redis"
+    known_fields(redis, {"url", "timeout", "failure"}, rw)
+    need(not redis or store == "redis", rw, "only with store: redis")
+    url = string(redis, "url", rw, default="redis://127.0.0.1:6379/0")
+    need(url.startswith("redis://"), f"{rw}.url", "must be a redis:// URL")
+    failure = string(redis, "failure", rw, default="open")
+    need(failure in ("open", "closed"), f"{rw}.failure", f"{failure!r} is not open or closed")
+    return RateLimitConfig(
+        limit=integer(cfg["limit"], f"{where}.limit", 1, 10**9),
+        window=window,
+        by=by,
+        header=header.lower().encode() if header else None,
+        algorithm=algorithm,
+        store=store,
+        redis_url=url,
+        redis_timeout=opt(redis, "timeout", rw, duration, 0.1),
+        failure=failure,
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    remaining: int
+    reset: float
+    """Seconds until the quota frees up (the oldest request leaves the window / a token)."""
+
+
+# KEYS[1]: the counter. ARGV: limit, window (ms), a unique member. Redis's clock decides.
+SLIDING_WINDOW = b"""
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  count = count + 1
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {1, limit - count, oldest[2] + window - now}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, 0, oldest[2] + window - now}
+"""
+
+# KEYS[1]: the bucket. ARGV: capacity, window (ms). Refill: capacity tokens per window.
+TOKEN_BUCKET = b"""
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local cap, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rate = cap / window
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens, ts = tonumber(b[1]), tonumber(b[2])
+if tokens == nil then tokens, ts = cap, now end
+tokens = math.min(cap, tokens + (now - ts) * rate)
+local allowed = 0
+if tokens >= 1 then tokens = tokens - 1; allowed = 1 end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], window * 2)
+local wait = 0
+if tokens < 1 then wait = math.ceil((1 - tokens) / rate) end
+return {allowed, math.floor(tokens), wait}
+"""
+
+
+class LocalStore:
+    """Exact counts for this process."""
+
+    def __init__(self) -> None:
+        self.windows: dict[str, deque[float]] = {}
+        self.buckets: dict[str, tuple[float, float]] = {}
+        self._sweep_at = time.monotonic() + 60
+
+    def sliding(self, key: str, limit: int, window: float) -> Verdict:
+        now = time.monotonic()
+        self._sweep(now, window)
+        q = self.windows.setdefault(key, deque())
+        while q and q[0] <= now - window:
+            q.popleft()
+        if len(q) < limit:
+            q.append(now)
+            return Verdict(True, limit - len(q), q[0] + window - now)
+        return Verdict(False, 0, q[0] + window - now)
+
+    def bucket(self, key: str, limit: int, window: float) -> Verdict:
+        now = time.monotonic()
+        rate = limit / window
+        tokens, ts = self.buckets.get(key, (float(limit), now))
+        tokens = min(limit, tokens + (now - ts) * rate)
+        allowed = tokens >= 1
+        if allowed:
+            tokens -= 1
+        self.buckets[key] = (tokens, now)
+        wait = 0.0 if tokens >= 1 else (1 - tokens) / rate
+        return Verdict(allowed, math.floor(tokens), wait)
+
+    def _sweep(self, now: float, window: float) -> None:
+        """Forget keys nobody used for a while, so many clients cannot grow memory forever."""
+        if now < self._sweep_at:
+            return
+        self._sweep_at = now + 60
+        self.windows = {k: q for k, q in self.windows.items() if q and q[-1] > now - window}
+
+
+class RedisStore:
+    """Decisions in Redis (one per request, pipelined with the other requests in flight)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.redis = Redis(url, timeout)
+        self.down_until = 0.0
+
+    async def decide(self, key: str, config: RateLimitConfig) -> Verdict:
+        if time.monotonic() < self.down_until:
+            raise RedisUnavailable("recently unreachable")
+        window_ms = max(1, int(config.window * 1000))
+        try:
+            if config.algorithm == "sliding-window":
+                member = uuid.uuid4().hex
+                reply = await self.redis.script(
+                    SLIDING_WINDOW, [key.encode()], [config.limit, window_ms, member]
+                )
+            else:
+                reply = await self.redis.script(
+                    TOKEN_BUCKET, [key.encode()], [config.limit, window_ms]
+                )
+        except (RedisUnavailable, RedisReplyError) as exc:
+            self.down_until = time.monotonic() + 1.0
+            raise RedisUnavailable(str(exc)) from exc
+        allowed, remaining, reset_ms = (int(x) for x in reply)
+        return Verdict(bool(allowed), max(0, remaining), max(0, reset_ms) / 1000)
+
+
+class RateLimit(Plugin):
+    name = "rate-limit"
+    phase = PHASE_RATE_LIMIT
+
+    def __init__(self, config: RateLimitConfig, shared: Shared, scope: str) -> None:
+        self.config = config
+        self.scope = scope
+        """What this instance limits: global, route:<name> or consumer:<name>."""
+        skey = f"ratelimit:{config.redis_url}" if config.store == "redis" else "ratelimit:local"
+        store = shared.services.get(skey)
+        if store is None:
+            store = shared.services[skey] = (
+                RedisStore(config.redis_url, config.redis_timeout)
+                if config.store == "redis"
+                else LocalStore()
+            )
+        self.store = store
+
+    def key(self, ctx: Context) -> str | None:
+        c = self.config
+        if c.by == "consumer":
+            who = ctx.consumer.name if ctx.consumer is not None else f"ip:{ctx.request.client[0]}"
+        elif c.by == "ip":
+            who = ctx.request.client[0]
+        elif c.by == "route":
+            who = ctx.route_name
+        else:
+            assert c.header is not None
+            raw = ctx.request.headers.get(c.header)
+            if raw is None:
+                return None  # nothing to count by: not limited
+            who = raw.decode("latin-1")
+        return f"rl:{self.scope}:{c.by}:{c.algorithm}:{who}"
+
+    async def request(self, ctx: Context) -> Response | None:
+        key = self.key(ctx)
+        if key is None:
+            return None
+        c = self.config
+        try:
+            if isinstance(self.store, RedisStore):
+                verdict = await self.store.decide(key, c)
+            elif c.algorithm == "sliding-window":
+                verdict = self.store.sliding(key, c.limit, c.window)
+            else:
+                verdict = self.store.bucket(key, c.limit, c.window)
+        except RedisUnavailable:
+            ctx.notes["ratelimit"] = f"store-down-{c.failure}"
+            if c.failure == "open":
+                return None
+            return Response.text(503, "rate limiter unavailable")
+        headers = [
+            (b"ratelimit-limit", b"%d" % c.limit),
+            (b"ratelimit-remaining", b"%d" % verdict.remaining),
+            (b"ratelimit-reset", b"%d" % math.ceil(verdict.reset)),
+        ]
+        if verdict.allowed:
+            ctx.notes["ratelimit"] = "allowed"
+            ctx.scratch.setdefault("ratelimit", []).append(headers)
+            return None
+        ctx.notes["ratelimit"] = "limited"
+        h = Headers(headers)
+        h.add(b"retry-after", b"%d" % max(1, math.ceil(verdict.reset)))
+        return Response.text(429, "rate limit exceeded", h)
+
+    def response(self, ctx: Context, status: int, headers: Headers) -> None:
+        for fields in ctx.scratch.get("ratelimit", ()):
+            for n, v in fields:
+                headers.set(n, v)
