@@ -97,6 +97,9 @@ class Backend:
 
     def pick(self, req: Request, exclude: set[Endpoint]) -> EndpointState | None:
         now = time.monotonic()
+        if len(self.endpoints) == 1:
+            only = self.endpoints[0]
+            return only if only.available(now) and only.endpoint not in exclude else None
         live = [e for e in self.endpoints if e.available(now) and e.endpoint not in exclude]
         if not live:
             return None

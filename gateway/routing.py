@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from .config import PathMatch, RouteMatch, RouteSpec
 from .http.message import Request
 
+ROUTE_CACHE_SIZE = 4096
+"""Remembered (host, method, path) answers per router; a new router starts empty."""
+
 PATH_RANK = {"Exact": 0, "PathPrefix": 1, "RegularExpression": 2}
 
 
@@ -93,6 +96,9 @@ class Router:
             key=lambda item: -len(item[0]),
         )
         self.anyhost = sorted(anyhost, key=_precedence)
+        self._simple = all(not m.headers and not m.query for r in routes for m in r.matches)
+        """No match looks past host, method and path: answers can be remembered."""
+        self._seen: dict[tuple[str, str, str], Candidate | None] = {}
 
     def candidates(self, host: str) -> list[list[Candidate]]:
         lists = []
@@ -103,6 +109,19 @@ class Router:
         return lists
 
     def route(self, req: Request) -> Candidate | None:
+        if not self._simple:
+            return self._search(req)
+        key = (req.host, req.method, req.path)
+        try:
+            return self._seen[key]
+        except KeyError:
+            pass
+        if len(self._seen) >= ROUTE_CACHE_SIZE:
+            self._seen.clear()
+        found = self._seen[key] = self._search(req)
+        return found
+
+    def _search(self, req: Request) -> Candidate | None:
         for cands in self.candidates(req.host):
             for c in cands:
                 if matches(c.match, req):

@@ -24,6 +24,7 @@ class RoutePlan:
 
     def __init__(self, route: RouteSpec, merged: dict[str, Plugin]) -> None:
         self.route = route
+        self.plugins = bool(merged)
         ordered = sorted(merged.values(), key=lambda p: p.phase)
         self.before_auth = [p for p in ordered if p.phase < PHASE_AUTH]
         self.auth = [p for p in ordered if p.authenticates]

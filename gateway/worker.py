@@ -29,7 +29,8 @@ from .backends import PoolRegistry
 from .config import BackendSpec, GatewayConfig, ListenerSpec, parse_config
 from .control import Channel, ChannelClosed
 from .errors import GatewayError
-from .http.server import ServerConnection, Sweeper
+from .http.deadlines import Sweeper
+from .http.server import ServerConnection
 from .http.upstream import Endpoint, Pool
 from .metrics import Metrics
 from .pipeline import Gateway

@@ -116,6 +116,7 @@ class Request:
     """One request as the gateway received it, plus what the pipeline learned about it."""
 
     __slots__ = (
+        "_host",
         "_query",
         "body",
         "client",
@@ -153,6 +154,7 @@ class Request:
         self.path = path.decode("latin-1")
         self.query_string = query.decode("latin-1")
         self._query: list[tuple[str, str]] | None = None
+        self._host: str | None = None
         self.headers = headers
         self.body = body
         self.version = version
@@ -175,12 +177,15 @@ class Request:
 
     @property
     def host(self) -> str:
-        """The Host header without port, lower-case ('' when absent)."""
-        raw = self.headers.get(b"host") or b""
-        host = raw.decode("latin-1").lower()
-        if host.startswith("["):
-            return host.partition("]")[0] + "]"
-        return host.rpartition(":")[0] if ":" in host else host
+        """The Host header without port, lower-case ('' when absent); read once."""
+        if self._host is None:
+            host = (self.headers.get(b"host") or b"").decode("latin-1").lower()
+            if host.startswith("["):
+                host = host.partition("]")[0] + "]"
+            elif ":" in host:
+                host = host.rpartition(":")[0]
+            self._host = host
+        return self._host
 
     @property
     def query(self) -> list[tuple[str, str]]:

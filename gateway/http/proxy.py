@@ -12,12 +12,17 @@ connections into a raw byte pipe (WebSocket).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from ..errors import UpstreamError
+from .deadlines import Sweeper
 from .message import HOP_BY_HOP, Headers, Request
 from .server import Exchange
 from .upstream import Pool, UpstreamConnection
+
+HEAD_DEADLINES = Sweeper(0.05)
+"""Response-head timeouts of the attempts in flight, to within 50 ms."""
 
 
 class Attempt:
@@ -32,7 +37,9 @@ class Attempt:
         self.done: asyncio.Future[None] | None = None
         """Created only if the body is still streaming when pipe() returns."""
         self.finished = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        """When the response head is due (0: not waiting); checked by HEAD_DEADLINES."""
+        self.timeout = 0.0
         self.body_bytes = 0
         self._buffer: list[bytes] = []
         self._ended = False
@@ -44,9 +51,7 @@ class Attempt:
 
     def head(self, status: int, headers: Headers) -> None:
         self.status, self.headers = status, headers
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        HEAD_DEADLINES.discard(self)
         if not self.head_received.done():
             self.head_received.set_result(None)
 
@@ -66,15 +71,25 @@ class Attempt:
 
     def error(self, exc: UpstreamError) -> None:
         self._error = exc
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        HEAD_DEADLINES.discard(self)
         if not self.head_received.done():
             self.head_received.set_exception(exc)
             self._settle()
         elif self._out is not None:
             self._out.abort()
             self._settle()
+
+    def expire(self, now: float) -> None:
+        if now < self.deadline:
+            return
+        HEAD_DEADLINES.discard(self)
+        if not self.head_received.done():
+            self.discard()
+            self.head_received.set_exception(
+                UpstreamError(
+                    "timeout", f"{self.conn.pool.endpoint}: no response in {self.timeout:g} s"
+                )
+            )
 
     # ------------------------------------------------------------ towards the client
 
@@ -182,21 +197,13 @@ async def send(pool: Pool, req: Request, headers: Headers, timeout: float) -> At
     conn = await pool.acquire()
     attempt = Attempt(conn)
     conn.send(encode_request(req, headers), attempt, head_only=req.method == "HEAD")
-    attempt.timer = attempt.loop.call_later(timeout, _timed_out, attempt, timeout)
+    attempt.timeout = timeout
+    attempt.deadline = time.monotonic() + timeout
+    HEAD_DEADLINES.add(attempt)
     try:
         await attempt.head_received
     except asyncio.CancelledError:
-        if attempt.timer is not None:
-            attempt.timer.cancel()
+        HEAD_DEADLINES.discard(attempt)
         attempt.discard()
         raise
     return attempt
-
-
-def _timed_out(attempt: Attempt, timeout: float) -> None:
-    attempt.timer = None
-    if not attempt.head_received.done():
-        attempt.discard()
-        attempt.head_received.set_exception(
-            UpstreamError("timeout", f"{attempt.conn.pool.endpoint}: no response in {timeout:g} s")
-        )

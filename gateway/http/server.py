@@ -23,9 +23,14 @@ from typing import Any, cast
 
 import httptools
 
+from .deadlines import Sweeper
 from .message import HOP_BY_HOP, Headers, Request, Response, status_line
 
 log = logging.getLogger("gateway.http")
+
+
+PIPELINE_DEPTH = 16
+"""Requests a client may queue on one connection before the gateway stops reading it."""
 
 
 @dataclass(frozen=True)
@@ -83,14 +88,16 @@ class Exchange:
         self.started = True
         self.status = status
         req = self.request
-        h = Headers([(n, v) for n, v in headers.items if n not in HOP_BY_HOP])
+        h = Headers(
+            [(n, v) for n, v in headers.items if n not in HOP_BY_HOP and n != b"content-length"]
+        )
         bodyless = req.method == "HEAD" or status in (204, 304) or status < 200
         if status == 101:
             h.add(b"connection", b"upgrade")
             for v in headers.get_all(b"upgrade"):
                 h.add(b"upgrade", v)
         elif length is not None:
-            h.set(b"content-length", b"%d" % length)
+            h.add(b"content-length", b"%d" % length)
             self._left = 0 if bodyless else length
         elif bodyless:
             self._left = 0
@@ -204,7 +211,7 @@ class ServerConnection(asyncio.Protocol):
         if self._raw is not None:
             self._raw[0](data)
             return
-        if self._waiting_for == "idle":
+        if self._waiting_for in ("idle", ""):
             # The first bytes of a request: it has header_timeout to finish its headers.
             self._arm(self.limits.header_timeout, "headers")
         try:
@@ -303,7 +310,13 @@ class ServerConnection(asyncio.Protocol):
         self._headers = []
         self._pending.append(req)
         self._deadline, self._waiting_for = 0.0, ""
-        if not self._reading_paused and self.transport is not None:
+        # Keep reading while a request is served (pausing and resuming per request is costly),
+        # up to PIPELINE_DEPTH queued requests; after an upgrade the bytes are the new protocol's.
+        if (
+            (req.upgrade or len(self._pending) >= PIPELINE_DEPTH)
+            and not self._reading_paused
+            and self.transport is not None
+        ):
             self._reading_paused = True
             self.transport.pause_reading()
         if self._current is None:
@@ -365,7 +378,8 @@ class ServerConnection(asyncio.Protocol):
         if self._pending:
             self._next()
             return
-        self._arm(self.limits.idle_timeout, "idle")
+        if not self._waiting_for:  # (not already timing the next request's head or body)
+            self._arm(self.limits.idle_timeout, "idle")
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()
@@ -429,34 +443,6 @@ class ServerConnection(asyncio.Protocol):
             self.close()  # a quiet keep-alive connection just ends
         else:
             self._reject(408, f"request {what} not received in time")
-
-
-class Sweeper:
-    """Checks every connection's deadline a few times a second: cheaper than a timer each."""
-
-    INTERVAL = 0.25
-
-    def __init__(self) -> None:
-        self._conns: set[ServerConnection] = set()
-        self._handle: asyncio.TimerHandle | None = None
-
-    def add(self, conn: ServerConnection) -> None:
-        self._conns.add(conn)
-        if self._handle is None:
-            self._handle = asyncio.get_running_loop().call_later(self.INTERVAL, self._sweep)
-
-    def discard(self, conn: ServerConnection) -> None:
-        self._conns.discard(conn)
-
-    def _sweep(self) -> None:
-        now = time.monotonic()
-        for conn in list(self._conns):
-            conn.expire(now)
-        self._handle = (
-            asyncio.get_running_loop().call_later(self.INTERVAL, self._sweep)
-            if self._conns
-            else None
-        )
 
 
 _HOST_BAD = re.compile(rb"[^\x21-\x7e]|[/\\?#@\"<>{}|^`]")
