@@ -270,8 +270,9 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 @dataclass(frozen=True)
 class Retry:
-    attempts: int = 1
-    """Tries in all, the first included."""
+    attempts: int = 2
+    """Tries in all, the first included. Without a retry block: 2, on connect failure only
+    (nothing reached the upstream, so it is always safe)."""
     on_connect_failure: bool = True
     statuses: frozenset[int] = frozenset()
     methods: frozenset[str] = IDEMPOTENT
