@@ -167,7 +167,7 @@ def forged(keys) -> dict[str, str]:
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "bob@example.com", "exp": now + 300}
     good = mint(keys["rsa"], "RS256")
-    head, body, sig = good.split(".")
+    head, _body, sig = good.split(".")
     none_token = ".".join(
         [b64(json.dumps({"alg": "none", "kid": "rsa-1"}).encode()),
          b64(json.dumps(claims).encode()), ""]
@@ -196,7 +196,7 @@ def forged(keys) -> dict[str, str]:
 async def test_every_forged_or_invalid_token_is_refused(world, keys):
     gw = world[0]
     for why, token in forged(keys).items():
-        status, h, body = await get(gw, "/jwt", {"Authorization": f"Bearer {token}"})
+        status, h, _body = await get(gw, "/jwt", {"Authorization": f"Bearer {token}"})
         assert status == 401, why
         assert "invalid_token" in h["www-authenticate"], why
     status, h, _ = await get(gw, "/jwt")

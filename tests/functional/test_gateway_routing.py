@@ -47,7 +47,8 @@ def world(tmp_path_factory):
             {"name": "api-prefix", "hostnames": api, "matches": [prefix("/api")],
              "filters": [
                  {"type": "URLRewrite",
-                  "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}}},
+                  "urlRewrite": {"path": {"type": "ReplacePrefixMatch",
+                                          "replacePrefixMatch": "/v2"}}},
                  {"type": "RequestHeaderModifier",
                   "requestHeaderModifier": {"set": [{"name": "x-env", "value": "test"}],
                                             "add": [{"name": "x-added", "value": "1"}],
@@ -121,20 +122,22 @@ def world(tmp_path_factory):
 
 
 async def call(gw, path, *, host="api.example.com", method="GET", headers=None, data=None):
-    async with aiohttp.ClientSession() as s:
-        async with s.request(
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(
             method,
             gw.url(path),
             headers={"Host": host, **(headers or {})},
             data=data,
             allow_redirects=False,
-        ) as r:
-            body = await r.read()
-            try:
-                js = await r.json(content_type=None)
-            except ValueError:
-                js = None
-            return r.status, r.headers, js if isinstance(js, dict) else body
+        ) as r,
+    ):
+        body = await r.read()
+        try:
+            js = await r.json(content_type=None)
+        except ValueError:
+            js = None
+        return r.status, r.headers, js if isinstance(js, dict) else body
 
 
 async def test_exact_path_matches_only_itself(world):
@@ -252,13 +255,13 @@ async def test_backend_timeout_answers_504_in_time(world):
 
 
 async def test_no_route_is_404_with_request_id(world):
-    status, headers, body = await call(world, "/nothing-here", host="unknown.test")
+    status, headers, _body = await call(world, "/nothing-here", host="unknown.test")
     assert status == 404
     assert len(headers["x-request-id"]) == 24
 
 
 async def test_access_log_and_metrics_record_requests(world):
-    status, headers, _ = await call(world, "/exact")
+    _status, headers, _ = await call(world, "/exact")
     rid = headers["x-request-id"]
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
