@@ -210,7 +210,6 @@ class Master:
                         log.error("cannot start a worker", extra={"error": str(exc)})
 
     async def watch(self) -> None:
-        self._stamp = self._stat()
         while not self.stopping:
             await asyncio.sleep(POLL)
             stamp = self._stat()
@@ -297,6 +296,7 @@ class Master:
             await self.sources.start()
         if self.mesh is not None:
             await self.mesh.start()
+        self._stamp = self._stat()  # before reading: a change made while starting is seen
         try:
             config, self.raw = await asyncio.to_thread(self.load)
         except ConfigError as exc:

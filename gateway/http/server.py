@@ -221,6 +221,13 @@ class ServerConnection(asyncio.Protocol):
             self._upgrade_rest = data[offset:]
         except _Reject as exc:
             self._reject(exc.status, str(exc))
+        except httptools.HttpParserCallbackError as exc:
+            # httptools wraps what a callback raised; a limit's own answer is in the context
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                self._reject(cause.status, str(cause))
+            else:
+                self._reject(400, f"malformed request: {exc}")
         except httptools.HttpParserError as exc:
             self._reject(400, f"malformed request: {exc}")
 
