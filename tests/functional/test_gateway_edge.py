@@ -168,13 +168,14 @@ async def test_tls_termination_picks_the_certificate_by_sni(echoes, gw, tmp_path
     for host, cafile in (("a.test", ca), ("b.test", cb), ("x.b.test", cb)):
         ctx = ssl.create_default_context(cafile=cafile)
         ctx.check_hostname = host != "x.b.test"  # the b.test cert names b.test only
-        conn = aiohttp.TCPConnector(ssl=ctx)
-        async with aiohttp.ClientSession(connector=conn) as s:
-            async with s.get(f"https://127.0.0.1:{gw.port}/", server_hostname=host,
-                             headers={"Host": host}) as r:  # fmt: skip
-                assert r.status == 200
-                body = await r.json()
-                assert body["headers"]["x-forwarded-proto"] == "https"
+        url = f"https://127.0.0.1:{gw.port}/"
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s,
+            s.get(url, server_hostname=host, headers={"Host": host}) as r,
+        ):
+            assert r.status == 200
+            body = await r.json()
+            assert body["headers"]["x-forwarded-proto"] == "https"
     # a name with no certificate fails the handshake rather than showing another host's
     ctx = ssl.create_default_context(cafile=ca)
     with socket.create_connection(("127.0.0.1", gw.port)) as raw, pytest.raises(ssl.SSLError):
