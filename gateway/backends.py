@@ -232,10 +232,10 @@ class PoolRegistry:
 
     def __init__(self, make: Callable[[Endpoint, BackendSpec], Pool]) -> None:
         self._make = make
-        self.pools: dict[tuple[Endpoint, float, bool], Pool] = {}
+        self.pools: dict[tuple[Endpoint, float], Pool] = {}
 
     def get(self, endpoint: Endpoint, spec: BackendSpec) -> Pool:
-        key = (endpoint, spec.connect_timeout, spec.mesh)
+        key = (endpoint, spec.connect_timeout)
         pool = self.pools.get(key)
         if pool is None or pool.closed:
             pool = self.pools[key] = self._make(endpoint, spec)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import uvloop
 
 from agent.admin import parse_addr
 
+from .errors import GatewayError
 from .master import Master
+from .mesh import MeshSettings
 
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -22,18 +25,43 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.add_argument("-c", "--config", required=True, metavar="FILE", help="gateway.yaml")
     p.add_argument(
         "--source",
+        default=os.environ.get("SLIPSTREAM_SOURCE"),
         metavar="file:DIR",
         help="Gateway API objects (Gateway, HTTPRoute) and Services, as the agents read them",
     )
+    env = os.environ.get
+    m = p.add_argument_group(
+        "mesh",
+        "the gateway's own identity, to reach enrolled Services over HBONE (defaults from the "
+        "SLIPSTREAM_* environment the lab gives pods annotated slipstream.dev/mesh-credentials)",
+    )
+    m.add_argument("--ca", default=env("SLIPSTREAM_CA"), metavar="HOST:PORT", help="the mesh CA")
+    m.add_argument("--ca-root", default=env("SLIPSTREAM_CA_ROOT"), metavar="FILE",
+                   help="PEM trust bundle to start with")  # fmt: skip
+    m.add_argument("--ca-token-file", default=env("SLIPSTREAM_CA_TOKEN_FILE"), metavar="FILE",
+                   help="the credential of the node the gateway runs on")  # fmt: skip
+    m.add_argument("--identity", default=env("SLIPSTREAM_IDENTITY"), metavar="SPIFFE_ID",
+                   help="the gateway's SPIFFE ID (spiffe://TD/ns/NS/sa/SA)")  # fmt: skip
+    m.add_argument("--trust-domain", default=env("SLIPSTREAM_TRUST_DOMAIN", "cluster.local"))
     p.add_argument("--workers", type=int, help="worker processes (overrides the file)")
     p.add_argument("--admin", metavar="ADDR", help="admin API address (overrides the file)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    mesh = None
+    if args.ca:
+        missing = [f for f in ("ca_root", "ca_token_file", "identity") if not getattr(args, f)]
+        if missing:
+            flags = ", ".join("--" + f.replace("_", "-") for f in missing)
+            raise GatewayError(f"--ca also needs {flags}")
+        mesh = MeshSettings(
+            args.ca, args.ca_root, args.ca_token_file, args.identity, args.trust_domain
+        )
     master = Master(
         args.config,
         source=args.source,
+        mesh=mesh,
         workers=args.workers,
         admin=parse_addr(args.admin, "127.0.0.1") if args.admin else None,
         log_format=args.log_format,

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 from agent.errors import FieldError, ManifestError
+from agent.identity.certs import IdentityError, SpiffeId
 from agent.manifest import load_file
 from agent.state.fields import known_fields, listing, mapping, need, string, strings
 
@@ -171,6 +172,13 @@ class EndpointSpec:
 
 
 @dataclass(frozen=True)
+class ServiceRef:
+    namespace: str
+    name: str
+    port: int
+
+
+@dataclass(frozen=True)
 class BackendSpec:
     name: str
     endpoints: tuple[EndpointSpec, ...]
@@ -180,10 +188,9 @@ class BackendSpec:
     connect_timeout: float = 5.0
     active: ActiveCheck | None = None
     passive: PassiveCheck = PassiveCheck()
-    service: str | None = None
-    """namespace/name of a Service this backend was made from (Gateway API, mesh)."""
-    mesh: bool = False
-    """Reached over HBONE with the gateway's identity (an enrolled Service)."""
+    service: ServiceRef | None = None
+    """The Service this backend's endpoints come from (resolved by the master, see
+    gatewayapi.py); its enrolled pods' endpoints carry their SPIFFE IDs."""
 
 
 PATH_TYPES = ("Exact", "PathPrefix", "RegularExpression")
@@ -467,7 +474,9 @@ LB_POLICIES = ("round-robin", "least-request", "hash")
 
 def _backend(item: Mapping[str, Any], where: str) -> BackendSpec:
     known_fields(
-        item, {"name", "endpoints", "loadBalancer", "connectTimeout", "healthCheck"}, where
+        item,
+        {"name", "endpoints", "service", "loadBalancer", "connectTimeout", "healthCheck"},
+        where,
     )
     eps = []
     for i, e in enumerate(listing(item, "endpoints", where)):
@@ -475,15 +484,26 @@ def _backend(item: Mapping[str, Any], where: str) -> BackendSpec:
         if isinstance(e, str):
             eps.append(EndpointSpec(parse_endpoint(e, ew)))
             continue
-        need(isinstance(e, dict), ew, "must be a URL or {url, weight}")
-        known_fields(e, {"url", "weight"}, ew)
+        need(isinstance(e, dict), ew, "must be a URL or {url, weight, identity}")
+        known_fields(e, {"url", "weight", "identity"}, ew)
+        endpoint = parse_endpoint(string(e, "url", ew, required=True), f"{ew}.url")
+        identity = string(e, "identity", ew) or None
+        if identity is not None:
+            try:
+                SpiffeId.parse(identity)
+            except IdentityError as exc:
+                raise FieldError(f"{ew}.identity", str(exc)) from exc
+            need(not endpoint.tls, f"{ew}.url", "a mesh endpoint is http:// (HBONE encrypts it)")
+            endpoint = replace(endpoint, identity=identity)
         eps.append(
-            EndpointSpec(
-                parse_endpoint(string(e, "url", ew, required=True), f"{ew}.url"),
-                opt(e, "weight", ew, lambda v, w: integer(v, w, 1, 1000), 1),
-            )
+            EndpointSpec(endpoint, opt(e, "weight", ew, lambda v, w: integer(v, w, 1, 1000), 1))
         )
-    need(bool(eps), f"{where}.endpoints", "a backend needs at least one endpoint")
+    service = _service_ref(mapping(item, "service", where), f"{where}.service")
+    need(
+        bool(eps) or service is not None,
+        f"{where}.endpoints",
+        "a backend needs endpoints or a service",
+    )
     lb = item.get("loadBalancer", "round-robin")
     hash_header: bytes | None = None
     hash_cookie: str | None = None
@@ -515,6 +535,19 @@ def _backend(item: Mapping[str, Any], where: str) -> BackendSpec:
         connect_timeout=opt(item, "connectTimeout", where, duration, 5.0),
         active=_active(mapping(hc, "active", hw), f"{hw}.active") if "active" in hc else None,
         passive=_passive(mapping(hc, "passive", hw), f"{hw}.passive"),
+        service=service,
+    )
+
+
+def _service_ref(obj: Mapping[str, Any], where: str) -> ServiceRef | None:
+    if not obj:
+        return None
+    known_fields(obj, {"namespace", "name", "port"}, where)
+    need("port" in obj, f"{where}.port", "is required")
+    return ServiceRef(
+        namespace=string(obj, "namespace", where, default="default"),
+        name=string(obj, "name", where, required=True),
+        port=integer(obj["port"], f"{where}.port", 1, 65535),
     )
 
 

@@ -19,7 +19,6 @@ Admin API (on `admin.address`, 127.0.0.1:9901 by default):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -32,13 +31,15 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.errors import FieldError, ManifestError
+from agent.errors import FieldError, ManifestError, SlipstreamError
 from agent.manifest import load_file
 
 from . import metrics
 from .config import GatewayConfig, parse_config
 from .control import Channel, ChannelClosed
 from .errors import ConfigError, GatewayError
+from .gatewayapi import ClusterSource, uses_services
+from .mesh import MeshSettings
 from .tls import CertificateSet
 
 log = logging.getLogger("gateway")
@@ -64,13 +65,13 @@ class Master:
         config_path: str,
         *,
         source: str | None = None,
+        mesh: MeshSettings | None = None,
         workers: int | None = None,
         admin: tuple[str, int] | None = None,
         log_format: str = "json",
         log_level: str = "info",
     ) -> None:
         self.config_path = config_path
-        self.source = source
         self.workers_override = workers
         self.admin_override = admin
         self.log_format = log_format
@@ -83,10 +84,14 @@ class Master:
         self.stopping = False
         self._stamp: tuple[int, int, int] | None = None
         self._reload_lock = asyncio.Lock()
-        self.mesh: Any = None
-        """The gateway's mesh identity (mesh.py), when a CA is configured."""
-        self.sources: Any = None
-        """Gateway API objects (gatewayapi.py), when --source is given."""
+        self.mesh = mesh
+        """How workers join the mesh (mesh.py), when a CA is configured."""
+        self.sources = (
+            ClusterSource(source, mesh.trust_domain if mesh else "", mesh is not None)
+            if source
+            else None
+        )
+        """Gateway API objects and Services (gatewayapi.py), when --source is given."""
 
     # ------------------------------------------------------------ configuration
 
@@ -110,6 +115,10 @@ class Master:
             raw["workers"] = self.workers_override
         if self.sources is not None:
             raw = self.sources.merge(raw)
+        elif uses_services(raw):
+            raise ConfigError(
+                f"{self.config_path}: backends name a Service, which needs --source file:DIR"
+            )
         try:
             config = parse_config(raw)
         except FieldError as exc:
@@ -255,6 +264,8 @@ class Master:
                 "file": self.config_path,
                 "lastError": self.last_error,
                 "workers": [{"pid": w.proc.pid, "version": w.version} for w in self.workers],
+                "identity": self.mesh.identity if self.mesh else None,
+                "gatewayApi": self.sources.status() if self.sources else None,
                 "config": self.raw,
             }
         )
@@ -292,10 +303,13 @@ class Master:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
-        if self.sources is not None:
-            await self.sources.start()
         if self.mesh is not None:
-            await self.mesh.start()
+            self.mesh.check()
+        if self.sources is not None:
+            try:
+                await self.sources.start()
+            except SlipstreamError as exc:
+                raise GatewayError(f"cannot start: {exc}") from exc
         self._stamp = self._stat()  # before reading: a change made while starting is seen
         try:
             config, self.raw = await asyncio.to_thread(self.load)
@@ -313,13 +327,15 @@ class Master:
                 self.workers.append(await self.spawn(i))
             log.info("gateway ready", extra={"workers": len(self.workers), "version": self.version})
             tasks = [asyncio.ensure_future(self.watch()), asyncio.ensure_future(self.supervise())]
-            if self.mesh is not None:
-                tasks.append(asyncio.ensure_future(self.mesh.follow(self)))
             await stop.wait()
         finally:
             self.stopping = True
             await self.shutdown()
             await runner.cleanup()
+            if self.sources is not None:
+                self.sources.close()
+        for t in tasks:
+            t.cancel()
 
     async def shutdown(self, deadline: float = 10.0) -> None:
         await self.broadcast({"type": "stop", "deadline": deadline})
@@ -333,6 +349,3 @@ class Master:
             w.channel.close()
             if w.reader is not None:
                 w.reader.cancel()
-        with contextlib.suppress(Exception):
-            if self.sources is not None:
-                await self.sources.stop()

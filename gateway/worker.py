@@ -32,6 +32,7 @@ from .errors import GatewayError
 from .http.deadlines import Sweeper
 from .http.server import ServerConnection
 from .http.upstream import Endpoint, Pool
+from .mesh import MeshDial
 from .metrics import Metrics
 from .pipeline import Gateway
 from .plugins.cache import Store
@@ -59,11 +60,11 @@ class Worker:
         self.connections: set[ServerConnection] = set()
         self.sweeper = Sweeper()
         self.stopping = False
-        self.dial: Any = None
-        """Opens HBONE streams to mesh backends, once the master sends an identity."""
+        self.mesh = MeshDial()
+        """Opens HBONE streams to mesh endpoints, once the master sends the gateway's identity."""
 
     def _make_pool(self, endpoint: Endpoint, spec: BackendSpec) -> Pool:
-        dial = self.dial.dial if spec.mesh and self.dial is not None else None
+        dial = self.mesh.dial if endpoint.identity else None
         return Pool(endpoint, connect_timeout=spec.connect_timeout, dial=dial)
 
     # ------------------------------------------------------------ commands
@@ -113,11 +114,7 @@ class Worker:
 
     async def apply(self, raw: dict[str, Any], mesh: dict[str, Any] | None) -> None:
         if mesh is not None:
-            from .mesh import MeshDial
-
-            if self.dial is None:
-                self.dial = MeshDial()
-            self.dial.update(mesh)
+            self.mesh.update(mesh)
         try:
             config = parse_config(raw)
         except Exception as exc:  # the master validated it; this would be a bug, not input
@@ -213,6 +210,7 @@ class Worker:
             await asyncio.sleep(0.05)
         for c in list(self.connections):
             c.close()
+        self.mesh.close()
         if self.gateway is not None:
             self.gateway.access_log.flush()
             self.gateway.runtime.stop()

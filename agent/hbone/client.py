@@ -82,13 +82,16 @@ async def connect(
     expected: str,
     key: PoolKey,
     timeout: float = CONNECT_TIMEOUT,
+    mark: int | None = abi.AGENT_MARK,
 ) -> HboneClientConnection:
     """An mTLS HTTP/2 connection to a destination's :15008. `make_socket` gives the socket;
-    the agent makes it inside the source pod, so it leaves from the pod's own address."""
+    the agent makes it inside the source pod, so it leaves from the pod's own address, and
+    marks it so its own capture lets it pass (`mark` None: a client outside the capture)."""
     loop = asyncio.get_running_loop()
     sock = make_socket()
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, abi.AGENT_MARK)
+        if mark is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         await asyncio.wait_for(loop.sock_connect(sock, dst), timeout)

@@ -16,7 +16,7 @@ import logging
 from typing import cast
 
 from ..identity import tls
-from ..proxy.splice import Splice
+from ..proxy.splice import Peer
 from . import codec, protocol
 from .protocol import TunnelError
 
@@ -32,7 +32,7 @@ class H2Stream:
     def __init__(self, endpoint: H2Endpoint, stream_id: int) -> None:
         self.endpoint = endpoint
         self.id = stream_id
-        self.splice: Splice | None = None
+        self.splice: Peer | None = None
         self.closed = False
         self.response: asyncio.Future[list[tuple[str, str]]] = (
             asyncio.get_running_loop().create_future()
@@ -49,7 +49,7 @@ class H2Stream:
         self._early_eof = False
         self._told_pause = False
 
-    def attach(self, splice: Splice) -> None:
+    def attach(self, splice: Peer) -> None:
         """Join a splice; what arrived before is handed over now."""
         self.splice = splice
         early, self._early = self._early, []

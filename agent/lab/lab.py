@@ -157,7 +157,7 @@ class Lab:
                 if spec.mesh:
                     # The CA, then the agents, then pods: a pod in the mesh starts only
                     # once its agent captures it.
-                    net.build_control_plane(self.name)
+                    net.build_control_plane(self.name, state.nodes.values())
                     mesh.start_ca(state, self.dirs)
                     self._save(state)
                     mesh.wait_ca_ready(state, self.dirs)
@@ -377,7 +377,7 @@ class Lab:
                 changed.append(key)
             live = state.live.setdefault(str(key), {"creationTimestamp": _now_iso()})
             if isinstance(c.obj, Pod) and not existing:
-                rec = pods.create_sandbox(state, self.dirs.pods, self.name, c.obj)
+                rec = pods.create_sandbox(state, self.dirs, self.name, c.obj)
                 created.append((rec, c.obj))
                 live.update(
                     nodeName=rec.node,

@@ -80,10 +80,6 @@ def _wait(state: LabState, key: str, netns_name: str, url: str, what: str) -> No
 # ------------------------------------------------------------------ the CA
 
 
-def ca_address() -> str:
-    return f"{model.node_ip(model.CONTROL_PLANE_INDEX)}:{model.CA_PORT}"
-
-
 def start_ca(state: LabState, dirs: LabDirs) -> None:
     """Mint every node's credential and start the CA in the control-plane namespace."""
     os.makedirs(dirs.ca, mode=0o700, exist_ok=True)
@@ -159,7 +155,7 @@ def agent_argv(
         "--capture",
         spec.capture,
         "--ca",
-        ca_address(),
+        model.ca_address(),
         "--ca-root",
         bundle_path(dirs),
         "--ca-token-file",

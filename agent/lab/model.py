@@ -138,6 +138,13 @@ def control_plane_netns(lab: str) -> str:
 CONTROL_PLANE_INDEX = 250
 """The control plane's host number on the bridge: 172.30.0.250."""
 CA_PORT = 15012
+MESH_CREDENTIALS = "slipstream.dev/mesh-credentials"
+"""Pod annotation: "true" hands the pod what a mesh client needs (the gateway): the CA's
+address and roots, its node's CA credential, its own SPIFFE ID, the manifest source."""
+
+
+def ca_address() -> str:
+    return f"{node_ip(CONTROL_PLANE_INDEX)}:{CA_PORT}"
 
 
 def node_netns(lab: str, node: str) -> str:

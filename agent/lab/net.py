@@ -106,10 +106,14 @@ def _on_bridge(lab: str, netns_name: str, index: int) -> None:
     )
 
 
-def build_control_plane(lab: str) -> str:
-    """The namespace the CA runs in, on the bridge (agents reach it from their nodes)."""
+def build_control_plane(lab: str, nodes: Iterable[NodeRecord]) -> str:
+    """The namespace the CA runs in, on the bridge. Agents reach it from their nodes, and pods
+    through their node (as pods reach a cluster's control plane): it routes pod subnets back."""
     name = model.control_plane_netns(lab)
     _on_bridge(lab, name, model.CONTROL_PLANE_INDEX)
+    routes = [f"route replace {n.pod_cidr} via {n.ip} dev eth0" for n in nodes]
+    if routes:
+        _ip([], netns_name=name, batch=routes)
     return name
 
 

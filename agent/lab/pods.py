@@ -19,7 +19,7 @@ from .. import netns
 from ..errors import LabError
 from ..state.objects import Container, Pod
 from . import model, net
-from .model import LabState, PodRecord
+from .model import LabDirs, LabState, PodRecord
 
 POD_START_TIMEOUT = 10.0
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -57,7 +57,7 @@ def pod_path() -> str:
     return f"{os.path.dirname(sys.executable)}:{SYSTEM_PATH}"
 
 
-def create_sandbox(state: LabState, pods_dir: str, lab: str, pod: Pod) -> PodRecord:
+def create_sandbox(state: LabState, dirs: LabDirs, lab: str, pod: Pod) -> PodRecord:
     """Namespace, veth, address and the files the supervisor will need; no process yet."""
     node = state.nodes[pod.node_name] if pod.node_name else state.choose_node()
     host = model.free_pod_host(state.used_pod_ips(), node.index)
@@ -71,7 +71,7 @@ def create_sandbox(state: LabState, pods_dir: str, lab: str, pod: Pod) -> PodRec
         model.pod_ip(node.index, host),
         model.pod_netns(lab, ns, name),
         model.host_veth(ns, name),
-        os.path.join(pods_dir, f"{ns}_{name}"),
+        os.path.join(dirs.pods, f"{ns}_{name}"),
         time.time(),
     )
     state.pods[f"{ns}/{name}"] = rec
@@ -86,25 +86,44 @@ def create_sandbox(state: LabState, pods_dir: str, lab: str, pod: Pod) -> PodRec
         "status.hostIP": node.ip,
     }
     write_hosts(state, rec)
+    extra = mesh_credentials(state, dirs, pod, node.name)
     spec = {
         "pod": f"{ns}/{name}",
         "hostname": name,
         "hosts": os.path.join(rec.dir, "hosts"),
         "restartPolicy": pod.restart_policy,
-        "containers": [_container_spec(rec, c, fields) for c in pod.containers],
+        "containers": [_container_spec(rec, c, fields, extra) for c in pod.containers],
     }
     with open(os.path.join(rec.dir, "spec.json"), "w") as f:
         json.dump(spec, f, indent=1)
     return rec
 
 
-def _container_spec(rec: PodRecord, c: Container, fields: dict[str, str]) -> dict[str, Any]:
+def mesh_credentials(state: LabState, dirs: LabDirs, pod: Pod, node: str) -> dict[str, str]:
+    """The environment of a pod annotated MESH_CREDENTIALS (what a cluster would mount)."""
+    if pod.meta.annotations.get(model.MESH_CREDENTIALS) != "true" or not state.spec.mesh:
+        return {}
+    td = state.spec.trust_domain
+    return {
+        "SLIPSTREAM_CA": model.ca_address(),
+        "SLIPSTREAM_CA_ROOT": f"{dirs.ca}/bundle.pem",
+        "SLIPSTREAM_CA_TOKEN_FILE": f"{dirs.agent(node)}/ca-token",
+        "SLIPSTREAM_IDENTITY": f"spiffe://{td}/ns/{pod.meta.namespace}/sa/{pod.service_account}",
+        "SLIPSTREAM_TRUST_DOMAIN": td,
+        "SLIPSTREAM_SOURCE": f"file:{dirs.objects}",
+    }
+
+
+def _container_spec(
+    rec: PodRecord, c: Container, fields: dict[str, str], extra: dict[str, str]
+) -> dict[str, Any]:
     env = {
         "PATH": pod_path(),
         "HOSTNAME": rec.name,
         "HOME": "/root",
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
+        **extra,
     }
     for e in c.env:
         env[e.name] = fields[e.field_ref] if e.field_ref else (e.value or "")

@@ -30,6 +30,8 @@ class Endpoint:
     host: str
     port: int
     tls: bool = False
+    identity: str | None = None
+    """A mesh endpoint's SPIFFE ID: reached over HBONE, and it must prove this identity."""
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"

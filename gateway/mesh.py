@@ -1,0 +1,225 @@
+"""The gateway as a mesh workload: its own SPIFFE identity, HBONE to enrolled Services.
+
+The master holds the settings (`MeshSettings`, from flags or the lab's
+environment) and hands them to each worker; every worker asks the mesh CA for
+its own certificate of the gateway's identity (a fresh key per worker, never
+written anywhere) with the same credential an agent uses, and keeps it
+renewed. A backend endpoint that carries a SPIFFE ID is reached over HBONE:
+an mTLS HTTP/2 connection to the endpoint pod's :15008, checked to present
+that ID, with one CONNECT stream per upstream HTTP connection. No agent runs on
+the gateway's side; the destination's agent sees the gateway's principal, so
+an AuthorizationPolicy can name it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from agent.admin import parse_addr
+from agent.ca.authority import ca_identity
+from agent.hbone import client as hbone
+from agent.hbone.endpoint import H2Stream
+from agent.hbone.protocol import HBONE_PORT, TunnelError, connect_headers
+from agent.identity.caclient import CAClient
+from agent.identity.certs import IdentityError, SpiffeId, load_certs
+from agent.identity.manager import CertManager, NoCertificate
+
+from .errors import GatewayError, UpstreamError
+from .http.upstream import Endpoint
+
+log = logging.getLogger("gateway.mesh")
+
+CERT_TTL = dt.timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    """How the gateway joins the mesh; `identity` is its own SPIFFE ID."""
+
+    ca: str
+    ca_root: str
+    """PEM trust bundle to start with."""
+    ca_token_file: str
+    identity: str
+    trust_domain: str = "cluster.local"
+
+    def check(self) -> None:
+        """Fail at start, naming what is wrong, rather than in a worker later."""
+        try:
+            ident = SpiffeId.parse(self.identity)
+            with open(self.ca_root) as f:
+                load_certs(f.read())
+            with open(self.ca_token_file) as f:
+                if not f.read().strip():
+                    raise GatewayError(f"{self.ca_token_file} is empty")
+            parse_addr(self.ca, "127.0.0.1")
+        except IdentityError as exc:
+            raise GatewayError(f"mesh identity: {exc}") from exc
+        except OSError as exc:
+            raise GatewayError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+        except ValueError as exc:
+            raise GatewayError(f"--ca {self.ca!r}: {exc}") from exc
+        if ident.trust_domain != self.trust_domain:
+            raise GatewayError(
+                f"identity {self.identity} is not in trust domain {self.trust_domain}"
+            )
+
+    def for_workers(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class StreamTransport(asyncio.Transport):
+    """An HBONE stream presented as a transport, so the HTTP client runs over it unchanged."""
+
+    def __init__(self, stream: H2Stream, protocol: asyncio.Protocol) -> None:
+        super().__init__()
+        self._stream = stream
+        self._protocol = protocol
+        self._closing = False
+        self._lost = False
+        protocol.connection_made(self)
+        stream.attach(self)
+
+    # ---------------------------------------------------------------- transport
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._closing:
+            self._stream.write(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._stream.reset()  # an HTTP client closes a connection it will not reuse
+            asyncio.get_running_loop().call_soon(self._connection_lost, None)  # as asyncio does
+
+    def abort(self) -> None:
+        self.close()
+
+    def pause_reading(self) -> None:
+        self._stream.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._stream.resume_reading()
+
+    def is_reading(self) -> bool:
+        return True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    # ---------------------------------------------------------------- stream peer
+    def on_data(self, end: object, data: bytes) -> None:
+        if not self._lost:
+            self._protocol.data_received(data)
+
+    def on_eof(self, end: object) -> None:
+        if not self._lost:
+            self._protocol.eof_received()
+            self._closing = True
+            self._stream.close()
+
+    def on_closed(self, end: object, exc: Exception | None) -> None:
+        self._closing = True
+        self._connection_lost(exc)
+
+    def on_pause(self, end: object) -> None:
+        self._protocol.pause_writing()
+
+    def on_resume(self, end: object) -> None:
+        self._protocol.resume_writing()
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if not self._lost:
+            self._lost = True
+            self._protocol.connection_lost(exc)
+
+
+class MeshDial:
+    """A worker's way into the mesh: its certificate, its HBONE connections."""
+
+    def __init__(self) -> None:
+        self.settings: MeshSettings | None = None
+        self.identity: SpiffeId | None = None
+        self.certs: CertManager | None = None
+        self.pool = hbone.HbonePool()
+        self._task: asyncio.Task[None] | None = None
+        self._drain = asyncio.Event()
+        self._ports = itertools.cycle(range(20000, 60000))
+        self._sources: dict[str, str] = {}
+
+    def update(self, raw: dict[str, Any]) -> None:
+        settings = MeshSettings(**raw)
+        if settings == self.settings:
+            return
+        if self._task is not None:
+            self._drain.set()
+            self._task.cancel()
+        self.settings = settings
+        self.identity = SpiffeId.parse(settings.identity)
+        with open(settings.ca_root) as f:
+            bundle = f.read()
+        with open(settings.ca_token_file) as f:
+            token = f.read().strip()
+        client = CAClient(
+            parse_addr(settings.ca, "127.0.0.1"), token, ca_identity(settings.trust_domain)
+        )
+        identity = self.identity
+        self.certs = CertManager(client, bundle, ttl=CERT_TTL, wanted=lambda: {identity})
+        self._drain = asyncio.Event()
+        self._task = asyncio.ensure_future(self.certs.run(self._drain))
+
+    async def dial(self, endpoint: Endpoint, factory: Callable[[], asyncio.Protocol]) -> Any:
+        """Open an HBONE stream to `endpoint` and run `factory()`'s protocol over it."""
+        if self.certs is None or self.identity is None or endpoint.identity is None:
+            raise UpstreamError("connect", f"{endpoint}: the gateway has no mesh identity")
+        try:
+            cert = await self.certs.get(self.identity, timeout=5.0)
+        except NoCertificate as exc:
+            raise UpstreamError("connect", str(exc)) from exc
+        target = (endpoint.host, HBONE_PORT)
+        key = hbone.PoolKey("", str(self.identity), endpoint.identity, target)
+        expected = endpoint.identity
+
+        async def connect() -> hbone.HboneClientConnection:
+            return await hbone.connect(
+                lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM),
+                target,
+                cert.client_ctx,
+                expected,
+                key,
+                mark=None,
+            )
+
+        headers = connect_headers(
+            (endpoint.host, endpoint.port), (self._source(endpoint.host), next(self._ports))
+        )
+        try:
+            stream = await self.pool.stream(key, headers, connect)
+        except TunnelError as exc:
+            raise UpstreamError("connect", f"{endpoint} over HBONE: {exc.reason}") from exc
+        protocol = factory()
+        StreamTransport(stream, protocol)
+        return protocol
+
+    def _source(self, host: str) -> str:
+        """The gateway's own address towards `host` (what the destination's app will see)."""
+        src = self._sources.get(host)
+        if src is None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((host, HBONE_PORT))  # no packet: this only asks the routing table
+                src = self._sources[host] = s.getsockname()[0]
+        return src
+
+    def close(self) -> None:
+        self._drain.set()
+        if self._task is not None:
+            self._task.cancel()
