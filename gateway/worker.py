@@ -12,6 +12,7 @@ finish within the deadline, then the process exits.
 from __future__ import annotations
 
 import argparse
+import gc
 import asyncio
 import logging
 import os
@@ -231,5 +232,9 @@ if __name__ == "__main__":
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args()
     logsetup.setup(args.log_format, args.log_level)
+    # What is loaded by now (the modules, their constants) lives as long as the process: keep
+    # it out of the cyclic collector's full passes, which otherwise rescan it all every few
+    # thousand requests (measured: ~30% more requests/s, lower p99; see tests/bench/gateway).
+    gc.freeze()
     uvloop.run(main(args.fd))
     sys.exit(0)

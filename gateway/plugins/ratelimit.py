@@ -1,7 +1,11 @@
 """Rate limiting per consumer, client IP, route or header value; local or cluster-wide in Redis.
 
-Algorithms: a sliding window (exact: the requests of the last `window`) or a
-token bucket (`limit` tokens, refilled at limit/window per second). The Redis
+Algorithms: a sliding window counter or a token bucket (`limit` tokens,
+refilled at limit/window per second), both in constant memory per key. The
+sliding window counts the current fixed window exactly and adds the previous
+window's count weighted by how much of it the sliding window still covers (as
+Cloudflare and Kong do): no log of timestamps, which at a limit of millions
+would cost millions of entries per key. The Redis
 store runs each decision as one Lua script on Redis's own clock, so every
 gateway process sharing that Redis sees one exact count. The local store
 counts in this process only (each worker has its own; use Redis to share).
@@ -14,10 +18,9 @@ answers 503; either way Redis is not asked again for a second.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-import uuid
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +30,8 @@ from ..config import duration, integer, opt
 from ..http.message import Headers, Response
 from ..redisclient import Redis, RedisReplyError, RedisUnavailable
 from .base import PHASE_RATE_LIMIT, Context, Plugin, Shared
+
+log = logging.getLogger("gateway.ratelimit")
 
 BY = ("consumer", "ip", "route", "header")
 ALGORITHMS = ("sliding-window", "token-bucket")
@@ -96,23 +101,35 @@ class Verdict:
     """Seconds until the quota frees up (the oldest request leaves the window / a token)."""
 
 
-# KEYS[1]: the counter. ARGV: limit, window (ms), a unique member. Redis's clock decides.
+# KEYS[1]: the counter (a hash). ARGV: limit, window (ms). Redis's clock decides.
+# The same arithmetic as `sliding_window` below.
 SLIDING_WINDOW = b"""
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, now - window)
-local count = redis.call('ZCARD', KEYS[1])
-if count < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
-  count = count + 1
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {1, limit - count, oldest[2] + window - now}
+local h = redis.call('HMGET', KEYS[1], 'start', 'cur', 'prev')
+local start, cur, prev = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0
+local cs = now - (now % window)
+if start ~= cs then
+  if start == cs - window then prev = cur else prev = 0 end
+  cur = 0
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, 0, oldest[2] + window - now}
+local into = now - cs
+local weighted = prev * (window - into) / window
+local allowed = 0
+if weighted + cur < limit then
+  cur = cur + 1
+  allowed = 1
+  redis.call('HSET', KEYS[1], 'start', cs, 'cur', cur, 'prev', prev)
+  redis.call('PEXPIRE', KEYS[1], window * 2)
+end
+local wait = window - into
+if cur < limit and prev > 0 then
+  wait = math.max(0, math.ceil(window * (1 - (limit - cur) / prev)) - into)
+end
+return {allowed, math.max(0, math.floor(limit - weighted - cur)), wait}
 """
+
 
 # KEYS[1]: the bucket. ARGV: capacity, window (ms). Refill: capacity tokens per window.
 TOKEN_BUCKET = b"""
@@ -134,24 +151,43 @@ return {allowed, math.floor(tokens), wait}
 """
 
 
+def sliding_window(
+    state: tuple[float, int, int] | None, now: float, limit: int, window: float
+) -> tuple[tuple[float, int, int], Verdict]:
+    """One decision of the sliding window counter (pure). `state`: (start of the current
+    fixed window, its count, the previous window's count)."""
+    cs = now - (now % window)
+    start, cur, prev = state if state is not None else (cs, 0, 0)
+    if start != cs:
+        prev = cur if abs(start - (cs - window)) < 1e-9 else 0
+        cur = 0
+    into = now - cs
+    weighted = prev * (window - into) / window
+    allowed = weighted + cur < limit
+    if allowed:
+        cur += 1
+    # When a refused request may come back: the next window if this one is full, else once
+    # the previous window's weight has slid down far enough.
+    wait = window - into
+    if cur < limit and prev > 0:
+        wait = max(0.0, window * (1 - (limit - cur) / prev) - into)
+    remaining = max(0, math.floor(limit - weighted - cur))
+    return (cs, cur, prev), Verdict(allowed, remaining, wait)
+
+
 class LocalStore:
-    """Exact counts for this process."""
+    """Counts for this process."""
 
     def __init__(self) -> None:
-        self.windows: dict[str, deque[float]] = {}
+        self.windows: dict[str, tuple[float, int, int]] = {}
         self.buckets: dict[str, tuple[float, float]] = {}
-        self._sweep_at = time.monotonic() + 60
+        self._sweep_at = time.time() + 60
 
     def sliding(self, key: str, limit: int, window: float) -> Verdict:
-        now = time.monotonic()
+        now = time.time()  # wall clock: windows align with other stores' (and Redis's)
         self._sweep(now, window)
-        q = self.windows.setdefault(key, deque())
-        while q and q[0] <= now - window:
-            q.popleft()
-        if len(q) < limit:
-            q.append(now)
-            return Verdict(True, limit - len(q), q[0] + window - now)
-        return Verdict(False, 0, q[0] + window - now)
+        self.windows[key], verdict = sliding_window(self.windows.get(key), now, limit, window)
+        return verdict
 
     def bucket(self, key: str, limit: int, window: float) -> Verdict:
         now = time.monotonic()
@@ -170,7 +206,7 @@ class LocalStore:
         if now < self._sweep_at:
             return
         self._sweep_at = now + 60
-        self.windows = {k: q for k, q in self.windows.items() if q and q[-1] > now - window}
+        self.windows = {k: s for k, s in self.windows.items() if s[0] > now - 2 * window}
 
 
 class RedisStore:
@@ -186,9 +222,8 @@ class RedisStore:
         window_ms = max(1, int(config.window * 1000))
         try:
             if config.algorithm == "sliding-window":
-                member = uuid.uuid4().hex
                 reply = await self.redis.script(
-                    SLIDING_WINDOW, [key.encode()], [config.limit, window_ms, member]
+                    SLIDING_WINDOW, [key.encode()], [config.limit, window_ms]
                 )
             else:
                 reply = await self.redis.script(
@@ -196,6 +231,10 @@ class RedisStore:
                 )
         except (RedisUnavailable, RedisReplyError) as exc:
             self.down_until = time.monotonic() + 1.0
+            log.warning(  # at most once a second: the backoff above
+                "rate limiter cannot use Redis; failing as configured for a second",
+                extra={"redis": f"{self.redis.host}:{self.redis.port}", "error": str(exc)},
+            )
             raise RedisUnavailable(str(exc)) from exc
         allowed, remaining, reset_ms = (int(x) for x in reply)
         return Verdict(bool(allowed), max(0, remaining), max(0, reset_ms) / 1000)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from tests.bench import authz, capture, mesh
+from tests.bench import authz, capture, gateway, mesh
 
-BENCHES = {"capture": capture.run, "mesh": mesh.run, "authz": authz.run}
+BENCHES = {"capture": capture.run, "mesh": mesh.run, "authz": authz.run, "gateway": gateway.run}
 
 
 def main(argv: list[str]) -> int:

@@ -64,10 +64,13 @@ def wrk(
     threads: int = 1,
     close: bool = False,
     duration: float = DURATION,
+    headers: tuple[str, ...] = (),
 ) -> WrkResult:
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency", url]
     if close:
         argv[1:1] = ["-H", "Connection: close"]
+    for h in headers:
+        argv[1:1] = ["-H", h]
     res = lab.exec(pod, argv, namespace=ns, timeout=duration + 30)
     if res.returncode != 0:
         raise RuntimeError(f"wrk failed in {ns}/{pod}: {res.stderr or res.stdout}")
@@ -87,13 +90,30 @@ def reuse_time_wait(lab: Lab, pod: str, ns: str) -> None:
         raise RuntimeError(f"sysctl in {ns}/{pod}: {res.stderr}")
 
 
-def nginx_conf(directory: Path, port: int = 8080, body: str = "ok") -> Path:
-    """nginx answering every request with a small body; keeps connections alive, logs nothing."""
+def nginx_conf(
+    directory: Path,
+    port: int = 8080,
+    body: str = "ok",
+    *,
+    proxy_to: str | None = None,
+    workers: int = 1,
+) -> Path:
+    """nginx answering every request with a small body, or (`proxy_to` host:port) a reverse
+    proxy with keep-alive upstream connections; keeps client connections alive, logs nothing."""
     directory.mkdir(parents=True, exist_ok=True)
     conf = directory / "nginx.conf"
+    location = (
+        f'location / {{ return 200 "{body}\\n"; }}'
+        if proxy_to is None
+        else "location / { proxy_pass http://up; proxy_http_version 1.1; "
+        'proxy_set_header Connection ""; }'
+    )
+    upstream = (
+        f"upstream up {{ server {proxy_to}; keepalive 256; }}" if proxy_to is not None else ""
+    )
     conf.write_text(
         textwrap.dedent(f"""\
-        worker_processes 1;
+        worker_processes {workers};
         pid {directory}/nginx.pid;
         error_log stderr warn;
         events {{ worker_connections 4096; }}
@@ -105,9 +125,10 @@ def nginx_conf(directory: Path, port: int = 8080, body: str = "ok") -> Path:
             fastcgi_temp_path {directory}/fastcgi;
             uwsgi_temp_path {directory}/uwsgi;
             scgi_temp_path {directory}/scgi;
+            {upstream}
             server {{
                 listen {port} reuseport backlog=4096;
-                location / {{ return 200 "{body}\\n"; }}
+                {location}
             }}
         }}
         """)
