@@ -12,8 +12,8 @@ finish within the deadline, then the process exits.
 from __future__ import annotations
 
 import argparse
-import gc
 import asyncio
+import gc
 import logging
 import os
 import socket
