@@ -12,14 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..manifest import load_paths
+from ..manifest import load_paths, load_text
 from .cli import cmd_status, table
 from .lab import Lab
 from .mesh import workloads
 
 DEMO_MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "lab" / "demo.yaml"
 DEMO_POLICY = DEMO_MANIFEST.with_name("demo-policy.yaml")
-FOLLOW = [("shop", "frontend"), ("legacy", "old-client")]
+FOLLOW = [("shop", "frontend"), ("legacy", "old-client"), ("edge", "visitor")]
 
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -61,7 +61,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     lab = Lab(args.name)
     if lab.down():
         print(f"(removed a lab {lab.name!r} left from an earlier run)")
-    docs = load_paths([args.filename])
+    path = os.path.abspath(args.filename)
+    # $(MANIFEST_DIR) lets a pod name a file shipped next to the manifest (the gateway's config)
+    text = Path(path).read_text().replace("$(MANIFEST_DIR)", os.path.dirname(path))
+    docs = load_text(text, path)
     print(f"Bringing up lab {lab.name!r} from {args.filename} ...")
     lab.up(docs)
     try:
@@ -84,14 +87,20 @@ Look around (in another terminal, as root):
                                                 the mesh CA's roots (add/activate/retire)
   slipstream policy check {me} --from legacy/old-client --plaintext --to shop/backend-1:8080
                                                 what policy decides for a connection, and why
+  slipstream lab exec -n edge gateway {me} -- curl -s localhost:9901/metrics
+                                                the gateway's metrics (requests, rate limits, cache)
 
 The clients' calls follow, with each agent's access-log record of what it captured.
 shop/frontend is in the mesh: it calls the Service `backend`; node-a's agent picks a
 backend and carries the call to node-b over HBONE (HTTP/2 CONNECT in mTLS 1.3), and
 node-b's agent logs both SPIFFE identities. legacy/old-client is outside the mesh: its
 plaintext is accepted at the backends (PERMISSIVE) and logged without an identity.
+edge/visitor calls the API gateway (edge/gateway, config deploy/lab/demo-gateway.yaml):
+/api needs an API key and allows 5 calls per 10 s (then 429), /catalog is cached
+(MISS, then HIT). The gateway reaches the backends over HBONE with its own identity.
 After {args.policy_after:g} s an AuthorizationPolicy is applied live: from then on only
-the frontend's identity gets in, and node-b's agent logs the rule that decided.
+the frontend's and the gateway's identities get in, and node-b's agent logs the rule
+that decided.
 (Ctrl-C tears the lab down.)
 """)
         _follow(lab, args.duration, lambda: _apply_policy(lab, args.policy), args.policy_after)
@@ -156,7 +165,10 @@ def _apply_policy(lab: Lab, path: str) -> None:
         print(f"    {doc.body.get('kind')} {meta.get('namespace')}/{meta.get('name')}")
     for line in lab.apply(docs):
         print(f"    {line}")
-    print("    Only shop/frontend may now reach the backends: watch legacy/old-client's calls.\n")
+    print(
+        "    Only shop/frontend and edge/gateway may now reach the backends: "
+        "watch legacy/old-client's calls.\n"
+    )
 
 
 def _follow(

@@ -9,6 +9,7 @@ import threading
 import time
 
 from agent.lab import net
+from agent.lab.lab import Lab
 from agent.lab.model import lab_prefix
 from tests.lab.labkit import new_lab_name
 
@@ -52,6 +53,20 @@ def test_demo_runs_and_ctrl_c_tears_it_down():
         while "captured inbound over plaintext: legacy/old-client" not in "".join(lines):
             assert time.monotonic() < deadline, "no plaintext record:\n" + "".join(lines)
             time.sleep(0.2)
+        # The edge gateway: an API key, a rate limit, a cache hit, all through to the backends.
+        gateway_shows = [
+            "GET /api/checkout, no API key -> 401",
+            "GET /api/checkout, key of demo-user -> 200 ratelimit-remaining=4",
+            "GET /api/checkout, key of demo-user -> 429 ratelimit-remaining=0",
+            "GET /catalog -> 200 ratelimit-remaining= x-cache-status=MISS",
+            "GET /catalog -> 200 ratelimit-remaining= x-cache-status=HIT",
+        ]
+        while not all(
+            any(ln.startswith("[edge/visitor]") and want in ln for ln in list(lines))
+            for want in gateway_shows
+        ):
+            assert time.monotonic() < deadline, "gateway not shown at work:\n" + "".join(lines)
+            time.sleep(0.2)
         # The policy goes in live: the legacy client is refused, the frontend let in by a rule.
         deadline = time.monotonic() + 30
         wanted = [
@@ -76,4 +91,5 @@ def test_demo_runs_and_ctrl_c_tears_it_down():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+            Lab(name).down()  # killed before it could tear its lab down
         proc.stdout.close()
