@@ -83,11 +83,16 @@ class Headers:
         self.items.append((name, value))
 
     def remove(self, name: bytes) -> None:
-        if any(n == name for n, _ in self.items):
-            self.items = [(n, v) for n, v in self.items if n != name]
+        for n, _ in self.items:
+            if n == name:
+                self.items = [(n, v) for n, v in self.items if n != name]
+                return
 
     def __contains__(self, name: bytes) -> bool:
-        return any(n == name for n, _ in self.items)
+        for n, _ in self.items:  # noqa: SIM110 (a loop: any() with a generator costs twice as much)
+            if n == name:
+                return True
+        return False
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         return iter(self.items)
@@ -106,7 +111,7 @@ class Headers:
         return out
 
     def encode(self) -> bytes:
-        return b"".join(n + b": " + v + b"\r\n" for n, v in self.items)
+        return b"".join([n + b": " + v + b"\r\n" for n, v in self.items])
 
     def __repr__(self) -> str:
         return f"Headers({self.items!r})"

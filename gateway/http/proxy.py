@@ -166,10 +166,13 @@ class Attempt:
 
 
 def _length(headers: Headers) -> int | None:
-    if b"transfer-encoding" in headers:
-        return None
-    value = headers.get(b"content-length")
-    return int(value) if value is not None and value.isdigit() else None
+    length = None
+    for n, v in headers.items:
+        if n == b"transfer-encoding":
+            return None
+        if n == b"content-length" and v.isdigit():
+            length = int(v)
+    return length
 
 
 def encode_request(req: Request, headers: Headers) -> bytes:

@@ -88,29 +88,31 @@ class Exchange:
         self.started = True
         self.status = status
         req = self.request
-        h = Headers(
-            [(n, v) for n, v in headers.items if n not in HOP_BY_HOP and n != b"content-length"]
-        )
+        lines = [status_line(status)]
+        for n, v in headers.items:
+            if n not in HOP_BY_HOP and n != b"content-length":
+                lines.append(n + b": " + v + b"\r\n")
         bodyless = req.method == "HEAD" or status in (204, 304) or status < 200
         if status == 101:
-            h.add(b"connection", b"upgrade")
+            lines.append(b"connection: upgrade\r\n")
             for v in headers.get_all(b"upgrade"):
-                h.add(b"upgrade", v)
+                lines.append(b"upgrade: " + v + b"\r\n")
         elif length is not None:
-            h.add(b"content-length", b"%d" % length)
+            lines.append(b"content-length: %d\r\n" % length)
             self._left = 0 if bodyless else length
         elif bodyless:
             self._left = 0
         elif req.version == "1.1":
-            h.add(b"transfer-encoding", b"chunked")
+            lines.append(b"transfer-encoding: chunked\r\n")
             self._chunked = True
         else:
             req.keep_alive = False  # HTTP/1.0: the end of the body is the end of the connection
         if status >= 200 and not req.keep_alive:
-            h.add(b"connection", b"close")
+            lines.append(b"connection: close\r\n")
         elif status >= 200 and req.version == "1.0":
-            h.add(b"connection", b"keep-alive")
-        self._head = status_line(status) + h.encode() + b"\r\n"
+            lines.append(b"connection: keep-alive\r\n")
+        lines.append(b"\r\n")
+        self._head = b"".join(lines)
         if status == 101:
             self._flush(b"")
 
@@ -128,7 +130,8 @@ class Exchange:
     def _flush(self, data: bytes) -> None:
         if self._head:
             data, self._head = self._head + data, b""
-        self._conn.write(data)
+        if data:
+            self._conn.write(data)
 
     def end(self) -> None:
         if self.finished:
@@ -269,16 +272,18 @@ class ServerConnection(asyncio.Protocol):
             raise _Reject(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # (the count is checked once the head is in; the byte limit bounds it meanwhile)
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > self.limits.max_header_bytes:
             raise _Reject(431, "request headers too large")
-        if len(self._headers) >= self.limits.max_headers:
-            raise _Reject(431, "too many request headers")
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        if len(self._headers) > self.limits.max_headers:
+            raise _Reject(431, "too many request headers")
         hosts = 0
         host = b""
+        body = False
         for name, value in self._headers:
             if name == b"host":
                 hosts += 1
@@ -286,13 +291,19 @@ class ServerConnection(asyncio.Protocol):
             elif name == b"content-length":
                 if value.isdigit() and int(value) > self.limits.max_body:
                     raise _Reject(413, f"request body larger than {self.limits.max_body} bytes")
+                body = value != b"0"
+            elif name == b"transfer-encoding":
+                body = True
             elif name == b"expect" and value.lower() == b"100-continue":
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if hosts > 1 or not _valid_host(
             host, hosts == 0 and self._parser.get_http_version() == "1.0"
         ):
             raise _Reject(400, "missing, repeated or invalid Host header")
-        self._arm(self.limits.body_timeout, "body")
+        if body:
+            self._arm(self.limits.body_timeout, "body")
+        else:
+            self._deadline, self._waiting_for = 0.0, ""  # complete: nothing more to wait for
 
     def on_body(self, body: bytes) -> None:
         self._body += body

@@ -49,7 +49,7 @@ class KeyAuth(Plugin):
         raw = req.headers.get(self.config.header)
         if raw is not None:
             key = raw.decode("latin-1").strip()
-        elif self.config.query is not None:
+        elif self.config.query is not None and req.query_string:
             key = req.query_value(self.config.query)
         if not key:
             ctx.notes["auth"] = "key-missing"
@@ -64,7 +64,11 @@ class KeyAuth(Plugin):
         if self.config.hide_credentials:
             assert ctx.upstream_headers is not None
             ctx.upstream_headers.remove(self.config.header)
-            if self.config.query is not None and req.query_value(self.config.query) is not None:
+            if (
+                self.config.query is not None
+                and req.query_string
+                and req.query_value(self.config.query) is not None
+            ):
                 req.set_query([(k, v) for k, v in req.query if k != self.config.query])
         return None
 

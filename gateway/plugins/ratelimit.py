@@ -110,7 +110,8 @@ local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local h = redis.call('HMGET', KEYS[1], 'start', 'cur', 'prev')
 local start, cur, prev = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0
 local cs = now - (now % window)
-if start ~= cs then
+local fresh = start ~= cs
+if fresh then
   if start == cs - window then prev = cur else prev = 0 end
   cur = 0
 end
@@ -118,10 +119,14 @@ local into = now - cs
 local weighted = prev * (window - into) / window
 local allowed = 0
 if weighted + cur < limit then
-  cur = cur + 1
   allowed = 1
-  redis.call('HSET', KEYS[1], 'start', cs, 'cur', cur, 'prev', prev)
-  redis.call('PEXPIRE', KEYS[1], window * 2)
+  if fresh then
+    cur = 1
+    redis.call('HSET', KEYS[1], 'start', cs, 'cur', 1, 'prev', prev)
+    redis.call('PEXPIRE', KEYS[1], window * 2)
+  else
+    cur = redis.call('HINCRBY', KEYS[1], 'cur', 1)
+  end
 end
 local wait = window - into
 if cur < limit and prev > 0 then

@@ -65,8 +65,8 @@ class Echo:
         return f"http://127.0.0.1:{self.port}"
 
 
-def start_echo(tmp: Path, name: str) -> Echo:
-    port = free_port()
+def start_echo(tmp: Path, name: str, port: int | None = None) -> Echo:
+    port = port or free_port()
     log = tmp / f"echo-{name}.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(

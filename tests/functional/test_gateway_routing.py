@@ -39,7 +39,9 @@ def world(tmp_path_factory):
             {"name": "a", "endpoints": [a.url]},
             {"name": "b", "endpoints": [b.url]},
             {"name": "dead-then-a", "endpoints": [dead, a.url]},
-            {"name": "failing-then-a", "endpoints": [f"http://127.0.0.1:{failing_port}", a.url]},
+            # (no ejection here: these tests are about retries, not about outlier detection)
+            {"name": "failing-then-a", "endpoints": [f"http://127.0.0.1:{failing_port}", a.url],
+             "healthCheck": {"passive": {"consecutiveFailures": 1000}}},
         ],
         "routes": [
             {"name": "exact", "hostnames": api, "matches": [exact("/exact")],
