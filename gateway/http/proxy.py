@@ -197,7 +197,7 @@ def encode_request(req: Request, headers: Headers) -> bytes:
 
 async def send(pool: Pool, req: Request, headers: Headers, timeout: float) -> Attempt:
     """One attempt: the response head within `timeout`, or UpstreamError."""
-    conn = await pool.acquire()
+    conn = pool.take() or await pool.acquire()
     attempt = Attempt(conn)
     conn.send(encode_request(req, headers), attempt, head_only=req.method == "HEAD")
     attempt.timeout = timeout

@@ -364,25 +364,22 @@ class ServerConnection(asyncio.Protocol):
             req = self._pending.popleft()
             self.requests += 1
             ex = self._current = Exchange(self, req)
-            await self._serve(req, ex)
-
-    async def _serve(self, req: Request, ex: Exchange) -> None:
-        try:
-            await self.handler(req, ex)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("handler failed", extra={"path": req.path})
-            if not ex.started:
-                ex.respond(Response.text(500, "internal error"))
-            else:
-                ex.abort()
-            return
-        if not ex.finished:
-            if ex.started:
-                ex.abort()
-            else:
-                ex.respond(Response.text(500, "no response"))
+            try:  # (inline, not a coroutine of its own: one level less to resume per await)
+                await self.handler(req, ex)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("handler failed", extra={"path": req.path})
+                if not ex.started:
+                    ex.respond(Response.text(500, "internal error"))
+                else:
+                    ex.abort()
+                continue
+            if not ex.finished:  # the handler returned without finishing its answer
+                if ex.started:
+                    ex.abort()
+                else:
+                    ex.respond(Response.text(500, "no response"))
 
     def finished(self, ex: Exchange) -> None:
         """The response is written: next request, or close."""

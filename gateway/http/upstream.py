@@ -226,7 +226,8 @@ class Pool:
         """Connections lent out (requests in flight): least-request balancing reads it."""
         self.closed = False
 
-    async def acquire(self) -> UpstreamConnection:
+    def take(self) -> UpstreamConnection | None:
+        """An idle connection, if there is one (no waiting: the common case, kept cheap)."""
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
@@ -235,6 +236,13 @@ class Pool:
                 conn.lent = True
                 return conn
             conn.close()
+        return None
+
+    async def acquire(self) -> UpstreamConnection:
+        """An idle connection, or a new one."""
+        conn = self.take()
+        if conn is not None:
+            return conn
         try:
             async with asyncio.timeout(self.connect_timeout):
                 if self._dial is not None:
