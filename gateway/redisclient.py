@@ -107,6 +107,11 @@ class _Connection(asyncio.Protocol):
                 fut.set_exception(exc)
 
 
+def _ignore(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # retrieved, so asyncio does not log it
+
+
 class Redis:
     def __init__(self, url: str, timeout: float = 0.25) -> None:
         parts = urlsplit(url)
@@ -156,6 +161,24 @@ class Redis:
     async def execute(self, *args: Any) -> Any:
         conn = await self._connection()
         return await self._call(conn, *args)
+
+    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Several commands in one write; their replies in order (the first error raises)."""
+        conn = await self._connection()
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        for cmd, fut in zip(commands, futures, strict=True):
+            conn.send(encode(*cmd), fut)
+        await futures[-1]  # replies come in order: the last one means all are in
+        return [f.result() for f in futures]
+
+    def send_only(self, *args: Any) -> None:
+        """Fire and forget on the current connection (its reply is read and dropped)."""
+        conn = self._conn
+        if conn is not None and not conn.lost:
+            fut = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(_ignore)
+            conn.send(encode(*args), fut)
 
     async def script(self, source: bytes, keys: list[bytes], args: list[Any]) -> Any:
         sha = self._scripts.get(source)

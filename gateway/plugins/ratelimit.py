@@ -5,10 +5,11 @@ refilled at limit/window per second), both in constant memory per key. The
 sliding window counts the current fixed window exactly and adds the previous
 window's count weighted by how much of it the sliding window still covers (as
 Cloudflare and Kong do): no log of timestamps, which at a limit of millions
-would cost millions of entries per key. The Redis
-store runs each decision as one Lua script on Redis's own clock, so every
-gateway process sharing that Redis sees one exact count. The local store
-counts in this process only (each worker has its own; use Redis to share).
+would cost millions of entries per key. In Redis, a window decision is one
+pipelined atomic INCR (plus the previous window's GET) and a bucket decision
+one Lua script on Redis's own clock, so every gateway process sharing that
+Redis sees one exact count. The local store counts in this process only (each
+worker has its own; use Redis to share).
 
 Every answered request carries `RateLimit-Limit`, `RateLimit-Remaining` and
 `RateLimit-Reset` (seconds); a refused one gets 429 with `Retry-After`. When
@@ -101,41 +102,6 @@ class Verdict:
     """Seconds until the quota frees up (the oldest request leaves the window / a token)."""
 
 
-# KEYS[1]: the counter (a hash). ARGV: limit, window (ms). Redis's clock decides.
-# The same arithmetic as `sliding_window` below.
-SLIDING_WINDOW = b"""
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-local h = redis.call('HMGET', KEYS[1], 'start', 'cur', 'prev')
-local start, cur, prev = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0
-local cs = now - (now % window)
-local fresh = start ~= cs
-if fresh then
-  if start == cs - window then prev = cur else prev = 0 end
-  cur = 0
-end
-local into = now - cs
-local weighted = prev * (window - into) / window
-local allowed = 0
-if weighted + cur < limit then
-  allowed = 1
-  if fresh then
-    cur = 1
-    redis.call('HSET', KEYS[1], 'start', cs, 'cur', 1, 'prev', prev)
-    redis.call('PEXPIRE', KEYS[1], window * 2)
-  else
-    cur = redis.call('HINCRBY', KEYS[1], 'cur', 1)
-  end
-end
-local wait = window - into
-if cur < limit and prev > 0 then
-  wait = math.max(0, math.ceil(window * (1 - (limit - cur) / prev)) - into)
-end
-return {allowed, math.max(0, math.floor(limit - weighted - cur)), wait}
-"""
-
-
 # KEYS[1]: the bucket. ARGV: capacity, window (ms). Refill: capacity tokens per window.
 TOKEN_BUCKET = b"""
 local t = redis.call('TIME')
@@ -166,18 +132,22 @@ def sliding_window(
     if start != cs:
         prev = cur if abs(start - (cs - window)) < 1e-9 else 0
         cur = 0
-    into = now - cs
+    verdict = window_verdict(prev, cur, now - cs, limit, window)
+    return (cs, cur + 1 if verdict.allowed else cur, prev), verdict
+
+
+def window_verdict(prev: int, before: int, into: float, limit: int, window: float) -> Verdict:
+    """The sliding window counter's answer for one more request, `into` seconds into the
+    current fixed window, which already counted `before` requests; `prev` is the last one's."""
     weighted = prev * (window - into) / window
-    allowed = weighted + cur < limit
-    if allowed:
-        cur += 1
+    allowed = weighted + before < limit
+    cur = before + 1 if allowed else before
     # When a refused request may come back: the next window if this one is full, else once
     # the previous window's weight has slid down far enough.
     wait = window - into
     if cur < limit and prev > 0:
         wait = max(0.0, window * (1 - (limit - cur) / prev) - into)
-    remaining = max(0, math.floor(limit - weighted - cur))
-    return (cs, cur, prev), Verdict(allowed, remaining, wait)
+    return Verdict(allowed, max(0, math.floor(limit - weighted - cur)), wait)
 
 
 class LocalStore:
@@ -227,13 +197,8 @@ class RedisStore:
         window_ms = max(1, int(config.window * 1000))
         try:
             if config.algorithm == "sliding-window":
-                reply = await self.redis.script(
-                    SLIDING_WINDOW, [key.encode()], [config.limit, window_ms]
-                )
-            else:
-                reply = await self.redis.script(
-                    TOKEN_BUCKET, [key.encode()], [config.limit, window_ms]
-                )
+                return await self._window(key, config.limit, window_ms)
+            reply = await self.redis.script(TOKEN_BUCKET, [key.encode()], [config.limit, window_ms])
         except (RedisUnavailable, RedisReplyError) as exc:
             self.down_until = time.monotonic() + 1.0
             log.warning(  # at most once a second: the backoff above
@@ -243,6 +208,24 @@ class RedisStore:
             raise RedisUnavailable(str(exc)) from exc
         allowed, remaining, reset_ms = (int(x) for x in reply)
         return Verdict(bool(allowed), max(0, remaining), max(0, reset_ms) / 1000)
+
+    async def _window(self, key: str, limit: int, window_ms: int) -> Verdict:
+        """The sliding window counter as one pipelined INCR of this window's count (atomic:
+        concurrent requests get distinct counts, so no more than `limit` pass) and a GET of
+        the previous window's. Windows are named by this host's clock (NTP keeps gateways in
+        step; a skew only blurs the weighting at a boundary). A refused request is counted
+        back out, so only admitted requests use the quota, as in the local store."""
+        now_ms = int(time.time() * 1000)
+        start = now_ms - now_ms % window_ms
+        cur_key, prev_key = f"{key}:{start}".encode(), f"{key}:{start - window_ms}".encode()
+        count, _, prev = await self.redis.pipeline(
+            [(b"INCR", cur_key), (b"PEXPIRE", cur_key, 2 * window_ms), (b"GET", prev_key)]
+        )
+        w = window_ms / 1000
+        verdict = window_verdict(int(prev or 0), int(count) - 1, (now_ms - start) / 1000, limit, w)
+        if not verdict.allowed:
+            self.redis.send_only(b"DECR", cur_key)
+        return verdict
 
 
 class RateLimit(Plugin):
