@@ -715,15 +715,8 @@ def _filters(route: Mapping[str, Any], where: str, matches: tuple[RouteMatch, ..
             found[ftype] = _header_modifier(body, kw)
         elif ftype == "RequestRedirect":
             known_fields(body, {"scheme", "hostname", "port", "path", "statusCode"}, kw)
-            scheme = opt(
-                body,
-                "scheme",
-                kw,
-                lambda v, w2: (
-                    v if v in ("http", "https") else need(False, w2, "must be http or https")
-                ),
-                None,
-            )
+            scheme = string(body, "scheme", kw) or None
+            need(scheme in (None, "http", "https"), f"{kw}.scheme", "must be http or https")
             status = opt(body, "statusCode", kw, lambda v, w2: integer(v, w2, 301, 308), 302)
             need(
                 status in (301, 302, 303, 307, 308),
