@@ -110,12 +110,12 @@ class Gateway:
                 refusal = refusal or answer
             if refusal is not None:
                 return refusal
-        after = plan.after_auth
+        after = plan.after_auth_ordered
         if ctx.consumer is not None:
             own = rt.consumer_plugins.get(ctx.consumer.name)
             if own:
-                after = {**after, **own}
-        for p in sorted(after.values(), key=lambda p: p.phase) if after else ():
+                after = sorted({**plan.after_auth, **own}.values(), key=lambda p: p.phase)
+        for p in after:
             ran.append(p)
             answer = await p.request(ctx)
             if answer is not None:

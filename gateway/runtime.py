@@ -30,6 +30,8 @@ class RoutePlan:
         self.auth = [p for p in ordered if p.authenticates]
         self.after_auth = {p.name: p for p in ordered if p.phase > PHASE_AUTH}
         """By name, so a consumer's own plugin can take the place of the route's."""
+        self.after_auth_ordered = list(self.after_auth.values())
+        """The same, in phase order (`ordered` is sorted already)."""
         self._wrr: dict[int, int] = {}
         self._refs = [r for r in route.backends if r.weight > 0]
 

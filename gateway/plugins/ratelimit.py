@@ -295,5 +295,5 @@ class RateLimit(Plugin):
 
     def response(self, ctx: Context, status: int, headers: Headers) -> None:
         for fields in ctx.scratch.get("ratelimit", ()):
-            for n, v in fields:
-                headers.set(n, v)
+            names = {n for n, _ in fields}
+            headers.items = [(n, v) for n, v in headers.items if n not in names] + fields
