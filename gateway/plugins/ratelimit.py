@@ -35,6 +35,8 @@ from .base import PHASE_RATE_LIMIT, Context, Plugin, Shared
 log = logging.getLogger("gateway.ratelimit")
 
 BY = ("consumer", "ip", "route", "header")
+MAX_REMEMBERED = 100_000
+"""Finished-window counts a process keeps (then it forgets them all and reads them again)."""
 ALGORITHMS = ("sliding-window", "token-bucket")
 
 
@@ -190,6 +192,8 @@ class RedisStore:
     def __init__(self, url: str, timeout: float) -> None:
         self.redis = Redis(url, timeout)
         self.down_until = 0.0
+        self._finished: dict[str, tuple[int, int]] = {}
+        """Per key: the last finished window's start (ms) and its final count."""
 
     async def decide(self, key: str, config: RateLimitConfig) -> Verdict:
         if time.monotonic() < self.down_until:
@@ -214,15 +218,29 @@ class RedisStore:
         concurrent requests get distinct counts, so no more than `limit` pass) and a GET of
         the previous window's. Windows are named by this host's clock (NTP keeps gateways in
         step; a skew only blurs the weighting at a boundary). A refused request is counted
-        back out, so only admitted requests use the quota, as in the local store."""
+        back out, so only admitted requests use the quota, as in the local store.
+
+        A finished window's count no longer changes, so each process reads it once and
+        remembers it: the usual decision is a single INCR."""
         now_ms = int(time.time() * 1000)
         start = now_ms - now_ms % window_ms
-        cur_key, prev_key = f"{key}:{start}".encode(), f"{key}:{start - window_ms}".encode()
-        count, _, prev = await self.redis.pipeline(
-            [(b"INCR", cur_key), (b"PEXPIRE", cur_key, 2 * window_ms), (b"GET", prev_key)]
-        )
+        cur_key = f"{key}:{start}".encode()
+        known = self._finished.get(key)
+        if known is not None and known[0] == start - window_ms:
+            prev = known[1]
+            count = await self.redis.execute(b"INCR", cur_key)
+        else:
+            count, got = await self.redis.pipeline(
+                [(b"INCR", cur_key), (b"GET", f"{key}:{start - window_ms}".encode())]
+            )
+            prev = int(got or 0)
+            if len(self._finished) >= MAX_REMEMBERED:
+                self._finished.clear()
+            self._finished[key] = (start - window_ms, prev)
+        if count == 1:  # this request opened the window's counter: give it an expiry
+            self.redis.send_only(b"PEXPIRE", cur_key, 2 * window_ms)
         w = window_ms / 1000
-        verdict = window_verdict(int(prev or 0), int(count) - 1, (now_ms - start) / 1000, limit, w)
+        verdict = window_verdict(prev, int(count) - 1, (now_ms - start) / 1000, limit, w)
         if not verdict.allowed:
             self.redis.send_only(b"DECR", cur_key)
         return verdict
