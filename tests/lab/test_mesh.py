@@ -354,6 +354,7 @@ import socket, sys, time
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
 ok = 0
 end = time.time() + float(sys.argv[3])
+last, gap = time.time(), 0.0
 while time.time() < end:
     s.sendall(b"ping %d\\n" % ok)
     got = b""
@@ -364,8 +365,9 @@ while time.time() < end:
         got += chunk
     assert got == b"ping %d\\n" % ok, got
     ok += 1
+    gap, last = max(gap, time.time() - last), time.time()
     time.sleep(0.2)
-print(ok)
+print(ok, gap)
 """
 
 NEW_CONNECTIONS = """
@@ -421,7 +423,10 @@ def test_certificates_renew_at_half_life_under_live_traffic(make_lab):
         time.sleep(0.3)
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
-    assert int(out) >= 40, "one connection carried echoes for the whole run"
+    # One connection carried echoes for the whole run, never stalled by a renewal (a count
+    # alone would measure how busy the machine is: a loaded CI run got 39 of ~48 in 10 s).
+    count, gap = out.split()
+    assert int(count) >= 20 and float(gap) < 2.0, out
     assert len(seen - {None}) >= 3, f"renewed at least twice at half-life of 6 s: {seen}"
     new = lab.exec("client", ["python3", "-c", SEND_MARKER, tcp, "9000", "after"], namespace="mesh")
     assert new.stdout.strip() == "after", "new connections use the renewed certificate"
