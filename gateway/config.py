@@ -12,7 +12,8 @@ Shape (names as in the Gateway API where it has them):
     workers: 2
     listeners: [{name, address: 0.0.0.0:8080, tls: {certificates: [{hosts, cert, key}]},
                  limits: {maxBody, maxHeaderBytes, maxHeaders, maxUri, headerTimeout, idleTimeout}}]
-    backends: [{name, endpoints: [URL | {url, weight}], loadBalancer: round-robin |
+    backends: [{name, endpoints: [URL | {url, weight, identity}] | service: {namespace, name,
+                port}, loadBalancer: round-robin |
                 least-request | {hash: {header: NAME} | {cookie: NAME}}, connectTimeout,
                 healthCheck: {active: {...}, passive: {...}}}]
     consumers: [{name, groups, apiKeys, jwtSubjects, plugins}]
