@@ -159,12 +159,18 @@ class Redis:
         return await fut
 
     async def execute(self, *args: Any) -> Any:
-        conn = await self._connection()
-        return await self._call(conn, *args)
+        conn = self._conn
+        if conn is None or conn.lost:  # (the usual case skips two coroutine levels)
+            conn = await self._connection()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        conn.send(encode(*args), fut)
+        return await fut
 
     async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Several commands in one write; their replies in order (the first error raises)."""
-        conn = await self._connection()
+        conn = self._conn
+        if conn is None or conn.lost:
+            conn = await self._connection()
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
         for cmd, fut in zip(commands, futures, strict=True):
