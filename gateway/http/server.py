@@ -330,13 +330,8 @@ class ServerConnection(asyncio.Protocol):
         self._deadline, self._waiting_for = 0.0, ""
         # Keep reading while a request is served (pausing and resuming per request is costly),
         # up to PIPELINE_DEPTH queued requests; after an upgrade the bytes are the new protocol's.
-        if (
-            (req.upgrade or len(self._pending) >= PIPELINE_DEPTH)
-            and not self._reading_paused
-            and self.transport is not None
-        ):
-            self._reading_paused = True
-            self.transport.pause_reading()
+        if req.upgrade or len(self._pending) >= PIPELINE_DEPTH:
+            self._pause_reading()
         if self._current is None:
             self._next()
 
@@ -395,9 +390,7 @@ class ServerConnection(asyncio.Protocol):
             return
         if not self._waiting_for:  # (not already timing the next request's head or body)
             self._arm(self.limits.idle_timeout, "idle")
-        if self._reading_paused and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        self._resume_reading()
 
     def upgraded(self, on_data: Callable[[bytes], None], on_close: Callable[[], None]) -> None:
         self._raw = (on_data, on_close)
@@ -405,16 +398,14 @@ class ServerConnection(asyncio.Protocol):
         rest = getattr(self, "_upgrade_rest", b"")
         if rest:
             on_data(rest)
-        if self._reading_paused and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        self._resume_reading()
 
-    def pause_raw(self) -> None:
+    def _pause_reading(self) -> None:
         if self.transport is not None and not self._reading_paused:
             self._reading_paused = True
             self.transport.pause_reading()
 
-    def resume_raw(self) -> None:
+    def _resume_reading(self) -> None:
         if self.transport is not None and self._reading_paused:
             self._reading_paused = False
             self.transport.resume_reading()
