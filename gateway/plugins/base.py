@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import Consumer
 from ..http.message import Headers, Request, Response
+
+S = TypeVar("S")
 
 # Order of the request hooks; response hooks run in reverse.
 PHASE_CORS = 10
@@ -78,6 +80,13 @@ class Shared:
     by_subject: Mapping[str, Consumer] = field(default_factory=dict)
     services: dict[str, Any] = field(default_factory=dict)
     """Long-lived helpers shared across reloads (Redis clients, JWKS caches), by key."""
+
+    def service(self, key: str, kind: type[S], make: Callable[[], S]) -> S:
+        """The shared `kind` under `key`, made on first use (and kept across reloads)."""
+        found = self.services.get(key)
+        if not isinstance(found, kind):
+            found = self.services[key] = make()
+        return found
 
     @classmethod
     def of(cls, consumers: tuple[Consumer, ...], services: dict[str, Any]) -> Shared:

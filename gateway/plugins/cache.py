@@ -184,11 +184,7 @@ class Cache(Plugin):
 
     def __init__(self, config: CacheConfig, shared: Shared, scope: str) -> None:
         self.config = config
-        key = f"cache:{scope}"
-        store = shared.services.get(key)
-        if not isinstance(store, Store):
-            store = shared.services[key] = Store()
-        self.store = store
+        self.store = shared.service(f"cache:{scope}", Store, Store)
 
     def key(self, ctx: Context) -> str:
         req = ctx.request

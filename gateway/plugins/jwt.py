@@ -279,11 +279,8 @@ class Jwt(Plugin):
         self.config = config
         self.subjects = shared.by_subject
         key = f"jwks:{config.jwks_url or config.jwks_file}"
-        jwks = shared.services.get(key)
-        if not isinstance(jwks, Jwks):
-            jwks = shared.services[key] = Jwks(config)
-        self.jwks = jwks
-        jwks.start()
+        self.jwks = shared.service(key, Jwks, lambda: Jwks(config))
+        self.jwks.start()
 
     async def request(self, ctx: Context) -> Response | None:
         raw = ctx.request.headers.get(self.config.header)

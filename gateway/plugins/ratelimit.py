@@ -254,15 +254,15 @@ class RateLimit(Plugin):
         self.config = config
         self.scope = scope
         """What this instance limits: global, route:<name> or consumer:<name>."""
-        skey = f"ratelimit:{config.redis_url}" if config.store == "redis" else "ratelimit:local"
-        store = shared.services.get(skey)
-        if store is None:
-            store = shared.services[skey] = (
-                RedisStore(config.redis_url, config.redis_timeout)
-                if config.store == "redis"
-                else LocalStore()
+        self.store: RedisStore | LocalStore
+        if config.store == "redis":
+            self.store = shared.service(
+                f"ratelimit:{config.redis_url}",
+                RedisStore,
+                lambda: RedisStore(config.redis_url, config.redis_timeout),
             )
-        self.store = store
+        else:
+            self.store = shared.service("ratelimit:local", LocalStore, LocalStore)
 
     def key(self, ctx: Context) -> str | None:
         c = self.config
