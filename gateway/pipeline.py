@@ -84,6 +84,7 @@ class Gateway:
         if f.response_headers is not None:
             modify_headers(headers, f.response_headers)
         self._hooks_on(ctx, ran, attempt.status, headers)
+        headers.set(rid_name, req.id.encode())
         done = attempt.pipe(ex, headers, _one_tap(ctx.taps))
         if done is not None:
             await done
@@ -123,10 +124,9 @@ class Gateway:
         return None
 
     def _hooks_on(self, ctx: Context, ran: list[Plugin], status: int, headers: Headers) -> None:
-        """The plugins' response hooks, last to run first; then the request id."""
+        """The plugins' response hooks, last to run first."""
         for p in reversed(ran):
             p.response(ctx, status, headers)
-        headers.set(self.runtime.config.request_id_header, ctx.request.id.encode())
 
     def _rewrite(self, req: Request, cand: Candidate, up: Headers) -> None:
         f = cand.route.filters
