@@ -127,7 +127,3 @@ class Router:
                 if matches(c.match, req):
                     return c
         return None
-
-    def host_known(self, host: str) -> bool:
-        """Some route serves this host (else the gateway answers 404 for the host)."""
-        return bool(self.anyhost) or len(self.candidates(host)) > 1

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import httptools
 
@@ -459,8 +459,3 @@ def _valid_host(host: bytes, may_be_absent: bool) -> bool:
     if not host:
         return may_be_absent
     return len(host) <= 255 and not _HOST_BAD.search(host)
-
-
-def server_factory(handler: Handler, limits: Limits, scheme: str = "http") -> Any:
-    sweeper = Sweeper()
-    return lambda: ServerConnection(handler, limits, scheme=scheme, sweeper=sweeper)
