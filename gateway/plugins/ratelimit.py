@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.state.fields import known_fields, mapping, need, string
 
@@ -38,6 +38,7 @@ BY = ("consumer", "ip", "route", "header")
 MAX_REMEMBERED = 100_000
 """Finished-window counts a process keeps (then it forgets them all and reads them again)."""
 ALGORITHMS = ("sliding-window", "token-bucket")
+_HEADERS = frozenset({b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset"})
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,7 @@ def parse(cfg: dict[str, Any], where: str) -> RateLimitConfig:
     )
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):  # (a tuple: made once per request, a frozen dataclass costs more)
     allowed: bool
     remaining: int
     reset: float
@@ -254,6 +254,8 @@ class RateLimit(Plugin):
         self.config = config
         self.scope = scope
         """What this instance limits: global, route:<name> or consumer:<name>."""
+        self._prefix = f"rl:{scope}:{config.by}:{config.algorithm}:"
+        self._limit = b"%d" % config.limit
         self.store: RedisStore | LocalStore
         if config.store == "redis":
             self.store = shared.service(
@@ -278,7 +280,7 @@ class RateLimit(Plugin):
             if raw is None:
                 return None  # nothing to count by: not limited
             who = raw.decode("latin-1")
-        return f"rl:{self.scope}:{c.by}:{c.algorithm}:{who}"
+        return self._prefix + who
 
     async def request(self, ctx: Context) -> Response | None:
         key = self.key(ctx)
@@ -298,7 +300,7 @@ class RateLimit(Plugin):
                 return None
             return Response.text(503, "rate limiter unavailable")
         headers = [
-            (b"ratelimit-limit", b"%d" % c.limit),
+            (b"ratelimit-limit", self._limit),
             (b"ratelimit-remaining", b"%d" % verdict.remaining),
             (b"ratelimit-reset", b"%d" % math.ceil(verdict.reset)),
         ]
@@ -313,5 +315,6 @@ class RateLimit(Plugin):
 
     def response(self, ctx: Context, status: int, headers: Headers) -> None:
         for fields in ctx.scratch.get("ratelimit", ()):
-            names = {n for n, _ in fields}
-            headers.items = [(n, v) for n, v in headers.items if n not in names] + fields
+            if any(n in _HEADERS for n, _ in headers.items):  # (the upstream's, or a limit's)
+                headers.items = [(n, v) for n, v in headers.items if n not in _HEADERS]
+            headers.items += fields
