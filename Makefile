@@ -10,6 +10,7 @@ BIN := $(VENV)/bin
 
 setup:
 	@./scripts/setup.sh
+	@./scripts/compile.sh
 
 demo: setup
 	$(BIN)/slipstream demo
@@ -33,4 +34,5 @@ bench: setup
 
 clean:
 	-$(BIN)/slipstream lab down --all
+	SLIPSTREAM_INTERPRETED=1 ./scripts/compile.sh
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
