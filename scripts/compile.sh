@@ -46,8 +46,6 @@ if [ -z "$stale" ]; then
 fi
 say "compiling the gateway's request path with mypyc:$stale"
 clean
-mkdir -p build
-# shellcheck disable=SC2086
 # mypyc builds through setuptools, which would read our pyproject.toml: build from a
 # stage that links the packages (the .so files land next to their sources).
 STAGE=build/stage
@@ -65,8 +63,7 @@ if ! (cd "$STAGE" && "$ROOT/$VENV/bin/mypyc" $MODULES) > "$LOG" 2>&1; then
 fi
 rm -f "$LOG"
 # The modules share one runtime library, imported by a top-level name: it goes where
-# the virtualenv finds it.
-# (only ours: mypy itself ships such a library there)
+# the virtualenv finds it (replacing only our own: mypy ships such a library there too).
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
 OURS="$VENV/.slipstream-runtime"
 if [ -e "$OURS" ]; then rm -f "$SITE/$(cat "$OURS")"; fi
