@@ -11,7 +11,7 @@ action decides what that means.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,22 +149,28 @@ def parse_authorization_policy(
     )
 
 
+def _wrapped(raw: Any, key: str, inner: str, path: str) -> Iterator[tuple[Any, str]]:
+    """The `key: [{inner: {...}}]` lists of a rule: each inner mapping with where it is
+    (one at a time, so errors come in the order of the file)."""
+    for i, item in enumerate(listing(raw, key, path)):
+        where = f"{path}.{key}[{i}]"
+        need(isinstance(item, dict), where, f"must be a mapping with {_a(inner)} {inner}")
+        known_fields(item, {inner}, where)
+        yield mapping(item, inner, where), f"{where}.{inner}"
+
+
+def _a(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def _rule(raw: Any, path: str) -> Rule:
     need(isinstance(raw, dict), path, "must be a mapping with from, to and when")
     known_fields(raw, {"from", "to", "when"}, path)
     l7: list[str] = []
-    sources = []
-    for i, item in enumerate(listing(raw, "from", path)):
-        where = f"{path}.from[{i}]"
-        need(isinstance(item, dict), where, "must be a mapping with a source")
-        known_fields(item, {"source"}, where)
-        sources.append(_source(mapping(item, "source", where), f"{where}.source", l7))
-    operations = []
-    for i, item in enumerate(listing(raw, "to", path)):
-        where = f"{path}.to[{i}]"
-        need(isinstance(item, dict), where, "must be a mapping with an operation")
-        known_fields(item, {"operation"}, where)
-        operations.append(_operation(mapping(item, "operation", where), f"{where}.operation", l7))
+    sources = [_source(body, where, l7) for body, where in _wrapped(raw, "from", "source", path)]
+    operations = [
+        _operation(body, where, l7) for body, where in _wrapped(raw, "to", "operation", path)
+    ]
     conditions = []
     for i, item in enumerate(listing(raw, "when", path)):
         cond = _condition(item, f"{path}.when[{i}]", l7)
