@@ -6,7 +6,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint unit bench clean
+.PHONY: setup demo test lint unit bench fuzz clean
 
 setup:
 	@./scripts/setup.sh
@@ -31,6 +31,13 @@ unit: setup
 # BENCH_DURATION (s per measurement) and BENCH_ROUNDS tune the run.
 bench: setup
 	$(BIN)/python -m tests.bench $(BENCH)
+
+# Coverage-guided fuzzing (atheris) of every target in tests/fuzz, FUZZ_SECONDS each; not in CI.
+# FUZZ=name for one target. Findings land in build/fuzz/<target>/.
+FUZZ_SECONDS ?= 120
+fuzz: setup
+	$(BIN)/pip install -q -e '.[dev,fuzz]'
+	$(BIN)/python -m tests.fuzz --seconds $(FUZZ_SECONDS) $(FUZZ)
 
 clean:
 	-$(BIN)/slipstream lab down --all
