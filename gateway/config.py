@@ -11,7 +11,9 @@ Shape (names as in the Gateway API where it has them):
     admin: {address: 127.0.0.1:9901}
     workers: 2
     listeners: [{name, address: 0.0.0.0:8080, tls: {certificates: [{hosts, cert, key}]},
-                 limits: {maxBody, maxHeaderBytes, maxHeaders, maxUri, headerTimeout, idleTimeout}}]
+                 limits: {maxBody, maxHeaderBytes, maxHeaders, maxUri, headerTimeout, idleTimeout},
+                 http: {mergeSlashes: true, escapedSlashes: reject | keep | decode,
+                        headersWithUnderscores: drop | reject | allow}}]
     backends: [{name, endpoints: [URL | {url, weight, identity}] | service: {namespace, name,
                 port}, loadBalancer: round-robin |
                 least-request | {hash: {header: NAME} | {cookie: NAME}}, connectTimeout,
@@ -20,7 +22,7 @@ Shape (names as in the Gateway API where it has them):
     plugins: [{name, config}]                      # global scope
     routes: [{name, hostnames, matches: [{path: {type, value}, method, headers, queryParams}],
               filters: [...], backendRefs: [{name, weight}], timeouts: {request, backendRequest},
-              retry: {attempts, on, methods}, plugins: [...]}]
+              retry: {attempts, on, methods}, upgrades: [websocket], plugins: [...]}]
     accessLog: {format: json | text}
     requestId: {header: x-request-id, trustIncoming: true}
 """
@@ -39,8 +41,10 @@ from agent.manifest import load_file
 from agent.state.fields import known_fields, listing, mapping, need, string, strings
 
 from .errors import ConfigError
+from .http.head import UNDERSCORE_ACTIONS, HeadRules
 from .http.server import Limits
 from .http.upstream import Endpoint
+from .http.uri import ESCAPED_SLASHES, PathRules
 
 # ---------------------------------------------------------------- readers
 
@@ -145,6 +149,8 @@ class ListenerSpec:
     port: int
     tls: tuple[TlsCertificate, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    rules: HeadRules = field(default_factory=HeadRules)
+    """How request targets and heads are normalized (see gateway/http/head.py, uri.py)."""
 
 
 @dataclass(frozen=True)
@@ -309,6 +315,9 @@ class RouteSpec:
     plugins: tuple[PluginSpec, ...] = ()
     order: int = 0
     """Position among all routes: breaks precedence ties (older first, as in Gateway API)."""
+    upgrades: frozenset[str] = frozenset({"websocket"})
+    """Protocols a request may switch to on this route; any other Upgrade is not forwarded
+    (the request is answered as plain HTTP and its connection closed)."""
 
 
 @dataclass(frozen=True)
@@ -410,10 +419,11 @@ def _check_listeners(listeners: tuple[ListenerSpec, ...]) -> None:
 
 
 def _listener(item: Mapping[str, Any], where: str) -> ListenerSpec:
-    known_fields(item, {"name", "address", "tls", "limits"}, where)
+    known_fields(item, {"name", "address", "tls", "limits", "http"}, where)
     host, port = address(item.get("address", 8080), f"{where}.address")
     tls = mapping(item, "tls", where)
     known_fields(tls, {"certificates"}, f"{where}.tls")
+    rules = _head_rules(mapping(item, "http", where), f"{where}.http")
     certs = []
     for cwhere, c in entries(tls, "certificates", f"{where}.tls"):
         known_fields(c, {"hosts", "cert", "key"}, cwhere)
@@ -446,7 +456,26 @@ def _listener(item: Mapping[str, Any], where: str) -> ListenerSpec:
         header_timeout=opt(lim, "headerTimeout", lw, duration, d.header_timeout),
         idle_timeout=opt(lim, "idleTimeout", lw, duration, d.idle_timeout),
     )
-    return ListenerSpec(name_of(item, where), host, port, tuple(certs), limits)
+    return ListenerSpec(name_of(item, where), host, port, tuple(certs), limits, rules)
+
+
+def _head_rules(obj: Mapping[str, Any], where: str) -> HeadRules:
+    known_fields(obj, {"mergeSlashes", "escapedSlashes", "headersWithUnderscores"}, where)
+    escaped = string(obj, "escapedSlashes", where, default="reject")
+    need(
+        escaped in ESCAPED_SLASHES,
+        f"{where}.escapedSlashes",
+        f"{escaped!r} is not one of {', '.join(ESCAPED_SLASHES)}",
+    )
+    underscores = string(obj, "headersWithUnderscores", where, default="drop")
+    need(
+        underscores in UNDERSCORE_ACTIONS,
+        f"{where}.headersWithUnderscores",
+        f"{underscores!r} is not one of {', '.join(UNDERSCORE_ACTIONS)}",
+    )
+    return HeadRules(
+        PathRules(opt(obj, "mergeSlashes", where, boolean, True), escaped), underscores
+    )
 
 
 _HOSTNAME = re.compile(
@@ -791,10 +820,27 @@ def _route(
 ) -> RouteSpec:
     known_fields(
         item,
-        {"name", "hostnames", "matches", "filters", "backendRefs", "timeouts", "retry", "plugins"},
+        {
+            "name",
+            "hostnames",
+            "matches",
+            "filters",
+            "backendRefs",
+            "timeouts",
+            "retry",
+            "plugins",
+            "upgrades",
+        },
         where,
     )
     hostnames = strings(item, "hostnames", where)
+    upgrades = strings(item, "upgrades", where) if "upgrades" in item else ("websocket",)
+    for i, u in enumerate(upgrades):
+        need(
+            u.lower() == "websocket",
+            f"{where}.upgrades[{i}]",
+            f"{u!r} cannot be passed through (only websocket)",
+        )
     for i, h in enumerate(hostnames):
         need(_valid_hostname(h.lower()), f"{where}.hostnames[{i}]", f"{h!r} is not a host name")
     matches = tuple(_match(m, w) for w, m in entries(item, "matches", where)) or (RouteMatch(),)
@@ -839,6 +885,7 @@ def _route(
         retry=_retry(mapping(item, "retry", where), f"{where}.retry"),
         plugins=_plugins(item, "plugins", where, scope="route"),
         order=order,
+        upgrades=frozenset(u.lower() for u in upgrades),
     )
 
 

@@ -34,11 +34,11 @@ def new_path(path: str, matched: PathMatch, mod: PathModifier) -> str:
 
 def redirect(req: Request, matched: PathMatch, r: Redirect) -> Response:
     scheme = r.scheme or req.scheme
-    raw_host = (req.headers.get(b"host") or b"").decode("latin-1")
+    authority = req.authority.decode("latin-1")  # (normalized: no default port)
     host = r.hostname or req.host
     port: int | None = r.port
-    if port is None and r.scheme is None and ":" in raw_host and not raw_host.endswith("]"):
-        port = int(raw_host.rpartition(":")[2] or 0) or None
+    if port is None and r.scheme is None and ":" in authority and not authority.endswith("]"):
+        port = int(authority.rpartition(":")[2] or 0) or None
     if port is not None and (scheme, port) in (("http", 80), ("https", 443)):
         port = None
     path = new_path(req.path, matched, r.path) if r.path is not None else req.path

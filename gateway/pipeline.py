@@ -8,6 +8,14 @@ A plugin may answer at its step (401, 403, 429, a cache hit, a preflight);
 the response hooks of the plugins that ran still see that answer. Errors of
 the gateway's own are plain text with a request id: 404 no route, 502 the
 upstream failed, 503 no healthy endpoint, 504 the upstream was too slow.
+
+The request arrives normalized (http/head.py): its path and Host are what the
+route matched and what goes upstream. Fields a client could use to make an
+upstream serve another URL or method than the one routed (X-Original-URL,
+X-HTTP-Method-Override, Forwarded, X-Forwarded-Host...: CLIENT_CANNOT_SET) are
+removed before routing; the gateway sets X-Forwarded-For/Proto/Host itself. An
+Upgrade passes only if the route allows that protocol, as a valid handshake
+(RFC 6455 §4.2.1 for WebSocket), and only a 101 that switches to it is relayed.
 """
 
 from __future__ import annotations
@@ -35,6 +43,28 @@ log = logging.getLogger("gateway")
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
+CLIENT_CANNOT_SET = frozenset(
+    {
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-override-url",
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
+        b"forwarded",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",
+        b"x-forwarded-server",
+        b"x-forwarded-scheme",
+        b"x-host",
+        b"x-original-host",
+    }
+)
+"""Request fields upstream frameworks (Symfony, IIS, Spring, Rails, Express...) may read as
+the URL, host or method to serve: removed, so the upstream serves what was routed."""
+
 
 class Gateway:
     """The handler every listener of a worker serves; `runtime` is swapped on reload."""
@@ -53,6 +83,14 @@ class Gateway:
             req.id = incoming.decode()
         else:
             req.id = f"{random.getrandbits(96):024x}"  # no syscall per request
+        h = req.headers
+        for n, _ in h.items:
+            if n in CLIENT_CANNOT_SET:
+                h.items = [(n, v) for n, v in h.items if n not in CLIENT_CANNOT_SET]
+                break
+        if req.path == "*":  # OPTIONS * asks about the server, not a resource: we answer it
+            self._finish(req, ex, Response(200, Headers([(b"allow", _ALLOW)])), "", None)
+            return
         cand = rt.router.route(req)
         if cand is None:
             self._finish(
@@ -60,6 +98,11 @@ class Gateway:
             )
             return
         route = cand.route
+        if req.upgrade:
+            refusal = _upgrade(req, route.upgrades)
+            if refusal is not None:
+                self._finish(req, ex, refusal, route.name, None)
+                return
         plan = rt.plans[route.name]
         ctx = Context(req, route.name)
         up = ctx.upstream_headers = req.headers.copy()
@@ -79,6 +122,12 @@ class Gateway:
             self._finish(req, ex, attempt_or_error, route.name, ctx)
             return
         attempt, upstream = attempt_or_error
+        if attempt.status == 101 and not _switches_to(attempt.headers, req.upgrade):
+            attempt.discard()
+            answer = Response.text(502, "the upstream switched protocols unasked")
+            self._hooks_on(ctx, ran, answer.status, answer.headers)
+            self._finish(req, ex, answer, route.name, ctx)
+            return
         self.metrics.upstream_time(route.name, time.monotonic() - req.received)
         headers = attempt.headers
         if f.response_headers is not None:
@@ -141,12 +190,11 @@ class Gateway:
         rid = self.runtime.config.request_id_header
         client = req.client[0].encode()
         chain = b", ".join([*up.get_all(b"x-forwarded-for"), client])
-        host = req.headers.get(b"host")
         items = [(n, v) for n, v in up.items if n not in _FORWARDED and n != rid]
         items.append((b"x-forwarded-for", chain))
         items.append((b"x-forwarded-proto", req.scheme.encode()))
-        if host is not None:
-            items.append((b"x-forwarded-host", host))
+        if req.authority:
+            items.append((b"x-forwarded-host", req.authority))
         items.append((rid, req.id.encode()))
         up.items = items
 
@@ -238,6 +286,38 @@ class Gateway:
                 **notes,
             }
         )
+
+
+_ALLOW = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
+_WEBSOCKET_KEY = re.compile(rb"^[A-Za-z0-9+/]{22}==$")
+"""16 random bytes in base64 (RFC 6455 §4.1)."""
+
+
+def _upgrade(req: Request, allowed: frozenset[str]) -> Response | None:
+    """Decide an upgrade request: keep `req.upgrade` if the route allows it and the handshake
+    is valid (a refusal otherwise), or clear it (the request is served as plain HTTP; the
+    connection ends after it)."""
+    if req.upgrade not in allowed:
+        req.upgrade = ""
+        return None
+    h = req.headers
+    if (
+        req.method != "GET"
+        or req.version != "1.1"
+        or req.body
+        or not _WEBSOCKET_KEY.match(h.get(b"sec-websocket-key") or b"")
+        or h.get(b"sec-websocket-version") != b"13"
+        or len(h.get_all(b"sec-websocket-key")) != 1
+    ):
+        return Response.text(400, "invalid WebSocket handshake")
+    return None
+
+
+def _switches_to(headers: Headers, protocol: str) -> bool:
+    """A 101 is relayed only when it switches to the protocol this request asked for."""
+    if not protocol:
+        return False
+    return headers.tokens(b"upgrade") == {protocol.encode("latin-1")}
 
 
 def _one_tap(taps: list[Callable[[bytes | None], None]]) -> Callable[[bytes | None], None] | None:

@@ -175,10 +175,11 @@ class Worker:
 
         def factory() -> ServerConnection:
             current = self.listeners.get(spec.name)
-            limits = current.spec.limits if current else spec.limits
+            live = current.spec if current else spec  # (the spec is replaced on reload)
             return ServerConnection(
                 gateway.handle,
-                limits,
+                live.limits,
+                rules=live.rules,
                 scheme=scheme,
                 sweeper=self.sweeper,
                 on_close=self.connections.discard,

@@ -12,7 +12,7 @@ STAMP=build/.compiled
 
 # The modules every request runs through (engine, pipeline, plugins, Redis client).
 MODULES="gateway/http/message.py gateway/http/server.py gateway/http/upstream.py
-gateway/http/proxy.py gateway/http/deadlines.py gateway/pipeline.py
+gateway/http/proxy.py gateway/http/deadlines.py gateway/http/uri.py gateway/http/head.py gateway/pipeline.py
 gateway/routing.py gateway/filters.py gateway/backends.py gateway/runtime.py
 gateway/metrics.py gateway/redisclient.py gateway/plugins/base.py
 gateway/plugins/keyauth.py gateway/plugins/jwt.py gateway/plugins/acl.py

@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import Iterable, Iterator
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 REASONS = {
     100: b"Continue",
@@ -42,6 +42,7 @@ REASONS = {
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
 
 HOP_BY_HOP = frozenset(
@@ -118,15 +119,17 @@ class Headers:
 
 
 class Request:
-    """One request as the gateway received it, plus what the pipeline learned about it."""
+    """One request as the gateway received it (normalized, see head.py), plus what the pipeline
+    learned about it."""
 
     __slots__ = (
-        "_host",
         "_query",
+        "authority",
         "body",
         "client",
         "consumer",
         "headers",
+        "host",
         "id",
         "keep_alive",
         "method",
@@ -143,7 +146,8 @@ class Request:
     def __init__(
         self,
         method: str,
-        target: bytes,
+        path: str,
+        query: str,
         headers: Headers,
         body: bytes = b"",
         *,
@@ -152,14 +156,15 @@ class Request:
         scheme: str = "http",
         sni: str | None = None,
         keep_alive: bool = True,
-        upgrade: bool = False,
+        upgrade: str = "",
+        authority: bytes = b"",
+        host: str = "",
     ) -> None:
         self.method = method
-        path, _, query = target.partition(b"?")
-        self.path = path.decode("latin-1")
-        self.query_string = query.decode("latin-1")
+        self.path = path
+        """Normalized (uri.py); what routing matched and what is forwarded."""
+        self.query_string = query
         self._query: list[tuple[str, str]] | None = None
-        self._host: str | None = None
         self.headers = headers
         self.body = body
         self.version = version
@@ -168,6 +173,12 @@ class Request:
         self.sni = sni
         self.keep_alive = keep_alive
         self.upgrade = upgrade
+        """The protocol the client asked to switch to (lower case), '' for none; the pipeline
+        clears it when the route does not allow it."""
+        self.authority = authority
+        """The Host, normalized: lower case, no trailing dot, no default port (b'' if none)."""
+        self.host = host
+        """The authority without its port: what routes match."""
         self.id = ""
         self.route: object = None
         """The matched route (a routing.Route), once routed."""
@@ -181,22 +192,13 @@ class Request:
         return t + b"?" + self.query_string.encode("latin-1") if self.query_string else t
 
     @property
-    def host(self) -> str:
-        """The Host header without port, lower-case ('' when absent); read once."""
-        if self._host is None:
-            host = (self.headers.get(b"host") or b"").decode("latin-1").lower()
-            if host.startswith("["):
-                host = host.partition("]")[0] + "]"
-            elif ":" in host:
-                host = host.rpartition(":")[0]
-            self._host = host
-        return self._host
-
-    @property
     def query(self) -> list[tuple[str, str]]:
         if self._query is None:
             self._query = parse_qsl(self.query_string, keep_blank_values=True)
         return self._query
+
+    def query_values(self, name: str) -> list[str]:
+        return [v for k, v in self.query if k == name]
 
     def query_value(self, name: str) -> str | None:
         for k, v in self.query:
@@ -205,8 +207,6 @@ class Request:
         return None
 
     def set_query(self, pairs: list[tuple[str, str]]) -> None:
-        from urllib.parse import urlencode
-
         self._query = pairs
         self.query_string = urlencode(pairs)
 

@@ -175,18 +175,22 @@ def _length(headers: Headers) -> int | None:
     return length
 
 
-def encode_request(req: Request, headers: Headers) -> bytes:
-    """The request as sent upstream: hop-by-hop fields dropped (kept for an upgrade), the body
-    framed by Content-Length (it is buffered whole)."""
+def encode_request(req: Request, headers: Headers, default_host: bytes) -> bytes:
+    """The request as sent upstream: hop-by-hop fields dropped, a Host always (an HTTP/1.0
+    client may have sent none: the endpoint's own address then), the body framed by
+    Content-Length (it is buffered whole), and the upgrade the route allowed, if any."""
     out = [req.method.encode() + b" " + req.target + b" HTTP/1.1\r\n"]
+    host = False
     for n, v in headers.items:
         if n in HOP_BY_HOP or n == b"content-length":
             continue
+        if n == b"host":
+            host = True
         out.append(n + b": " + v + b"\r\n")
+    if not host:
+        out.append(b"host: " + default_host + b"\r\n")
     if req.upgrade:
-        out.append(b"connection: upgrade\r\n")
-        for v in req.headers.get_all(b"upgrade"):
-            out.append(b"upgrade: " + v + b"\r\n")
+        out.append(b"connection: upgrade\r\nupgrade: " + req.upgrade.encode("latin-1") + b"\r\n")
     if req.body or req.method in ("POST", "PUT", "PATCH"):
         out.append(b"content-length: %d\r\n" % len(req.body))
     out.append(b"\r\n")
@@ -199,7 +203,8 @@ async def send(pool: Pool, req: Request, headers: Headers, timeout: float) -> At
     """One attempt: the response head within `timeout`, or UpstreamError."""
     conn = pool.take() or await pool.acquire()
     attempt = Attempt(conn)
-    conn.send(encode_request(req, headers), attempt, head_only=req.method == "HEAD")
+    data = encode_request(req, headers, str(pool.endpoint).encode())
+    conn.send(data, attempt, head_only=req.method == "HEAD", upgrade=bool(req.upgrade))
     attempt.timeout = timeout
     attempt.deadline = time.monotonic() + timeout
     HEAD_DEADLINES.add(attempt)

@@ -1,20 +1,28 @@
 """The client side of the engine: an HTTP/1.1 server connection (asyncio protocol on httptools).
 
 One `ServerConnection` per client connection. It parses requests (llhttp via
-httptools), enforces the listener's limits (URI, header count and size, body
-size, time to send the headers: slow clients get 408), and hands each
-complete request to the handler with an `Exchange` that writes the response:
-whole, or head then streamed body with the client's backpressure passed on.
-Requests on one connection are answered in order; reading pauses while one
-is being answered. An `Upgrade` request (WebSocket) can be switched to raw
-bytes once the handler has the upstream's 101.
+httptools), normalizes and checks each head (head.py), enforces the listener's
+limits, and hands each complete request to the handler with an `Exchange` that
+writes the response: whole, or head then streamed body with the client's
+backpressure passed on. Requests on one connection are answered in order.
+
+What one connection can hold is bounded while bytes arrive, not only once a
+line is complete: a request head is fed to the parser in pieces no larger than
+what is left of its budget (an unterminated 70 MiB header line is cut off at
+the budget, not buffered), a body's framing overhead (chunk extensions) is
+bounded relative to its data, queued requests stop the reading once they hold
+`max_body` bytes or PIPELINE_DEPTH requests, and no further request is started
+while the client is not reading its answers. Trailer fields are read, counted
+and dropped: they never join the head. `100 Continue` goes out only when no
+earlier answer is being written on the connection, and never to HTTP/1.0. An
+answer the engine makes itself for a broken request waits for the answers owed
+before it, then the connection closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -23,7 +31,9 @@ from typing import cast
 
 import httptools
 
+from ..errors import HttpError
 from .deadlines import Sweeper
+from .head import HeadRules, read_head
 from .message import HOP_BY_HOP, Headers, Request, Response, status_line
 
 log = logging.getLogger("gateway.http")
@@ -31,6 +41,11 @@ log = logging.getLogger("gateway.http")
 
 PIPELINE_DEPTH = 16
 """Requests a client may queue on one connection before the gateway stops reading it."""
+
+FRAMING_ALLOWANCE = 256 * 1024
+"""Bytes of chunk framing (sizes, extensions, trailers) a body may carry beyond twice its
+data before it is refused: chunk extensions carry nothing we use (Go's net/http bounds
+them the same way, CVE-2023-39326)."""
 
 
 @dataclass(frozen=True)
@@ -48,12 +63,6 @@ class Limits:
 
 
 Handler = Callable[[Request, "Exchange"], Awaitable[None]]
-
-
-class _Reject(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
 
 
 class Exchange:
@@ -89,8 +98,9 @@ class Exchange:
         self.status = status
         req = self.request
         lines = [status_line(status)]
+        named = headers.tokens(b"connection") if b"connection" in headers else None
         for n, v in headers.items:
-            if n not in HOP_BY_HOP and n != b"content-length":
+            if n not in HOP_BY_HOP and n != b"content-length" and (named is None or n not in named):
                 lines.append(n + b": " + v + b"\r\n")
         bodyless = req.method == "HEAD" or status in (204, 304) or status < 200
         if status == 101:
@@ -167,12 +177,14 @@ class ServerConnection(asyncio.Protocol):
         handler: Handler,
         limits: Limits,
         *,
+        rules: HeadRules | None = None,
         scheme: str = "http",
         sweeper: Sweeper | None = None,
         on_close: Callable[[ServerConnection], None] | None = None,
     ) -> None:
         self.handler = handler
         self.limits = limits
+        self.rules = rules or HeadRules()
         self.scheme = scheme
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -182,8 +194,19 @@ class ServerConnection(asyncio.Protocol):
         self._url = bytearray()
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
+        self._in_head = True
+        """The parser is inside a request head (or before one): its bytes count against
+        `_head_budget`."""
+        self._head_fed = 0
+        self._head_budget = limits.max_uri + limits.max_header_bytes + 4 * limits.max_headers + 1024
+        """Bytes a head may take on the wire: target, fields, and their punctuation."""
+        self._body_fed = 0
+        """Bytes fed while reading the current body (data and chunk framing)."""
+        self._request: Request | None = None
+        """The request whose head was read, while its body arrives."""
         self._body = bytearray()
         self._pending: deque[Request] = deque()
+        self._pending_bytes = 0
         self._current: Exchange | None = None
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
@@ -192,7 +215,16 @@ class ServerConnection(asyncio.Protocol):
         self._waiting_for = ""
         self._sweeper = sweeper or Sweeper()
         self._reading_paused = False
+        self._writing_paused = False
+        self._continue_due = False
+        """A request in its body asked for `100 Continue` while an earlier one was answered."""
+        self._refusal: bytes | None = None
+        """An answer to a broken request, written once the answers owed before it are out."""
         self._raw: tuple[Callable[[bytes], None], Callable[[], None]] | None = None
+        self._upgrade_rest = b""
+        """Bytes that followed an upgrade request (the new protocol's, if it switches)."""
+        self._parser_stopped = False
+        """llhttp stopped at an upgrade request: it reads nothing more on this connection."""
         self._client: tuple[str, int] = ("0.0.0.0", 0)
         self._sni: str | None = None
         self.requests = 0
@@ -214,25 +246,50 @@ class ServerConnection(asyncio.Protocol):
         if self._raw is not None:
             self._raw[0](data)
             return
+        if self._refusal is not None or self.closed:
+            return  # broken: nothing more is read from this client
         if self._waiting_for in ("idle", ""):
             # The first bytes of a request: it has header_timeout to finish its headers.
             self._arm(self.limits.header_timeout, "headers")
+        if self._parser_stopped:  # after an upgrade request: the new protocol's bytes
+            self._upgrade_rest += data
+            return
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            offset = exc.args[0] if exc.args else len(data)
-            self._upgrade_rest = data[offset:]
-        except _Reject as exc:
-            self._reject(exc.status, str(exc))
+            self._feed(data)
+        except HttpError as exc:
+            self._reject(exc.status, exc.reason)
         except httptools.HttpParserCallbackError as exc:
             # httptools wraps what a callback raised; a limit's own answer is in the context
             cause = exc.__context__
-            if isinstance(cause, _Reject):
-                self._reject(cause.status, str(cause))
+            if isinstance(cause, HttpError):
+                self._reject(cause.status, cause.reason)
             else:
                 self._reject(400, f"malformed request: {exc}")
         except httptools.HttpParserError as exc:
             self._reject(400, f"malformed request: {exc}")
+
+    def _feed(self, data: bytes) -> None:
+        """Feed the parser; a head only in pieces that fit what is left of its budget."""
+        view = memoryview(data)
+        while view:
+            if self._in_head:
+                room = self._head_budget - self._head_fed
+                if room <= 0:
+                    raise HttpError(431, "request head too large")
+                piece, view = view[:room], view[room:]
+                self._head_fed += len(piece)
+            else:
+                piece, view = view, view[len(view) :]
+                self._body_fed += len(piece)
+                if self._body_fed > 2 * len(self._body) + FRAMING_ALLOWANCE:
+                    raise HttpError(400, "chunked body framing out of proportion to its data")
+            try:
+                self._parser.feed_data(piece)
+            except httptools.HttpParserUpgrade as exc:
+                offset = exc.args[0] if exc.args else len(piece)
+                self._upgrade_rest = bytes(piece[offset:]) + bytes(view)
+                self._parser_stopped = True
+                return
 
     def eof_received(self) -> bool | None:
         if self._raw is not None:
@@ -251,12 +308,16 @@ class ServerConnection(asyncio.Protocol):
             self._on_close(self)
 
     def pause_writing(self) -> None:
+        self._writing_paused = True
         if self.backpressure is not None:
             self.backpressure[0]()
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
         if self.backpressure is not None:
             self.backpressure[1]()
+        if self._pending and self._current is None:
+            self._next()
 
     # -------------------------------------------------------------- parser callbacks
 
@@ -265,42 +326,44 @@ class ServerConnection(asyncio.Protocol):
         self._headers = []
         self._header_bytes = 0
         self._body.clear()
+        self._body_fed = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self.limits.max_uri:
-            raise _Reject(414, "request target too long")
+            raise HttpError(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # (the count is checked once the head is in; the byte limit bounds it meanwhile)
+        # Fields after the head are trailers: counted, never merged into the head.
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > self.limits.max_header_bytes:
-            raise _Reject(431, "request headers too large")
-        self._headers.append((name.lower(), value))
+            raise HttpError(431, "request headers too large")
+        if self._in_head:
+            self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        if len(self._headers) > self.limits.max_headers:
-            raise _Reject(431, "too many request headers")
-        hosts = 0
-        host = b""
-        body = False
-        for name, value in self._headers:
-            if name == b"host":
-                hosts += 1
-                host = value
-            elif name == b"content-length":
-                if value.isdigit() and int(value) > self.limits.max_body:
-                    raise _Reject(413, f"request body larger than {self.limits.max_body} bytes")
-                body = value != b"0"
-            elif name == b"transfer-encoding":
-                body = True
-            elif name == b"expect" and value.lower() == b"100-continue":
+        self._in_head = False
+        p = self._parser
+        head = read_head(
+            p.get_method().decode("latin-1"),
+            p.get_http_version(),
+            bytes(self._url),
+            self._headers,
+            scheme=self.scheme,
+            rules=self.rules,
+            max_headers=self.limits.max_headers,
+            max_body=self.limits.max_body,
+        )
+        req = self._request = head.request
+        req.client, req.sni = self._client, self._sni
+        self._url.clear()
+        self._headers = []
+        if head.expect_continue:
+            if self._current is None and not self._pending:
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if hosts > 1 or not _valid_host(
-            host, hosts == 0 and self._parser.get_http_version() == "1.0"
-        ):
-            raise _Reject(400, "missing, repeated or invalid Host header")
-        if body:
+            else:
+                self._continue_due = True  # sent when the answers before it are out
+        if head.has_body:
             self._arm(self.limits.body_timeout, "body")
         else:
             self._deadline, self._waiting_for = 0.0, ""  # complete: nothing more to wait for
@@ -308,29 +371,32 @@ class ServerConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body += body
         if len(self._body) > self.limits.max_body:
-            raise _Reject(413, f"request body larger than {self.limits.max_body} bytes")
+            raise HttpError(413, f"request body larger than {self.limits.max_body} bytes")
 
     def on_message_complete(self) -> None:
         p = self._parser
-        req = Request(
-            p.get_method().decode("latin-1"),
-            bytes(self._url),
-            Headers(self._headers),
-            bytes(self._body),
-            version=p.get_http_version(),
-            client=self._client,
-            scheme=self.scheme,
-            sni=self._sni,
-            keep_alive=p.should_keep_alive(),
-            upgrade=p.should_upgrade(),
-        )
-        self._url.clear()
-        self._headers = []
+        req = self._request
+        assert req is not None
+        self._request = None
+        req.body = bytes(self._body)
+        req.keep_alive = p.should_keep_alive()
+        if p.should_upgrade():
+            # llhttp stops here: what follows is the new protocol's, or nothing (the
+            # connection ends after the answer unless the handler switches it).
+            req.keep_alive = False
+        self._body.clear()
+        self._in_head, self._head_fed = True, 0
+        self._continue_due = False  # (the body came without it)
         self._pending.append(req)
+        self._pending_bytes += len(req.body)
         self._deadline, self._waiting_for = 0.0, ""
         # Keep reading while a request is served (pausing and resuming per request is costly),
-        # up to PIPELINE_DEPTH queued requests; after an upgrade the bytes are the new protocol's.
-        if req.upgrade or len(self._pending) >= PIPELINE_DEPTH:
+        # up to PIPELINE_DEPTH queued requests or max_body queued bytes.
+        if (
+            not req.keep_alive
+            or len(self._pending) >= PIPELINE_DEPTH
+            or self._pending_bytes >= self.limits.max_body
+        ):
             self._pause_reading()
         if self._current is None:
             self._next()
@@ -348,15 +414,17 @@ class ServerConnection(asyncio.Protocol):
 
     async def _work(self) -> None:
         """Answer this connection's requests in order (one task per connection, not per
-        request: creating a task costs more than waking one)."""
+        request: creating a task costs more than waking one). No request starts while the
+        client is not reading: its answers would pile up in memory."""
         loop = asyncio.get_running_loop()
         while not self.closed:
-            if not self._pending or self._current is not None:
+            if not self._pending or self._current is not None or self._writing_paused:
                 self._wakeup = loop.create_future()
                 await self._wakeup
                 self._wakeup = None
                 continue
             req = self._pending.popleft()
+            self._pending_bytes -= len(req.body)
             self.requests += 1
             ex = self._current = Exchange(self, req)
             try:  # (inline, not a coroutine of its own: one level less to resume per await)
@@ -388,6 +456,13 @@ class ServerConnection(asyncio.Protocol):
         if self._pending:
             self._next()
             return
+        if self._refusal is not None:
+            self.write(self._refusal)
+            self.close()
+            return
+        if self._continue_due:
+            self._continue_due = False
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if not self._waiting_for:  # (not already timing the next request's head or body)
             self._arm(self.limits.idle_timeout, "idle")
         self._resume_reading()
@@ -395,7 +470,7 @@ class ServerConnection(asyncio.Protocol):
     def upgraded(self, on_data: Callable[[bytes], None], on_close: Callable[[], None]) -> None:
         self._raw = (on_data, on_close)
         self._deadline, self._waiting_for = 0.0, ""
-        rest = getattr(self, "_upgrade_rest", b"")
+        rest, self._upgrade_rest = self._upgrade_rest, b""
         if rest:
             on_data(rest)
         self._resume_reading()
@@ -422,20 +497,24 @@ class ServerConnection(asyncio.Protocol):
             self.transport.close()
 
     def _reject(self, status: int, reason: str) -> None:
-        """Malformed or over a limit: answer (if nothing is being answered) and close."""
+        """Malformed or over a limit: answer (after the answers owed before it) and close."""
         log.info(
             "request refused",
             extra={"status": status, "reason": reason, "client": self._client[0]},
         )
-        if self._current is None and not self.closed:
-            self.write(
-                status_line(status)
-                + b"content-type: text/plain\r\nconnection: close\r\ncontent-length: %d\r\n\r\n"
-                % (len(reason) + 1)
-                + reason.encode()
-                + b"\n"
-            )
-        self.close()
+        answer = (
+            status_line(status)
+            + b"content-type: text/plain\r\nconnection: close\r\ncontent-length: %d\r\n\r\n"
+            % (len(reason) + 1)
+            + reason.encode()
+            + b"\n"
+        )
+        self._pause_reading()
+        if self._current is None and not self._pending:
+            self.write(answer)
+            self.close()
+        else:  # answers are owed before it: it goes out after them (see finished)
+            self._refusal = answer
 
     def _arm(self, seconds: float, what: str) -> None:
         self._deadline, self._waiting_for = time.monotonic() + seconds, what
@@ -449,13 +528,3 @@ class ServerConnection(asyncio.Protocol):
             self.close()  # a quiet keep-alive connection just ends
         else:
             self._reject(408, f"request {what} not received in time")
-
-
-_HOST_BAD = re.compile(rb"[^\x21-\x7e]|[/\\?#@\"<>{}|^`]")
-
-
-def _valid_host(host: bytes, may_be_absent: bool) -> bool:
-    """RFC 9112 3.2: HTTP/1.1 needs exactly one Host; it must look like host[:port]."""
-    if not host:
-        return may_be_absent
-    return len(host) <= 255 and not _HOST_BAD.search(host)

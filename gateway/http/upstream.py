@@ -65,14 +65,22 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_only = False
         self._done = False
+        self._reusable = True
+        """False after a request that asked to upgrade: whatever the answer, not reused."""
+        self.upgrade_rest = b""
+        """Bytes that came after a 101's head (the new protocol's)."""
 
     # ------------------------------------------------------------ use
 
-    def send(self, data: bytes, sink: ResponseSink, *, head_only: bool = False) -> None:
-        """Write one request; its response goes to `sink`. `head_only`: a HEAD request."""
+    def send(
+        self, data: bytes, sink: ResponseSink, *, head_only: bool = False, upgrade: bool = False
+    ) -> None:
+        """Write one request; its response goes to `sink`. `head_only`: a HEAD request;
+        `upgrade`: it asks to switch protocols (the connection is not reused after it)."""
         assert self.transport is not None and self.sink is None
         self.sink = sink
         self._head_only = head_only
+        self._reusable = not upgrade
         self._done = False
         self._headers = []
         self.transport.write(data)
@@ -111,7 +119,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
-            self._upgrade_rest = data[offset:]
+            self.upgrade_rest = data[offset:]
         except httptools.HttpParserError as exc:
             self._fail("reset", f"malformed response from {self.pool.endpoint}: {exc}")
 
@@ -153,7 +161,14 @@ class UpstreamConnection(asyncio.Protocol):
             self.sink.data(body)
 
     def on_message_complete(self) -> None:
-        if self._parser.get_status_code() < 200 and self._parser.get_status_code() != 101:
+        status = self._parser.get_status_code()
+        if status == 101:
+            # Switched: the connection stays lent to this exchange (relayed raw, or dropped
+            # by Attempt.discard); never back in the pool, where another request could be
+            # written into someone's WebSocket.
+            self._done = True
+            return
+        if status < 200:
             return
         if not self._done:
             self._complete(self._parser.should_keep_alive())
@@ -170,7 +185,7 @@ class UpstreamConnection(asyncio.Protocol):
         sink, self.sink = self.sink, None
         self.last_used = time.monotonic()
         if self.raw is None:  # an upgraded connection stays lent out until it closes
-            self.pool.release(self, reuse=keep_alive and not self.closed)
+            self.pool.release(self, reuse=keep_alive and self._reusable and not self.closed)
         if sink is not None:
             sink.end()
 
@@ -180,10 +195,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.release(self, reuse=False)
         if sink is not None:
             sink.error(UpstreamError(kind, detail))
-
-    @property
-    def upgrade_rest(self) -> bytes:
-        return getattr(self, "_upgrade_rest", b"")
 
 
 async def tcp_dial(

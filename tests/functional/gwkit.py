@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -224,6 +225,16 @@ class GatewayProc:
                 out.append(rec)
         return out
 
+    def wait_access(self, count: int, route: str | None = None, timeout: float = 10) -> list:
+        """The access-log records (of `route`), once there are `count` of them (lines are
+        flushed in batches)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            recs = [r for r in self.access_log() if route is None or r.get("route") == route]
+            if len(recs) >= count or time.monotonic() > deadline:
+                return recs
+            time.sleep(0.05)
+
     def stop(self) -> None:
         if self.proc is not None:
             stop(self.proc, timeout=15)
@@ -268,3 +279,229 @@ def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
         except TimeoutError:
             pass
         return out
+
+
+def start_nginx_oracle(tmp: Path) -> tuple[int, subprocess.Popen[bytes]]:
+    """nginx as the upstream a real deployment has: it normalizes the path again (decoding,
+    dot segments, merge_slashes) and says which location it chose, for a request the gateway
+    let through. `/admin` and below (whole segments, as a Gateway API PathPrefix) is what the
+    gateway's ACL must protect."""
+    port = free_port()
+    report = (
+        "loc=$loc\\nuri=$uri\\nrequest_uri=$request_uri\\nhost=$host\\nargs=$args\\n"
+        "authorization=$http_authorization\\napikey=$http_apikey\\n"
+    )
+    conf = tmp / f"nginx-oracle-{port}.conf"
+    conf.write_text(
+        f"""daemon off; worker_processes 1; pid {tmp}/nginx-{port}.pid; error_log stderr warn;
+events {{ worker_connections 1024; }}
+http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp};
+  fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
+  server {{ listen 127.0.0.1:{port};
+    location ~ ^/admin(/|$) {{ set $loc admin; return 200 "{report}"; }}
+    location / {{ set $loc public; return 200 "{report}"; }} }} }}
+"""
+    )
+    log = tmp / f"nginx-{port}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    wait_port(port, proc, log)
+    return port, proc
+
+
+def oracle_view(body: bytes) -> dict[str, str]:
+    """What start_nginx_oracle reported, as a dict."""
+    out = {}
+    for line in body.decode("latin-1").splitlines():
+        k, _, v = line.partition("=")
+        out[k] = v
+    return out
+
+
+class Recorder:
+    """A raw upstream on loopback that keeps every byte it receives, per connection, and answers
+    each request `200 ok` (keep-alive). With `switch=True` it answers any request carrying
+    `Upgrade` with `101` for that protocol and from then on only records (what an h2c or
+    WebSocket server behind the gateway would see); `answer` replaces the 200 when set."""
+
+    def __init__(self, *, switch: bool = False, answer: bytes | None = None) -> None:
+        self.switch = switch
+        self.answer = answer or b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        self.connections: list[bytearray] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self._lock = threading.Lock()
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def received(self) -> bytes:
+        with self._lock:
+            return b"".join(bytes(c) for c in self.connections)
+
+    def heads(self) -> list[bytes]:
+        """The request heads received, in order (bodies and raw bytes left out)."""
+        return [h for c in self.connections for h in _heads(bytes(c))]
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            buf = bytearray()
+            with self._lock:
+                self.connections.append(buf)
+            threading.Thread(target=self._serve, args=(conn, buf), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, buf: bytearray) -> None:
+        pending = b""
+        switched = False
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                with self._lock:
+                    buf += data
+                if switched:
+                    continue
+                pending += data
+                while b"\r\n\r\n" in pending:
+                    head, _, rest = pending.partition(b"\r\n\r\n")
+                    length = 0
+                    upgrade = None
+                    for line in head.split(b"\r\n")[1:]:
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value.strip())
+                        if name.strip().lower() == b"upgrade":
+                            upgrade = value.strip()
+                    if len(rest) < length:
+                        break
+                    pending = rest[length:]
+                    if self.switch and upgrade is not None:
+                        conn.sendall(
+                            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n"
+                            b"upgrade: " + upgrade + b"\r\n\r\n"
+                        )
+                        switched = True
+                        break
+                    conn.sendall(self.answer)
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+
+
+def _heads(data: bytes) -> list[bytes]:
+    out = []
+    while b"\r\n\r\n" in data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        if not head.split(b" ", 1)[0].isalpha():
+            break
+        out.append(head)
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        data = data[length:]
+    return out
+
+
+def read_answers(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Everything the gateway sends until it closes the connection or goes quiet."""
+    sock.settimeout(timeout)
+    out = b""
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return out
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[bytes, list[bytes]]
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        values = self.headers.get(name.lower())
+        return values[0] if values else None
+
+
+def read_answer(f: Any, *, head_request: bool = False) -> Answer | None:
+    """One HTTP/1.1 response from a socket file (interim 1xx included as they come); None at
+    the end of the connection."""
+    line = f.readline()
+    if not line:
+        return None
+    parts = line.split(b" ", 2)
+    status = int(parts[1])
+    headers: dict[bytes, list[bytes]] = {}
+    while (h := f.readline()) not in (b"\r\n", b""):
+        name, _, value = h.partition(b":")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    if status < 200 or status in (204, 304) or head_request:
+        return Answer(status, headers, b"")
+    if headers.get(b"transfer-encoding"):
+        body = b""
+        while (size := int(f.readline().split(b";")[0], 16)) > 0:
+            body += f.read(size)
+            f.readline()
+        while f.readline() not in (b"\r\n", b""):
+            pass
+        return Answer(status, headers, body)
+    if b"content-length" in headers:
+        return Answer(status, headers, f.read(int(headers[b"content-length"][0])))
+    return Answer(status, headers, f.read())
+
+
+class Client:
+    """A raw client connection: send bytes exactly as given, read answers one by one."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.f = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> Client:
+        self.sock.sendall(data)
+        return self
+
+    def answer(self, *, head_request: bool = False) -> Answer | None:
+        try:
+            return read_answer(self.f, head_request=head_request)
+        except (ConnectionResetError, TimeoutError):
+            return None
+
+    def closed_by_peer(self) -> bool:
+        """True once the gateway has closed its side (reads end-of-file)."""
+        try:
+            return self.f.read(1) == b""
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.f.close()
+        self.sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
