@@ -32,6 +32,7 @@ class Context:
     __slots__ = (
         "consumer",
         "notes",
+        "principal",
         "request",
         "route_name",
         "scratch",
@@ -43,6 +44,10 @@ class Context:
         self.request = request
         self.route_name = route_name
         self.consumer: Consumer | None = None
+        self.principal = ""
+        """Who the request's credentials prove is asking ('' when no plugin authenticated it):
+        the consumer's name, or for a token that maps to no consumer its issuer and subject.
+        Anything kept per caller (the cache) is kept per principal."""
         self.upstream_headers: Headers | None = None
         """The headers that will go upstream (plugins may remove credentials from them)."""
         self.scratch: dict[str, Any] = {}

@@ -1,10 +1,22 @@
 """Response caching: bounded, in memory, honouring Cache-Control and Vary.
 
-Key: method, host, path, the query (all parameters sorted, or only those in
-`varyQuery`), the values of `varyHeaders`, and the consumer (so one
-consumer's answer never reaches another). A response is stored when its
-status is cacheable, its body is within `maxBody`, it carries no Set-Cookie,
-and its Cache-Control allows a shared cache (no `no-store`, no `private`).
+Key: route, method, the normalized Host (the one routing used: case, trailing
+dot and default port cannot split or poison an entry), the normalized path, the
+query (all parameters sorted, or only those in `varyQuery`), the values of
+`varyHeaders`, and the principal: the consumer, or for a token that maps to no
+consumer its issuer and subject (so one caller's answer never reaches another).
+A response is stored when its status is cacheable, its body is within
+`maxBody`, it carries no Set-Cookie, and its Cache-Control allows a shared
+cache (no `no-store`, no `private`).
+
+A request with credentials the upstream may answer personally (`Authorization`,
+`Proxy-Authorization`, and `Cookie` unless `requestCookies: ignore`) is only
+answered from, and its response only stored in, the cache when the response
+says it may be shared: `public` or `s-maxage` (RFC 9111 §3.5, which also names
+must-revalidate: we do not revalidate, so we do not count it). Fields an
+upstream may read as another URL or method (X-Original-URL...) never reach it
+(pipeline.CLIENT_CANNOT_SET), so they cannot make one key hold another answer.
+
 Freshness: `s-maxage`, else `max-age`, else the configured `ttl`. A stored
 response's `Vary` fields are compared with the next request's before reuse.
 
@@ -22,7 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from agent.state.fields import known_fields, listing, need, strings
+from agent.state.fields import known_fields, listing, need, string, strings
 
 from ..config import duration, integer, opt, size
 from ..http.message import Headers, Response
@@ -42,6 +54,9 @@ class CacheConfig:
     vary_query: tuple[str, ...] | None = None
     """None: every query parameter is part of the key."""
     vary_headers: tuple[bytes, ...] = ()
+    request_cookies: str = "private"
+    """private: a request with a Cookie counts as credentialed (see above); ignore: cookies
+    play no part (for sites whose cookies never change an answer)."""
 
 
 def parse(cfg: dict[str, Any], where: str) -> CacheConfig:
@@ -56,8 +71,15 @@ def parse(cfg: dict[str, Any], where: str) -> CacheConfig:
             "statuses",
             "varyQuery",
             "varyHeaders",
+            "requestCookies",
         },
         where,
+    )
+    cookies = string(cfg, "requestCookies", where, default="private")
+    need(
+        cookies in ("private", "ignore"),
+        f"{where}.requestCookies",
+        f"{cookies!r} is not private or ignore",
     )
     statuses = []
     for i, s in enumerate(listing(cfg, "statuses", where)):
@@ -79,6 +101,7 @@ def parse(cfg: dict[str, Any], where: str) -> CacheConfig:
         statuses=frozenset(statuses) or frozenset({200, 301, 404}),
         vary_query=strings(cfg, "varyQuery", where) if "varyQuery" in cfg else None,
         vary_headers=tuple(h.lower().encode() for h in strings(cfg, "varyHeaders", where)),
+        request_cookies=cookies,
     )
 
 
@@ -89,10 +112,13 @@ class Entry:
     body: bytes
     stored: float
     expires: float
-    vary: tuple[tuple[bytes, bytes | None], ...]
+    vary: tuple[tuple[bytes, tuple[bytes, ...]], ...]
     """The request's values of the response's Vary fields, when it was stored."""
     route: str
     path: str
+    shared: bool
+    """The response said it may be shared (public, s-maxage): usable for credentialed
+    requests."""
 
     @property
     def cost(self) -> int:
@@ -107,12 +133,14 @@ class Store:
         self.bytes = 0
         self.count = 0
 
-    def get(self, key: str, headers: Headers, now: float) -> Entry | None:
+    def get(self, key: str, headers: Headers, now: float, credentialed: bool) -> Entry | None:
         variants = self.entries.get(key)
         if not variants:
             return None
         for e in variants:
-            if e.expires > now and all(headers.get(n) == v for n, v in e.vary):
+            if credentialed and not e.shared:
+                continue
+            if e.expires > now and all(tuple(headers.get_all(n)) == v for n, v in e.vary):
                 self.entries.move_to_end(key)
                 return e
         return None
@@ -162,6 +190,11 @@ class Store:
 _MAX_AGE = re.compile(rb"(s-maxage|max-age)\s*=\s*\"?(\d+)")
 
 
+def explicitly_shared(headers: Headers) -> bool:
+    cc = headers.tokens(b"cache-control")
+    return b"public" in cc or any(t.startswith(b"s-maxage") for t in cc)
+
+
 def freshness(headers: Headers, default: float) -> float | None:
     """Seconds a shared cache may keep this response, or None if it must not."""
     cc = headers.tokens(b"cache-control")
@@ -193,10 +226,19 @@ class Cache(Plugin):
             query = sorted(req.query)
         else:
             query = sorted((k, v) for k, v in req.query if k in c.vary_query)
-        parts = [req.method, req.host, req.path, repr(query)]
-        parts += [repr(req.headers.get(h)) for h in c.vary_headers]
-        parts.append(ctx.consumer.name if ctx.consumer is not None else "")
-        return "\x00".join(parts)
+        varied = [req.headers.get_all(h) for h in c.vary_headers]
+        # (repr of a tuple: no two different keys can print the same)
+        return repr(
+            (ctx.route_name, req.method, req.authority, req.path, query, varied, ctx.principal)
+        )
+
+    def credentialed(self, headers: Headers) -> bool:
+        """The request carries credentials an upstream may answer personally."""
+        return (
+            b"authorization" in headers
+            or b"proxy-authorization" in headers
+            or (self.config.request_cookies == "private" and b"cookie" in headers)
+        )
 
     async def request(self, ctx: Context) -> Response | None:
         req = ctx.request
@@ -209,14 +251,15 @@ class Cache(Plugin):
             or b"no-cache" in cc
         ):
             ctx.notes["cache"] = "BYPASS"
-            ctx.scratch["cache"] = ("BYPASS", "")
+            ctx.scratch["cache"] = ("BYPASS", "", False)
             return None
         key = self.key(ctx)
         now = time.monotonic()
-        entry = self.store.get(key, req.headers, now)
+        credentialed = self.credentialed(req.headers)
+        entry = self.store.get(key, req.headers, now, credentialed)
         if entry is None:
             ctx.notes["cache"] = "MISS"
-            ctx.scratch["cache"] = ("MISS", key)
+            ctx.scratch["cache"] = ("MISS", key, credentialed)
             return None
         ctx.notes["cache"] = "HIT"
         h = entry.headers.copy()
@@ -225,7 +268,7 @@ class Cache(Plugin):
         return Response(entry.status, h, entry.body)
 
     def response(self, ctx: Context, status: int, headers: Headers) -> None:
-        state, key = ctx.scratch.get("cache", (None, ""))
+        state, key, credentialed = ctx.scratch.get("cache", (None, "", False))
         if state is None:
             return
         headers.set(b"x-cache-status", state.encode())
@@ -234,6 +277,9 @@ class Cache(Plugin):
         ttl = freshness(headers, self.config.ttl)
         vary = headers.tokens(b"vary")
         if not ttl or b"set-cookie" in headers or b"*" in vary:
+            return
+        shared = explicitly_shared(headers)
+        if credentialed and not shared:
             return
         req = ctx.request
         stored_headers = Headers((n, v) for n, v in headers if n not in (b"x-cache-status", b"age"))
@@ -258,9 +304,10 @@ class Cache(Plugin):
                     b"".join(chunks),
                     now,
                     now + ttl,
-                    tuple((n, req.headers.get(n)) for n in sorted(vary)),
+                    tuple((n, tuple(req.headers.get_all(n))) for n in sorted(vary)),
                     ctx.route_name,
                     req.path,
+                    shared,
                 ),
                 self.config,
             )

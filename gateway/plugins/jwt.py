@@ -8,6 +8,12 @@ refresh), a bad signature, `exp` in the past, `nbf` in the future, a wrong
 `iss` or `aud`. The JWKS is fetched at start, refreshed every
 `refreshInterval`, and at most every `minRefreshInterval` on an unknown `kid`;
 a failed refresh keeps the keys already known.
+
+A token has one spelling: each segment must be canonical base64url (no padding,
+no `+` or `/`, no stray low bits: re-encoding the bytes gives the segment back),
+and its JSON no repeated member (parsers disagree on which one wins) and no
+number that is not finite (`NaN`, `Infinity`, `1e999`: an `exp` of NaN would
+never expire). The token header field may appear once.
 """
 
 from __future__ import annotations
@@ -15,8 +21,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import json
 import logging
+import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -127,6 +136,49 @@ def _b64(text: str) -> bytes:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:
         raise TokenError("not base64url") from exc
+
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def segment(text: str) -> bytes:
+    """A token segment's bytes, if it is canonical unpadded base64url (RFC 7515 §2)."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise TokenError("a segment is not canonical base64url")
+    raw = _b64(text)
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != text:
+        raise TokenError("a segment is not canonical base64url")
+    return raw
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise TokenError(f"member {k!r} appears twice")
+        out[k] = v
+    return out
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise TokenError("a number that is not finite")
+    return value
+
+
+def _not_a_number(text: str) -> Any:
+    raise TokenError(f"{text} is not JSON")
+
+
+def json_object(raw: bytes) -> Any:
+    """Strict JSON: no repeated members, finite numbers only."""
+    return json.loads(
+        raw,
+        object_pairs_hook=_no_repeats,
+        parse_float=_finite,
+        parse_constant=_not_a_number,
+    )
 
 
 def _int(text: str) -> int:
@@ -283,21 +335,33 @@ class Jwt(Plugin):
         self.jwks.start()
 
     async def request(self, ctx: Context) -> Response | None:
-        raw = ctx.request.headers.get(self.config.header)
-        if raw is None:
+        given = ctx.request.headers.get_all(self.config.header)
+        if not given:
             ctx.notes["auth"] = "jwt-missing"
             return _unauthorized("no bearer token", None)
+        if len(given) > 1:
+            ctx.notes["auth"] = "jwt-invalid"
+            return _unauthorized("more than one token", "invalid_request")
+        raw = given[0]
         scheme, _, token = raw.decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             ctx.notes["auth"] = "jwt-invalid"
             return _unauthorized("expected: Authorization: Bearer <token>", "invalid_request")
         try:
-            claims = await self.verify(token.strip())
+            claims = await self.verify(token)
         except TokenError as exc:
             ctx.notes["auth"] = "jwt-invalid"
             return _unauthorized(f"invalid token: {exc}", "invalid_token")
         subject = claims.get(self.config.consumer_claim)
-        ctx.consumer = self.subjects.get(subject) if isinstance(subject, str) else None
+        consumer = self.subjects.get(subject) if isinstance(subject, str) else None
+        ctx.consumer = consumer
+        if consumer is not None:
+            ctx.principal = consumer.name
+        elif isinstance(subject, str):
+            ctx.principal = f"jwt\x00{claims.get('iss')!r}\x00{subject}"
+        else:  # no subject to tell callers apart: the token itself is the caller
+            ctx.principal = "jwt-token\x00" + hashlib.sha256(token.encode()).hexdigest()
         ctx.notes["auth"] = "jwt"
         return None
 
@@ -307,10 +371,11 @@ class Jwt(Plugin):
         parts = token.split(".")
         if len(parts) != 3:
             raise TokenError("not a compact JWS (three parts)")
+        header_raw, claims_raw, signature = (segment(p) for p in parts)
         try:
-            header = json.loads(_b64(parts[0]))
-            claims = json.loads(_b64(parts[1]))
-        except ValueError as exc:
+            header = json_object(header_raw)
+            claims = json_object(claims_raw)
+        except (ValueError, RecursionError) as exc:
             raise TokenError("header or claims are not JSON") from exc
         if not isinstance(header, dict) or not isinstance(claims, dict):
             raise TokenError("header and claims must be JSON objects")
@@ -333,7 +398,7 @@ class Jwt(Plugin):
             key = self.jwks.find(kid, kty)
         if key is None:
             raise TokenError(f"unknown key id {kid!r}" if kid else "no key fits this token")
-        verify_signature(key, alg, f"{parts[0]}.{parts[1]}".encode(), _b64(parts[2]))
+        verify_signature(key, alg, f"{parts[0]}.{parts[1]}".encode(), signature)
         check_claims(claims, self.config, time.time())
         return claims
 

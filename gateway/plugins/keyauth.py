@@ -2,7 +2,9 @@
 
 Keys come from `consumers[].apiKeys`; the plugin says where to look. A missing
 key is 401 with `WWW-Authenticate`; an unknown key is 401 too (no hint that a
-consumer exists). With `hideCredentials` the key is not passed upstream.
+consumer exists); a key given twice (two header fields, two query parameters,
+or both) is 401: the gateway and the upstream must not read different keys.
+With `hideCredentials` the key is not passed upstream.
 """
 
 from __future__ import annotations
@@ -45,12 +47,13 @@ class KeyAuth(Plugin):
 
     async def request(self, ctx: Context) -> Response | None:
         req = ctx.request
-        key = None
-        raw = req.headers.get(self.config.header)
-        if raw is not None:
-            key = raw.decode("latin-1").strip()
-        elif self.config.query is not None and req.query_string:
-            key = req.query_value(self.config.query)
+        given = [v.decode("latin-1").strip() for v in req.headers.get_all(self.config.header)]
+        if self.config.query is not None and req.query_string:
+            given += req.query_values(self.config.query)
+        if len(given) > 1:
+            ctx.notes["auth"] = "key-invalid"
+            return _unauthorized("more than one API key")
+        key = given[0] if given else None
         if not key:
             ctx.notes["auth"] = "key-missing"
             return _unauthorized("no API key")
@@ -60,6 +63,7 @@ class KeyAuth(Plugin):
             ctx.notes["auth"] = "key-invalid"
             return _unauthorized("invalid API key")
         ctx.consumer = consumer
+        ctx.principal = consumer.name
         ctx.notes["auth"] = "key"
         if self.config.hide_credentials:
             assert ctx.upstream_headers is not None

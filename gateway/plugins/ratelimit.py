@@ -153,37 +153,51 @@ def window_verdict(prev: int, before: int, into: float, limit: int, window: floa
 
 
 class LocalStore:
-    """Counts for this process."""
+    """Counts for this process, exact per limit. One store serves every local limit of the
+    process: each key (which names its limit, see RateLimit.key) keeps its own window, and
+    the periodic sweep forgets a key only once its state equals a fresh one (both of its
+    windows over; its bucket full again), whatever the other limits' windows are."""
+
+    SWEEP_EVERY = 60.0
 
     def __init__(self) -> None:
-        self.windows: dict[str, tuple[float, int, int]] = {}
-        self.buckets: dict[str, tuple[float, float]] = {}
-        self._sweep_at = time.time() + 60
+        self.windows: dict[str, tuple[float, int, int, float]] = {}
+        """key -> (start of the current fixed window, its count, the previous one's, window)"""
+        self.buckets: dict[str, tuple[float, float, float]] = {}
+        """key -> (tokens, when they were counted (monotonic), window)"""
+        self._sweep_at = time.monotonic() + self.SWEEP_EVERY
 
     def sliding(self, key: str, limit: int, window: float) -> Verdict:
         now = time.time()  # wall clock: windows align with other stores' (and Redis's)
-        self._sweep(now, window)
-        self.windows[key], verdict = sliding_window(self.windows.get(key), now, limit, window)
+        self._maybe_sweep()
+        known = self.windows.get(key)
+        state, verdict = sliding_window(known[:3] if known else None, now, limit, window)
+        self.windows[key] = (*state, window)
         return verdict
 
     def bucket(self, key: str, limit: int, window: float) -> Verdict:
         now = time.monotonic()
+        self._maybe_sweep()
         rate = limit / window
-        tokens, ts = self.buckets.get(key, (float(limit), now))
+        tokens, ts, _ = self.buckets.get(key, (float(limit), now, window))
         tokens = min(limit, tokens + (now - ts) * rate)
         allowed = tokens >= 1
         if allowed:
             tokens -= 1
-        self.buckets[key] = (tokens, now)
+        self.buckets[key] = (tokens, now, window)
         wait = 0.0 if tokens >= 1 else (1 - tokens) / rate
         return Verdict(allowed, math.floor(tokens), wait)
 
-    def _sweep(self, now: float, window: float) -> None:
-        """Forget keys nobody used for a while, so many clients cannot grow memory forever."""
-        if now < self._sweep_at:
-            return
-        self._sweep_at = now + 60
-        self.windows = {k: s for k, s in self.windows.items() if s[0] > now - 2 * window}
+    def _maybe_sweep(self) -> None:
+        if time.monotonic() >= self._sweep_at:
+            self.sweep(time.time(), time.monotonic())
+
+    def sweep(self, wall: float, mono: float) -> None:
+        """Forget keys whose state is the same as none (so many clients cannot grow memory
+        forever): a window pair entirely in the past, a bucket refilled to full."""
+        self._sweep_at = mono + self.SWEEP_EVERY
+        self.windows = {k: s for k, s in self.windows.items() if s[0] + 2 * s[3] > wall}
+        self.buckets = {k: b for k, b in self.buckets.items() if mono - b[1] < b[2]}
 
 
 class RedisStore:
@@ -254,7 +268,11 @@ class RateLimit(Plugin):
         self.config = config
         self.scope = scope
         """What this instance limits: global, route:<name> or consumer:<name>."""
-        self._prefix = f"rl:{scope}:{config.by}:{config.algorithm}:"
+        # The key names the limit itself, not only its scope: counts of another limit (or of
+        # this one before a reload changed it) are never read as this one's.
+        self._prefix = (
+            f"rl:{scope}:{config.by}:{config.algorithm}:{config.limit}/{config.window:g}:"
+        )
         self._limit = b"%d" % config.limit
         self.store: RedisStore | LocalStore
         if config.store == "redis":
