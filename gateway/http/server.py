@@ -224,6 +224,8 @@ class ServerConnection(asyncio.Protocol):
         self._upgrade_rest = b""
         """Bytes that followed an upgrade request (the new protocol's, if it switches)."""
         self._parser_stopped = False
+        self._last_read = False
+        """A queued request ends the connection: nothing after it is read."""
         """llhttp stopped at an upgrade request: it reads nothing more on this connection."""
         self._client: tuple[str, int] = ("0.0.0.0", 0)
         self._sni: str | None = None
@@ -281,8 +283,6 @@ class ServerConnection(asyncio.Protocol):
             else:
                 piece, view = view, view[len(view) :]
                 self._body_fed += len(piece)
-                if self._body_fed > 2 * len(self._body) + FRAMING_ALLOWANCE:
-                    raise HttpError(400, "chunked body framing out of proportion to its data")
             try:
                 self._parser.feed_data(piece)
             except httptools.HttpParserUpgrade as exc:
@@ -290,6 +290,8 @@ class ServerConnection(asyncio.Protocol):
                 self._upgrade_rest = bytes(piece[offset:]) + bytes(view)
                 self._parser_stopped = True
                 return
+            if not self._in_head and self._body_fed > 2 * len(self._body) + FRAMING_ALLOWANCE:
+                raise HttpError(400, "chunked body framing out of proportion to its data")
 
     def eof_received(self) -> bool | None:
         if self._raw is not None:
@@ -385,21 +387,30 @@ class ServerConnection(asyncio.Protocol):
             # connection ends after the answer unless the handler switches it).
             req.keep_alive = False
         self._body.clear()
-        self._in_head, self._head_fed = True, 0
+        self._in_head, self._head_fed, self._body_fed = True, 0, 0
         self._continue_due = False  # (the body came without it)
         self._pending.append(req)
         self._pending_bytes += len(req.body)
         self._deadline, self._waiting_for = 0.0, ""
         # Keep reading while a request is served (pausing and resuming per request is costly),
         # up to PIPELINE_DEPTH queued requests or max_body queued bytes.
-        if (
-            not req.keep_alive
-            or len(self._pending) >= PIPELINE_DEPTH
-            or self._pending_bytes >= self.limits.max_body
-        ):
+        if not req.keep_alive:
+            self._last_read = True  # the connection ends after its answer: read nothing more
+        if not self._may_read():
             self._pause_reading()
         if self._current is None:
             self._next()
+
+    def _may_read(self) -> bool:
+        """Room for more queued requests (and nothing that ends the reading for good)."""
+        return (
+            len(self._pending) < PIPELINE_DEPTH
+            and self._pending_bytes < self.limits.max_body
+            and not self._last_read
+            and not self._parser_stopped
+            and self._refusal is None
+            and not self.closed
+        )
 
     # -------------------------------------------------------------- requests
 
@@ -425,6 +436,8 @@ class ServerConnection(asyncio.Protocol):
                 continue
             req = self._pending.popleft()
             self._pending_bytes -= len(req.body)
+            if self._reading_paused and self._may_read():
+                self._resume_reading()  # room in the queue again
             self.requests += 1
             ex = self._current = Exchange(self, req)
             try:  # (inline, not a coroutine of its own: one level less to resume per await)

@@ -225,6 +225,18 @@ class GatewayProc:
                 out.append(rec)
         return out
 
+    def refusals(self, timeout: float = 10) -> list[dict[str, Any]]:
+        """The engine's "request refused" log records, once there is at least one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            recs = []
+            for line in self.log.read_text().splitlines():
+                if '"request refused"' in line:
+                    recs.append(json.loads(line))
+            if recs or time.monotonic() > deadline:
+                return recs
+            time.sleep(0.05)
+
     def wait_access(self, count: int, route: str | None = None, timeout: float = 10) -> list:
         """The access-log records (of `route`), once there are `count` of them (lines are
         flushed in batches)."""
@@ -505,3 +517,26 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (a gateway master's workers)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
