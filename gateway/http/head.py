@@ -3,7 +3,8 @@
 `read_head` turns what llhttp parsed (method, version, target, fields) into the
 `Request` everything after it sees, or refuses it with an `HttpError`:
 
-- HTTP/1.0 and 1.1 only (505; a request line without a version is 400); at most `max_headers` fields (431);
+- HTTP/1.0 and 1.1 only (505; a request line without a version is 400); at
+  most `max_headers` fields (431);
 - the target and Host normalized once (uri.py); an absolute-form target's
   authority becomes the Host, and a Host header that disagrees with it is 400;
   HTTP/1.1 needs exactly one Host;
