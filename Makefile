@@ -3,6 +3,7 @@
 #   make demo    run the demo lab until Ctrl-C
 #   make test    lint, type-check and run every test (unit, functional, lab)
 #   make bench   benchmarks (BENCH=capture for one of them)
+#   make fuzz    coverage-guided fuzzing of tests/fuzz targets (not in CI)
 VENV := .venv
 BIN := $(VENV)/bin
 

@@ -408,3 +408,13 @@ def test_http_versions_other_than_1x_are_refused(gw, rec) -> None:
         s.sendall(b"POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 400 ")
     assert rec.heads() == []
+
+
+def test_options_asterisk_is_answered_by_the_gateway(gw, rec) -> None:
+    gw.start(config(rec.url))
+    with Client(gw.port) as c:
+        a = c.send(b"OPTIONS * HTTP/1.1\r\nHost: s\r\n\r\n").answer()
+        assert a is not None and a.status == 200 and b"GET" in (a.header(b"allow") or b"")
+        b = c.send(b"GET * HTTP/1.1\r\nHost: s\r\n\r\n").answer()
+        assert b is not None and b.status == 400
+    assert rec.heads() == []

@@ -30,7 +30,7 @@ class _SourceOnly(importlib.abc.MetaPathFinder):
                 d,
                 (importlib.machinery.SourceFileLoader, importlib.machinery.SOURCE_SUFFIXES),
             )
-            spec = finder.find_spec(name.rpartition(".")[2], target)
+            spec = finder.find_spec(name, target)
             if spec is not None:
                 return spec
         return None
