@@ -139,6 +139,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------ parser callbacks
 
+    def on_message_begin(self) -> None:
+        if self.sink is None:
+            # A response nobody asked for (bytes after the last one's end, in the same read):
+            # left in the parser it would be taken for the next request's answer.
+            self.close()
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
 
@@ -157,7 +163,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._complete(self._keep_alive())
 
     def on_body(self, body: bytes) -> None:
-        if self.sink is not None:
+        if self.sink is not None and not self._done:
             self.sink.data(body)
 
     def on_message_complete(self) -> None:

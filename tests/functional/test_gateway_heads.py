@@ -418,3 +418,23 @@ def test_options_asterisk_is_answered_by_the_gateway(gw, rec) -> None:
         b = c.send(b"GET * HTTP/1.1\r\nHost: s\r\n\r\n").answer()
         assert b is not None and b.status == 400
     assert rec.heads() == []
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nevil!",
+     b"HTTP/1.1 200 OK\r\ncontent-length: 40\r\n\r\nevil!"],
+    ids=["whole", "partial"],
+)  # fmt: skip
+def test_an_upstream_answering_more_than_asked_is_not_reused(gw, extra) -> None:
+    # Response queue poisoning: bytes after an answer must never be taken for the next one.
+    rogue = Recorder(answer=b"HTTP/1.1 204 No Content\r\n\r\n" + extra)
+    try:
+        gw.start(config(rogue.url))
+        for _ in range(3):
+            with Client(gw.port) as c:
+                a = c.send(b"GET /x HTTP/1.1\r\nHost: s\r\n\r\n").answer()
+                assert a is not None and a.status == 204 and a.body == b""
+        assert len(rogue.connections) == 3
+    finally:
+        rogue.close()
