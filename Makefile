@@ -34,7 +34,7 @@ bench: setup
 	$(BIN)/python -m tests.bench $(BENCH)
 
 # Coverage-guided fuzzing (atheris) of every target in tests/fuzz, FUZZ_SECONDS each; not in CI.
-# FUZZ=name for one target. Findings land in build/fuzz/<target>/.
+# FUZZ=name for one target. Findings land in .fuzz/<target>/.
 FUZZ_SECONDS ?= 120
 fuzz: setup
 	$(BIN)/pip install -q -e '.[dev,fuzz]'

@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-OUT = ROOT / "build" / "fuzz"
+OUT = ROOT / ".fuzz"
 
 
 def targets() -> list[str]:
