@@ -98,9 +98,8 @@ class Exchange:
         self.status = status
         req = self.request
         lines = [status_line(status)]
-        named = headers.tokens(b"connection") if b"connection" in headers else None
         for n, v in headers.items:
-            if n not in HOP_BY_HOP and n != b"content-length" and (named is None or n not in named):
+            if n not in HOP_BY_HOP and n != b"content-length":
                 lines.append(n + b": " + v + b"\r\n")
         bodyless = req.method == "HEAD" or status in (204, 304) or status < 200
         if status == 101:

@@ -156,7 +156,7 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200 and status != 101:
             self._headers = []  # interim response (100 Continue): wait for the real one
             return
-        sink.head(status, Headers(self._headers))
+        sink.head(status, _without_connection_named(self._headers))
         if self._head_only:
             # llhttp cannot know this answered a HEAD: end the exchange here.
             self._parser = httptools.HttpResponseParser(self)
@@ -201,6 +201,23 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.release(self, reuse=False)
         if sink is not None:
             sink.error(UpstreamError(kind, detail))
+
+
+_FRAMING = frozenset({b"connection", b"content-length", b"transfer-encoding", b"upgrade"})
+
+
+def _without_connection_named(fields: list[tuple[bytes, bytes]]) -> Headers:
+    """The response head without the fields its `Connection` names (RFC 9110 §7.6.1): they
+    are for this hop, and taken out here, before the gateway adds fields of its own that an
+    upstream could otherwise name. (Framing fields stay: the proxy reads them.)"""
+    named: set[bytes] = set()
+    for n, v in fields:
+        if n == b"connection":
+            named.update(t.strip().lower() for t in v.split(b","))
+    named -= _FRAMING
+    if not named:
+        return Headers(fields)
+    return Headers([(n, v) for n, v in fields if n not in named])
 
 
 async def tcp_dial(

@@ -172,9 +172,16 @@ def _not_a_number(text: str) -> Any:
 
 
 def json_object(raw: bytes) -> Any:
-    """Strict JSON: no repeated members, finite numbers only."""
+    """Strict JSON: UTF-8 without a byte-order mark (RFC 7519 §7.2; json.loads of bytes would
+    guess UTF-16 or UTF-32), no repeated members, finite numbers only."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise TokenError("a byte-order mark before the JSON")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TokenError("header or claims are not UTF-8") from exc
     return json.loads(
-        raw,
+        text,
         object_pairs_hook=_no_repeats,
         parse_float=_finite,
         parse_constant=_not_a_number,

@@ -143,6 +143,25 @@ async def test_header_attacks(plugin, key, header, reason) -> None:
         await plugin.verify(token)
 
 
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda t: t.encode("utf-16"),
+        lambda t: t.encode("utf-16-le"),
+        lambda t: t.encode("utf-32"),
+        lambda t: b"\xef\xbb\xbf" + t.encode(),
+        lambda t: t.encode("latin-1") + b"\xff",
+    ],
+    ids=["utf-16", "utf-16-le", "utf-32", "bom", "not utf-8"],
+)
+async def test_claims_must_be_utf8_without_a_bom(plugin, key, encode) -> None:
+    payload = encode(claims())
+    s = jws.JWS(payload)
+    s.add_signature(key, None, json.dumps({"alg": "ES256", "kid": "k1"}))
+    with pytest.raises(TokenError, match=r"UTF-8|byte-order|not JSON"):
+        await plugin.verify(s.serialize(compact=True))
+
+
 async def test_a_key_embedded_in_the_token_is_not_trusted(plugin) -> None:
     attacker = jwk.JWK.generate(kty="EC", crv="P-256", kid="k1")
     header = {"alg": "ES256", "kid": "k1", "jwk": json.loads(attacker.export_public())}
