@@ -1,0 +1,218 @@
+"""Outside attacks on what one client can make a gateway worker hold: memory, through a tunnel
+and through a rate limit's keys.
+
+Each attack runs against the real gateway (one worker) and measures the worker's resident
+memory from /proc before and after: whatever a fix does (pause the reading, cap or refuse
+keys), one connection must not pin hundreds of MiB. Every test then checks that an unrelated
+request on the same worker is still served.
+
+- A WebSocket tunnel is a raw byte pipe with no flow control: a client that does not read the
+  echoes of what it sends (the echo upstream), or an upstream that does not read what the
+  client sends (a stalled app), makes the worker buffer everything in memory.
+- `rate-limit` with `by: header` keeps one key per distinct header value, with the value in
+  it, for two windows: unique 30 KiB values pin 30 KiB each, with nothing bounding how many.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from pathlib import Path
+
+import pytest
+
+from .gwkit import Client, GatewayProc, Recorder, start_echo, stop
+
+MiB = 1 << 20
+PUSH = 256 * MiB
+"""What the attacker tries to make the worker hold."""
+BOUND = 96 * MiB
+"""Growth of the worker's memory that counts as 'held': well above what buffers, allocator
+slack and the requests themselves account for (a few MiB), well below PUSH."""
+STALL = 5.0
+"""A send that makes no progress for this long: the gateway stopped reading (flow control)."""
+
+HANDSHAKE = (
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def worker_pid(gw: GatewayProc) -> int:
+    assert gw.proc is not None
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == gw.proc.pid:
+            return int(stat.parent.name)
+    raise AssertionError("the gateway has no worker process")
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def binary_frame(payload: bytes) -> bytes:
+    """A client's WebSocket binary frame (RFC 6455 §5.2), masked with a zero key."""
+    return b"\x82\xff" + struct.pack("!Q", len(payload)) + b"\0\0\0\0" + payload
+
+
+def push(sock: socket.socket, total: int, chunk: bytes) -> int:
+    """Send up to `total` bytes; stop at the first send that stalls. Returns what went out."""
+    sock.settimeout(STALL)
+    sent = 0
+    try:
+        while sent < total:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except (TimeoutError, OSError):
+        pass
+    return sent
+
+
+def served(gw: GatewayProc, path: bytes = b"/fine") -> bool:
+    with Client(gw.port) as c:
+        a = c.send(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").answer()
+    return a is not None and a.status == 200
+
+
+@pytest.fixture
+def gw(tmp_path):
+    g = GatewayProc(tmp_path)
+    yield g
+    g.stop()
+
+
+def one_route(upstream: str, **route) -> dict:
+    return {
+        "workers": 1,
+        "accessLog": {"format": "off"},
+        "backends": [{"name": "up", "endpoints": [upstream]}],
+        "routes": [{"name": "r", "backendRefs": [{"name": "up"}], **route}],
+    }
+
+
+# ------------------------------------------------------------------ WebSocket tunnels
+
+
+def test_a_client_that_never_reads_its_websocket_echoes_cannot_fill_the_worker(gw, tmp_path):
+    echo = start_echo(tmp_path, "ws")  # aiohttp's WebSocket echo: every frame comes back
+    try:
+        gw.start(one_route(echo.url))
+        pid = worker_pid(gw)
+        before = rss(pid)
+        with socket.create_connection(("127.0.0.1", gw.port)) as s:
+            s.sendall(HANDSHAKE)
+            assert s.recv(4096).startswith(b"HTTP/1.1 101 ")
+            # Frames go in, echoes come back to a client that never reads them.
+            sent = push(s, PUSH, binary_frame(b"e" * MiB))
+            held = rss(pid) - before
+            assert held < BOUND, (
+                f"the worker holds {held // MiB} MiB more after the client sent {sent // MiB} "
+                "MiB it never read back"
+            )
+        assert served(gw)
+    finally:
+        stop(echo.proc)
+
+
+def test_an_upstream_that_stops_reading_its_websocket_cannot_make_the_worker_buffer(gw):
+    stalled = socket.create_server(("127.0.0.1", 0))
+    release = threading.Event()
+
+    def app() -> None:  # switches to WebSocket, then never reads again (a stuck app)
+        conn, _ = stalled.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n"
+                b"Upgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+            )
+            release.wait(60)
+
+    threading.Thread(target=app, daemon=True).start()
+    other = Recorder()
+    try:
+        config = one_route(f"http://127.0.0.1:{stalled.getsockname()[1]}")
+        config["backends"].append({"name": "other", "endpoints": [other.url]})
+        config["routes"].insert(
+            0,
+            {
+                "name": "fine",
+                "matches": [{"path": {"type": "PathPrefix", "value": "/fine"}}],
+                "backendRefs": [{"name": "other"}],
+            },
+        )
+        gw.start(config)
+        pid = worker_pid(gw)
+        before = rss(pid)
+        with socket.create_connection(("127.0.0.1", gw.port)) as s:
+            s.sendall(HANDSHAKE)
+            assert s.recv(4096).startswith(b"HTTP/1.1 101 ")
+            sent = push(s, PUSH, binary_frame(b"u" * MiB))
+            held = rss(pid) - before
+            assert held < BOUND, (
+                f"the worker holds {held // MiB} MiB more after the client pushed {sent // MiB} "
+                "MiB into a tunnel whose upstream reads nothing"
+            )
+            assert served(gw)
+    finally:
+        release.set()
+        stalled.close()
+        other.close()
+
+
+# ------------------------------------------------------------------ rate-limit keys
+
+
+def test_unique_header_values_cannot_grow_a_rate_limits_memory_without_bound(gw):
+    rec = Recorder()
+    try:
+        limit = {"limit": 5, "window": "1h", "by": "header", "header": "x-tenant"}
+        gw.start(one_route(rec.url, plugins=[{"name": "rate-limit", "config": limit}]))
+        pid = worker_pid(gw)
+        before = rss(pid)
+        value = b"t" * (30 * 1024)  # (the listener's header budget is 32 KiB)
+        count = 6000  # 6000 x 30 KiB: 176 MiB if every key is kept whole
+        with Client(gw.port) as c:
+            for i in range(count):
+                c.send(b"GET /x HTTP/1.1\r\nHost: x\r\nX-Tenant: %d-%s\r\n\r\n" % (i, value))
+                a = c.answer()
+                assert a is not None and a.status in (200, 429), a
+        held = rss(pid) - before
+        assert held < BOUND, (
+            f"{count} distinct X-Tenant values left the worker holding {held // MiB} MiB more"
+        )
+        assert served(gw)
+    finally:
+        rec.close()
+
+
+def test_leaving_out_the_limited_header_does_not_escape_the_limit(gw):
+    """`by: header` with the header absent counted nothing: unlimited (Kong falls back to the
+    client IP; refusing would do too). Fail closed: at most `limit` requests pass."""
+    rec = Recorder()
+    try:
+        limit = {"limit": 3, "window": "1h", "by": "header", "header": "x-tenant"}
+        gw.start(one_route(rec.url, plugins=[{"name": "rate-limit", "config": limit}]))
+        statuses = []
+        with Client(gw.port) as c:
+            for _ in range(10):
+                statuses.append(c.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n").answer().status)
+        with Client(gw.port) as c:  # the same client with the header is limited, as it should be
+            tenant = [
+                c.send(b"GET /x HTTP/1.1\r\nHost: x\r\nX-Tenant: a\r\n\r\n").answer().status
+                for _ in range(5)
+            ]
+        assert tenant == [200, 200, 200, 429, 429]
+        assert statuses.count(200) <= 3, f"without the header: {statuses}"
+    finally:
+        rec.close()
