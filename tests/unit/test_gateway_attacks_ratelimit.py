@@ -5,13 +5,18 @@ finds the previous window by comparing its start with `now - now % window` minus
 to within 1e-9 s. For windows such as 100 ms, 300 ms or 1.1 s the two starts differ by a
 float step at a good share of boundaries: the previous window's count is then forgotten and
 a client gets a fresh `limit` right after it spent one (up to twice the limit in any window).
+
+Also (holds): one store serves every local limit, and sweeping it for a short limit never
+resets a long one.
 """
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from gateway.plugins.ratelimit import sliding_window
+from gateway.plugins.ratelimit import LocalStore, sliding_window
 
 EPOCH = 1_700_000_000.0
 
@@ -36,3 +41,21 @@ def test_the_previous_window_is_remembered_at_every_boundary(window: float) -> N
         if passed > 1:
             leaks.append((k, passed))
     assert not leaks, f"{len(leaks)} of 200 boundaries forgot the full window before: {leaks[:5]}"
+
+
+def test_a_short_limits_sweep_never_resets_a_long_one() -> None:
+    """One local store serves every limit of a process; its sweep (run whenever any limit
+    decides, once a minute) must forget only keys whose own windows are over."""
+    store = LocalStore()
+    for _ in range(5):
+        assert store.sliding("rl:hour", 5, 3600.0).allowed
+        assert store.bucket("rl:hour-bucket", 5, 3600.0).allowed
+        assert store.sliding("rl:second", 5, 1.0).allowed
+        assert store.bucket("rl:second-bucket", 5, 1.0).allowed
+    assert not store.sliding("rl:hour", 5, 3600.0).allowed
+    assert not store.bucket("rl:hour-bucket", 5, 3600.0).allowed
+    # Ten seconds on: the one-second limits are over and forgotten, the hour ones are not.
+    store.sweep(time.time() + 10, time.monotonic() + 10)
+    assert "rl:second" not in store.windows and "rl:second-bucket" not in store.buckets
+    assert not store.sliding("rl:hour", 5, 3600.0).allowed
+    assert not store.bucket("rl:hour-bucket", 5, 3600.0).allowed
