@@ -1,5 +1,4 @@
-"""Outside attacks on what one client can make a gateway worker hold: memory, through a tunnel
-and through a rate limit's keys.
+"""Outside attacks on what one client can make a gateway worker hold in memory.
 
 Each attack runs against the real gateway (one worker) and measures the worker's resident
 memory from /proc before and after: whatever a fix does (pause the reading, cap or refuse
@@ -11,6 +10,11 @@ request on the same worker is still served.
   client sends (a stalled app), makes the worker buffer everything in memory.
 - `rate-limit` with `by: header` keeps one key per distinct header value, with the value in
   it, for two windows: unique 30 KiB values pin 30 KiB each, with nothing bounding how many.
+
+What holds (issue 11's limits, not covered elsewhere): a 70 MiB line that never ends (header
+value or name, target, trailer, chunk extension) is cut off while it arrives; pipelined 9 MiB
+bodies stop being read; answers a client does not read stop further requests; an endless
+answer to a client that reads nothing pauses the upstream.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -216,3 +221,127 @@ def test_leaving_out_the_limited_header_does_not_escape_the_limit(gw):
         assert statuses.count(200) <= 3, f"without the header: {statuses}"
     finally:
         rec.close()
+
+
+# ------------------------------------------------------------------ heads, bodies, answers
+
+
+@pytest.mark.parametrize(
+    ("what", "opening"),
+    [
+        ("header value", b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: "),
+        ("header name", b"GET / HTTP/1.1\r\nHost: x\r\nX-"),
+        ("request target", b"GET /"),
+        ("trailer", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: "),
+        (
+            "chunk extension",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;x=",
+        ),
+    ],
+)
+def test_an_unterminated_70_mib_line_is_cut_off_while_it_arrives(gw, what, opening) -> None:
+    rec = Recorder()
+    try:
+        gw.start(one_route(rec.url))
+        pid = worker_pid(gw)
+        before = rss(pid)
+        with socket.create_connection(("127.0.0.1", gw.port)) as s:
+            s.sendall(opening)
+            sent = push(s, 70 * MiB, b"a" * (64 * 1024))
+        held = rss(pid) - before
+        assert sent < 70 * MiB, f"the gateway read a 70 MiB {what} without ending it"
+        assert held < BOUND, f"an unterminated {what} left the worker {held // MiB} MiB larger"
+        assert rec.heads() == []
+        assert served(gw)
+    finally:
+        rec.close()
+
+
+def test_pipelined_large_bodies_are_not_all_buffered(gw) -> None:
+    rec = Recorder()
+    try:
+        gw.start(one_route(rec.url))  # maxBody 10 MiB: each body is accepted
+        pid = worker_pid(gw)
+        before = rss(pid)
+        body = b"b" * (9 * MiB)
+        request = b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        with socket.create_connection(("127.0.0.1", gw.port)) as s:
+            sent = push(s, PUSH, request)  # never reads an answer
+            held = rss(pid) - before
+        assert held < BOUND, (
+            f"{sent // MiB} MiB of pipelined bodies left the worker {held // MiB} MiB larger"
+        )
+        assert served(gw)
+    finally:
+        rec.close()
+
+
+def test_answers_a_client_does_not_read_are_not_piled_up(gw) -> None:
+    big = 4 * MiB
+    rec = Recorder(answer=b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % big + b"r" * big)
+    try:
+        gw.start(one_route(rec.url))
+        pid = worker_pid(gw)
+        before = rss(pid)
+        with socket.create_connection(("127.0.0.1", gw.port)) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            # 64 GETs for 4 MiB each (256 MiB of answers), never read.
+            s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * 64)
+            # The attack succeeding is the positive marker: all 64 forwarded (a broken gateway
+            # gets there in well under a second). Held, a few are, then the connection stalls.
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline and len(rec.heads()) < 64:
+                time.sleep(0.1)
+            held = rss(pid) - before
+        assert len(rec.heads()) < 64, "every request was forwarded while no answer was read"
+        assert held < BOUND, f"answers nobody read left the worker {held // MiB} MiB larger"
+        assert served(gw)
+    finally:
+        rec.close()
+
+
+def test_an_endless_response_to_a_client_that_does_not_read_pauses_the_upstream(gw) -> None:
+    streamer = socket.create_server(("127.0.0.1", 0))
+    pushed = [0]
+    done = threading.Event()
+
+    def app() -> None:  # answers with a chunked body that never ends
+        conn, _ = streamer.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            chunk = b"%x\r\n" % MiB + b"s" * MiB + b"\r\n"
+            pushed[0] = push(conn, PUSH, chunk)
+        done.set()
+
+    threading.Thread(target=app, daemon=True).start()
+    other = Recorder()
+    try:
+        config = one_route(f"http://127.0.0.1:{streamer.getsockname()[1]}")
+        config["backends"].append({"name": "other", "endpoints": [other.url]})
+        config["routes"].insert(
+            0,
+            {
+                "name": "fine",
+                "matches": [{"path": {"type": "PathPrefix", "value": "/fine"}}],
+                "backendRefs": [{"name": "other"}],
+            },
+        )
+        gw.start(config)
+        pid = worker_pid(gw)
+        before = rss(pid)
+        with socket.create_connection(("127.0.0.1", gw.port)) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            s.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert done.wait(60), "the upstream neither finished nor stalled"
+            held = rss(pid) - before
+            assert served(gw)
+        assert pushed[0] < PUSH, (
+            "the gateway read the whole endless answer for a client that reads nothing"
+        )
+        assert held < BOUND, f"the worker is {held // MiB} MiB larger"
+    finally:
+        streamer.close()
+        other.close()
