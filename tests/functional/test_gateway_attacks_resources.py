@@ -8,6 +8,8 @@ request on the same worker is still served.
 - A WebSocket tunnel is a raw byte pipe with no flow control: a client that does not read the
   echoes of what it sends (the echo upstream), or an upstream that does not read what the
   client sends (a stalled app), makes the worker buffer everything in memory.
+- A paused upstream connection (its client stopped reading) can go back to the pool paused:
+  the next request on it, anyone's, times out (504).
 - `rate-limit` with `by: header` keeps one key per distinct header value, with the value in
   it, for two windows: unique 30 KiB values pin 30 KiB each, with nothing bounding how many.
 
@@ -94,6 +96,20 @@ def gw(tmp_path):
     g.stop()
 
 
+def with_fine_route(config: dict, upstream: str) -> dict:
+    """`/fine` on its own backend: an unrelated request that shares only the worker."""
+    config["backends"].append({"name": "other", "endpoints": [upstream]})
+    config["routes"].insert(
+        0,
+        {
+            "name": "fine",
+            "matches": [{"path": {"type": "PathPrefix", "value": "/fine"}}],
+            "backendRefs": [{"name": "other"}],
+        },
+    )
+    return config
+
+
 def one_route(upstream: str, **route) -> dict:
     return {
         "workers": 1,
@@ -147,16 +163,7 @@ def test_an_upstream_that_stops_reading_its_websocket_cannot_make_the_worker_buf
     other = Recorder()
     try:
         config = one_route(f"http://127.0.0.1:{stalled.getsockname()[1]}")
-        config["backends"].append({"name": "other", "endpoints": [other.url]})
-        config["routes"].insert(
-            0,
-            {
-                "name": "fine",
-                "matches": [{"path": {"type": "PathPrefix", "value": "/fine"}}],
-                "backendRefs": [{"name": "other"}],
-            },
-        )
-        gw.start(config)
+        gw.start(with_fine_route(config, other.url))
         pid = worker_pid(gw)
         before = rss(pid)
         with socket.create_connection(("127.0.0.1", gw.port)) as s:
@@ -279,8 +286,9 @@ def test_pipelined_large_bodies_are_not_all_buffered(gw) -> None:
 def test_answers_a_client_does_not_read_are_not_piled_up(gw) -> None:
     big = 4 * MiB
     rec = Recorder(answer=b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % big + b"r" * big)
+    other = Recorder()
     try:
-        gw.start(one_route(rec.url))
+        gw.start(with_fine_route(one_route(rec.url), other.url))
         pid = worker_pid(gw)
         before = rss(pid)
         with socket.create_connection(("127.0.0.1", gw.port)) as s:
@@ -298,6 +306,7 @@ def test_answers_a_client_does_not_read_are_not_piled_up(gw) -> None:
         assert served(gw)
     finally:
         rec.close()
+        other.close()
 
 
 def test_an_endless_response_to_a_client_that_does_not_read_pauses_the_upstream(gw) -> None:
@@ -320,16 +329,7 @@ def test_an_endless_response_to_a_client_that_does_not_read_pauses_the_upstream(
     other = Recorder()
     try:
         config = one_route(f"http://127.0.0.1:{streamer.getsockname()[1]}")
-        config["backends"].append({"name": "other", "endpoints": [other.url]})
-        config["routes"].insert(
-            0,
-            {
-                "name": "fine",
-                "matches": [{"path": {"type": "PathPrefix", "value": "/fine"}}],
-                "backendRefs": [{"name": "other"}],
-            },
-        )
-        gw.start(config)
+        gw.start(with_fine_route(config, other.url))
         pid = worker_pid(gw)
         before = rss(pid)
         with socket.create_connection(("127.0.0.1", gw.port)) as s:
@@ -345,3 +345,33 @@ def test_an_endless_response_to_a_client_that_does_not_read_pauses_the_upstream(
     finally:
         streamer.close()
         other.close()
+
+
+def test_a_client_that_stops_reading_leaves_no_stalled_upstream_connection_for_others(gw):
+    """A client that stops reading pauses the upstream connection its answer comes from
+    (backpressure). When the answer's last bytes arrive in the read that pauses it, the
+    connection went back to the pool still paused, and the exchange's resume hook was
+    dropped with it: the next request that takes it from the pool (anyone's) is written,
+    answered by the upstream, and never read: 504 after the backend timeout.
+
+    Whether the end of the answer falls into that read depends on socket buffers, so the
+    attack is repeated; a gateway that never pools a paused connection passes every time."""
+    big = 4 * MiB
+    rec = Recorder(answer=b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % big + b"r" * big)
+    try:
+        config = one_route(rec.url)
+        config["routes"][0]["timeouts"] = {"backendRequest": "2s"}
+        gw.start(config)
+        for attempt in range(12):
+            with socket.create_connection(("127.0.0.1", gw.port)) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+                s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * 64)  # never read
+                time.sleep(1)  # (lets the worker fill the client's buffers)
+                with Client(gw.port) as c:  # someone else, on the same route
+                    a = c.send(b"HEAD /page HTTP/1.1\r\nHost: x\r\n\r\n").answer(head_request=True)
+                assert a is not None and a.status == 200, (
+                    f"attempt {attempt}: an unrelated client got "
+                    f"{a.status if a else 'nothing'} after another stopped reading"
+                )
+    finally:
+        rec.close()
