@@ -3,7 +3,8 @@
 # every step checks first and only does what is missing.
 #
 #   1. Debian packages: bcc (python3-bpfcc), kernel headers, iproute2, and the
-#      real peers the tests and benchmarks use (stunnel, nginx, redis, wrk...).
+#      real peers the tests and benchmarks use (stunnel, nginx, redis, wrk, an
+#      embedded Tomcat for servlet path semantics...).
 #   2. Kernel-header links for bcc when /lib/modules/$(uname -r) has none
 #      (see ENVIRONMENT.md); a machine with its own matching headers is left alone.
 #   3. A virtualenv in .venv made from Debian's /usr/bin/python3 (the only
@@ -24,7 +25,7 @@ fi
 PACKAGES="python3 python3-venv python3-dev python3-bpfcc bpfcc-tools libbpfcc
 linux-headers-amd64 iproute2 iptables tcpdump stunnel4 nginx redis-server
 haproxy wrk nghttp2-client iperf3 nodejs procps psmisc make gcc curl
-util-linux"
+util-linux openjdk-17-jdk-headless libtomcat10-embed-java libjakarta-annotation-api-java"
 
 missing=""
 for p in $PACKAGES; do
