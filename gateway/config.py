@@ -13,6 +13,7 @@ Shape (names as in the Gateway API where it has them):
     listeners: [{name, address: 0.0.0.0:8080, tls: {certificates: [{hosts, cert, key}]},
                  limits: {maxBody, maxHeaderBytes, maxHeaders, maxUri, headerTimeout, idleTimeout},
                  http: {mergeSlashes: true, escapedSlashes: reject | keep | decode,
+                        pathParameters: reject | strip | keep,
                         headersWithUnderscores: drop | reject | allow}}]
     backends: [{name, endpoints: [URL | {url, weight, identity}] | service: {namespace, name,
                 port}, loadBalancer: round-robin |
@@ -44,7 +45,7 @@ from .errors import ConfigError
 from .http.head import UNDERSCORE_ACTIONS, HeadRules
 from .http.server import Limits
 from .http.upstream import Endpoint
-from .http.uri import ESCAPED_SLASHES, PathRules
+from .http.uri import ESCAPED_SLASHES, PATH_PARAMETERS, PathRules
 
 # ---------------------------------------------------------------- readers
 
@@ -460,12 +461,20 @@ def _listener(item: Mapping[str, Any], where: str) -> ListenerSpec:
 
 
 def _head_rules(obj: Mapping[str, Any], where: str) -> HeadRules:
-    known_fields(obj, {"mergeSlashes", "escapedSlashes", "headersWithUnderscores"}, where)
+    known_fields(
+        obj, {"mergeSlashes", "escapedSlashes", "pathParameters", "headersWithUnderscores"}, where
+    )
     escaped = string(obj, "escapedSlashes", where, default="reject")
     need(
         escaped in ESCAPED_SLASHES,
         f"{where}.escapedSlashes",
         f"{escaped!r} is not one of {', '.join(ESCAPED_SLASHES)}",
+    )
+    params = string(obj, "pathParameters", where, default="reject")
+    need(
+        params in PATH_PARAMETERS,
+        f"{where}.pathParameters",
+        f"{params!r} is not one of {', '.join(PATH_PARAMETERS)}",
     )
     underscores = string(obj, "headersWithUnderscores", where, default="drop")
     need(
@@ -474,7 +483,7 @@ def _head_rules(obj: Mapping[str, Any], where: str) -> HeadRules:
         f"{underscores!r} is not one of {', '.join(UNDERSCORE_ACTIONS)}",
     )
     return HeadRules(
-        PathRules(opt(obj, "mergeSlashes", where, boolean, True), escaped), underscores
+        PathRules(opt(obj, "mergeSlashes", where, boolean, True), escaped, params), underscores
     )
 
 

@@ -60,10 +60,21 @@ CLIENT_CANNOT_SET = frozenset(
         b"x-forwarded-scheme",
         b"x-host",
         b"x-original-host",
+        b"x-forwarded-ssl",
+        b"front-end-https",
+        b"x-url-scheme",
+        b"x-real-ip",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
     }
 )
 """Request fields upstream frameworks (Symfony, IIS, Spring, Rails, Express...) may read as
-the URL, host or method to serve: removed, so the upstream serves what was routed."""
+the URL, host, scheme, method or client address to serve: removed, so the upstream serves
+what was routed to the client the gateway saw. (X-Forwarded-For is appended to, as nginx and
+Envoy do: its last entry is the address the gateway saw.)"""
 
 
 class Gateway:

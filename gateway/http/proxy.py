@@ -160,6 +160,9 @@ class Attempt:
             self._settle()
 
         conn.raw, conn.raw_closed = out.write_raw, upstream_gone
+        # Flow control both ways: whichever side cannot take more pauses the other's reading.
+        out.on_backpressure(conn.pause, conn.resume)
+        conn.backpressure = (out.pause_reading, out.resume_reading)
         out.upgrade(conn.write_raw, client_gone)
         if conn.upgrade_rest:
             out.write_raw(conn.upgrade_rest)

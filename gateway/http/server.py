@@ -162,6 +162,13 @@ class Exchange:
     def on_backpressure(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
         self._conn.backpressure = (pause, resume)
 
+    def pause_reading(self) -> None:
+        """The other end of an upgraded connection cannot keep up: stop reading the client."""
+        self._conn._pause_reading()
+
+    def resume_reading(self) -> None:
+        self._conn._resume_reading()
+
     def upgrade(self, on_data: Callable[[bytes], None], on_close: Callable[[], None]) -> None:
         """After a 101: the connection carries raw bytes both ways from now on."""
         self._conn.upgraded(on_data, on_close)

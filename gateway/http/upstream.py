@@ -58,6 +58,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.raw: Callable[[bytes], None] | None = None
         """After a 101: where the upstream's bytes go."""
         self.raw_closed: Callable[[], None] | None = None
+        self.backpressure: tuple[Callable[[], None], Callable[[], None]] | None = None
+        """Called when writes to this upstream pile up and drain (an upgraded connection
+        pauses its client with it)."""
+        self._reading_paused = False
         self.last_used = time.monotonic()
         self.lent = False
         """Counted in the pool's `active` (between acquire and release)."""
@@ -86,12 +90,22 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport.write(data)
 
     def pause(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self._reading_paused:
+            self._reading_paused = True
             self.transport.pause_reading()
 
     def resume(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self._reading_paused:
+            self._reading_paused = False
             self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        if self.backpressure is not None:
+            self.backpressure[0]()
+
+    def resume_writing(self) -> None:
+        if self.backpressure is not None:
+            self.backpressure[1]()
 
     def write_raw(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -159,8 +173,9 @@ class UpstreamConnection(asyncio.Protocol):
         sink.head(status, _without_connection_named(self._headers))
         if self._head_only:
             # llhttp cannot know this answered a HEAD: end the exchange here.
+            keep_alive = self._keep_alive()
             self._parser = httptools.HttpResponseParser(self)
-            self._complete(self._keep_alive())
+            self._complete(keep_alive)
 
     def on_body(self, body: bytes) -> None:
         if self.sink is not None and not self._done:
@@ -180,16 +195,23 @@ class UpstreamConnection(asyncio.Protocol):
             self._complete(self._parser.should_keep_alive())
 
     def _keep_alive(self) -> bool:
+        """For an answer llhttp did not read to its end (HEAD): Connection, and the version's
+        default (an HTTP/1.0 answer closes unless it says keep-alive)."""
         tokens: set[bytes] = set()
         for n, v in self._headers:
             if n == b"connection":
                 tokens.update(t.strip().lower() for t in v.split(b","))
+        if self._parser.get_http_version() == "1.0":
+            return b"keep-alive" in tokens
         return b"close" not in tokens
 
     def _complete(self, keep_alive: bool) -> None:
         self._done = True
         sink, self.sink = self.sink, None
         self.last_used = time.monotonic()
+        # A slow client may have paused this connection in the read that ended the answer:
+        # the pool must never hand out a connection nobody will resume.
+        self.resume()
         if self.raw is None:  # an upgraded connection stays lent out until it closes
             self.pool.release(self, reuse=keep_alive and self._reusable and not self.closed)
         if sink is not None:

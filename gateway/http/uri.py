@@ -15,10 +15,14 @@ Path (RFC 3986 §6.2.2 and §5.2.4, as Envoy's `normalize_path` + `merge_slashes
 - `%2F`, `%5C` and a raw backslash: refused by default (an upstream may read them
   as separators: nothing can say which resource they name); `keep` forwards them
   encoded, inside their segment; `decode` turns them into `/` first;
+- path parameters (`;` in a segment, `/admin;x`) are refused by default: servlet
+  containers (Tomcat, Jetty, Spring) cut them off and serve `/admin`, nginx serves
+  `/admin;x`, so nothing can say which resource they name (Istio #27409). `strip`
+  removes them before anything else (the upstream gets the path without them);
+  `keep` keeps them as part of their segment, but still refuses a dot segment
+  with parameters (`..;/`);
 - dot segments are resolved (after decoding, so `%2e%2e` counts), never above the
-  root; a segment that is a dot segment followed by path parameters (`..;x`) is
-  refused (servlet containers resolve it); repeated slashes are merged unless the
-  listener says otherwise.
+  root; repeated slashes are merged unless the listener says otherwise.
 
 Host (RFC 9110 §7.2, RFC 3986 §3.2.2): lower case, one trailing dot dropped, the
 scheme's default port dropped; a port that is not a number up to 65535, an
@@ -35,6 +39,9 @@ from ..errors import HttpError
 
 ESCAPED_SLASHES: Final = ("reject", "keep", "decode")
 """What `%2F`, `%5C` and `\\` in a path mean: refused (400), kept encoded, or `/`."""
+
+PATH_PARAMETERS: Final = ("reject", "strip", "keep")
+"""What `;params` in a path segment mean: refused (400), removed, or part of the segment."""
 
 DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
@@ -53,6 +60,7 @@ class PathRules:
 
     merge_slashes: bool = True
     escaped_slashes: str = "reject"
+    parameters: str = "reject"
 
 
 @dataclass(frozen=True)
@@ -134,7 +142,7 @@ def normalize_path(raw: bytes, rules: PathRules) -> str:
             out += b"%%%02X" % c
         else:
             raise bad("a control or non-ASCII character in the path")
-    return _resolve(out.decode("ascii"), rules.merge_slashes)
+    return _resolve(out.decode("ascii"), rules)
 
 
 def _escaped_slash(out: bytearray, byte: int, rules: PathRules) -> None:
@@ -148,13 +156,20 @@ def _escaped_slash(out: bytearray, byte: int, rules: PathRules) -> None:
         raise bad(f"{name} in the path (the listener refuses escaped slashes)")
 
 
-def _resolve(path: str, merge: bool) -> str:
-    """Remove dot segments (RFC 3986 §5.2.4) and, if `merge`, empty segments."""
+def _resolve(path: str, rules: PathRules) -> str:
+    """Path parameters as the rules say; remove dot segments (RFC 3986 §5.2.4) and, if the
+    rules say so, empty segments."""
     if not path.startswith("/"):
         path = "/" + path
-    if "/." not in path and (not merge or "//" not in path):
+    merge = rules.merge_slashes
+    params = ";" in path
+    if params and rules.parameters == "reject":
+        raise bad("path parameters (';') in the path")
+    if not params and "/." not in path and (not merge or "//" not in path):
         return path  # (the common case: nothing to do)
     segments = path.split("/")[1:]
+    if params and rules.parameters == "strip":
+        segments = [seg.partition(";")[0] for seg in segments]
     last = len(segments) - 1
     out: list[str] = []
     for k, seg in enumerate(segments):

@@ -41,6 +41,9 @@ from ..http.message import Headers, Response
 from .base import PHASE_CACHE, Context, Plugin, Shared
 
 CACHEABLE = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+MAX_VARIANTS = 8
+"""Answers kept per key that differ by their Vary fields (an upstream varying on User-Agent
+would otherwise make each lookup scan thousands)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ class Store:
         old = self.entries.pop(key, [])
         self._drop(old)
         variants = [e for e in old if e.vary != entry.vary and e.expires > entry.stored]
+        variants = variants[-(MAX_VARIANTS - 1) :]  # (a lookup scans them: keep it short)
         variants.append(entry)
         self.entries[key] = variants
         self._add(variants)
@@ -188,6 +192,13 @@ class Store:
 
 
 _MAX_AGE = re.compile(rb"(s-maxage|max-age)\s*=\s*\"?(\d+)")
+_NOT_STORED = re.compile(
+    rb"(?:^|[,\s])(?:no-store|no-cache|private)\s*(?:[,=]|$)", re.IGNORECASE
+)
+
+
+def _name(pair: tuple[str, str]) -> str:
+    return pair[0]
 
 
 def explicitly_shared(headers: Headers) -> bool:
@@ -196,10 +207,12 @@ def explicitly_shared(headers: Headers) -> bool:
 
 
 def freshness(headers: Headers, default: float) -> float | None:
-    """Seconds a shared cache may keep this response, or None if it must not."""
-    cc = headers.tokens(b"cache-control")
-    if b"no-store" in cc or b"no-cache" in cc or any(t.startswith(b"private") for t in cc):
-        return None
+    """Seconds a shared cache may keep this response, or None if it must not. `no-cache` and
+    `private` in any form, with field names too (`no-cache="Set-Cookie"`), keep it out: we
+    would have to strip those fields, and do not revalidate (RFC 9111 §5.2.2.4, §5.2.2.7)."""
+    for v in headers.get_all(b"cache-control"):
+        if _NOT_STORED.search(v):
+            return None
     ages: dict[bytes, bytes] = {}
     for v in headers.get_all(b"cache-control"):
         for m in _MAX_AGE.finditer(v.lower()):
@@ -222,10 +235,12 @@ class Cache(Plugin):
     def key(self, ctx: Context) -> str:
         req = ctx.request
         c = self.config
+        # Sorted by name only (a stable sort): a repeated parameter keeps its order, which an
+        # upstream that reads the first (or last) value answers by.
         if c.vary_query is None:
-            query = sorted(req.query)
+            query = sorted(req.query, key=_name)
         else:
-            query = sorted((k, v) for k, v in req.query if k in c.vary_query)
+            query = sorted(((k, v) for k, v in req.query if k in c.vary_query), key=_name)
         varied = [req.headers.get_all(h) for h in c.vary_headers]
         # (repr of a tuple: no two different keys can print the same)
         return repr(

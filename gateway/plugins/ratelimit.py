@@ -9,7 +9,11 @@ would cost millions of entries per key. In Redis, a window decision is one
 pipelined atomic INCR (plus the previous window's GET) and a bucket decision
 one Lua script on Redis's own clock, so every gateway process sharing that
 Redis sees one exact count. The local store counts in this process only (each
-worker has its own; use Redis to share).
+worker has its own; use Redis to share), for at most MAX_KEYS keys at once.
+
+`by: header` counts by the header's value (a long value by its digest); a
+request without the header is counted by its client IP, so leaving the header
+out is no way around the limit.
 
 Every answered request carries `RateLimit-Limit`, `RateLimit-Remaining` and
 `RateLimit-Reset` (seconds); a refused one gets 429 with `Retry-After`. When
@@ -19,6 +23,8 @@ answers 503; either way Redis is not asked again for a second.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import math
 import time
@@ -37,6 +43,10 @@ log = logging.getLogger("gateway.ratelimit")
 BY = ("consumer", "ip", "route", "header")
 MAX_REMEMBERED = 100_000
 """Finished-window counts a process keeps (then it forgets them all and reads them again)."""
+MAX_KEYS = 100_000
+"""Keys (clients, header values...) a worker's local store counts at once, per algorithm."""
+MAX_KEY_PART = 64
+"""A header value longer than this is counted by its digest (keys stay small)."""
 ALGORITHMS = ("sliding-window", "token-bucket")
 _HEADERS = frozenset({b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset"})
 
@@ -125,17 +135,20 @@ return {allowed, math.floor(tokens), wait}
 
 
 def sliding_window(
-    state: tuple[float, int, int] | None, now: float, limit: int, window: float
-) -> tuple[tuple[float, int, int], Verdict]:
-    """One decision of the sliding window counter (pure). `state`: (start of the current
-    fixed window, its count, the previous window's count)."""
-    cs = now - (now % window)
-    start, cur, prev = state if state is not None else (cs, 0, 0)
-    if start != cs:
-        prev = cur if abs(start - (cs - window)) < 1e-9 else 0
+    state: tuple[int, int, int] | None, now: float, limit: int, window: float
+) -> tuple[tuple[int, int, int], Verdict]:
+    """One decision of the sliding window counter (pure). `state`: (which fixed window is
+    current, counted as now // window; its count; the previous window's count). Windows are
+    told apart by that whole number: comparing their float starts at the clock's scale
+    (1.7e9 s) is not exact for windows like 0.1 s or 1.1 s."""
+    index = int(now // window)
+    at, cur, prev = state if state is not None else (index, 0, 0)
+    if at != index:
+        prev = cur if at == index - 1 else 0
         cur = 0
-    verdict = window_verdict(prev, cur, now - cs, limit, window)
-    return (cs, cur + 1 if verdict.allowed else cur, prev), verdict
+    into = min(max(now - index * window, 0.0), window)
+    verdict = window_verdict(prev, cur, into, limit, window)
+    return (index, cur + 1 if verdict.allowed else cur, prev), verdict
 
 
 def window_verdict(prev: int, before: int, into: float, limit: int, window: float) -> Verdict:
@@ -161,8 +174,8 @@ class LocalStore:
     SWEEP_EVERY = 60.0
 
     def __init__(self) -> None:
-        self.windows: dict[str, tuple[float, int, int, float]] = {}
-        """key -> (start of the current fixed window, its count, the previous one's, window)"""
+        self.windows: dict[str, tuple[int, int, int, float]] = {}
+        """key -> (current fixed window (now // window), its count, the previous one's, window)"""
         self.buckets: dict[str, tuple[float, float, float]] = {}
         """key -> (tokens, when they were counted (monotonic), window)"""
         self._sweep_at = time.monotonic() + self.SWEEP_EVERY
@@ -171,6 +184,8 @@ class LocalStore:
         now = time.time()  # wall clock: windows align with other stores' (and Redis's)
         self._maybe_sweep()
         known = self.windows.get(key)
+        if known is None:
+            self._make_room(self.windows)
         state, verdict = sliding_window(known[:3] if known else None, now, limit, window)
         self.windows[key] = (*state, window)
         return verdict
@@ -179,6 +194,8 @@ class LocalStore:
         now = time.monotonic()
         self._maybe_sweep()
         rate = limit / window
+        if key not in self.buckets:
+            self._make_room(self.buckets)
         tokens, ts, _ = self.buckets.get(key, (float(limit), now, window))
         tokens = min(limit, tokens + (now - ts) * rate)
         allowed = tokens >= 1
@@ -188,6 +205,20 @@ class LocalStore:
         wait = 0.0 if tokens >= 1 else (1 - tokens) / rate
         return Verdict(allowed, math.floor(tokens), wait)
 
+    def _make_room(self, table: dict[str, Any]) -> None:
+        """Before a new key: past MAX_KEYS, sweep; if that frees nothing, forget the tenth of
+        the keys counted longest ago (the price of a bound: those counts start over)."""
+        if len(table) < MAX_KEYS:
+            return
+        self.sweep(time.time(), time.monotonic())
+        if len(table) >= MAX_KEYS:
+            for k in list(itertools.islice(table, MAX_KEYS // 10)):
+                del table[k]
+            log.warning(
+                "local rate-limit store full: the oldest counts were forgotten",
+                extra={"keys": MAX_KEYS},
+            )
+
     def _maybe_sweep(self) -> None:
         if time.monotonic() >= self._sweep_at:
             self.sweep(time.time(), time.monotonic())
@@ -196,7 +227,7 @@ class LocalStore:
         """Forget keys whose state is the same as none (so many clients cannot grow memory
         forever): a window pair entirely in the past, a bucket refilled to full."""
         self._sweep_at = mono + self.SWEEP_EVERY
-        self.windows = {k: s for k, s in self.windows.items() if s[0] + 2 * s[3] > wall}
+        self.windows = {k: s for k, s in self.windows.items() if (s[0] + 2) * s[3] > wall}
         self.buckets = {k: b for k, b in self.buckets.items() if mono - b[1] < b[2]}
 
 
@@ -284,7 +315,7 @@ class RateLimit(Plugin):
         else:
             self.store = shared.service("ratelimit:local", LocalStore, LocalStore)
 
-    def key(self, ctx: Context) -> str | None:
+    def key(self, ctx: Context) -> str:
         c = self.config
         if c.by == "consumer":
             who = ctx.consumer.name if ctx.consumer is not None else f"ip:{ctx.request.client[0]}"
@@ -295,15 +326,16 @@ class RateLimit(Plugin):
         else:
             assert c.header is not None
             raw = ctx.request.headers.get(c.header)
-            if raw is None:
-                return None  # nothing to count by: not limited
-            who = raw.decode("latin-1")
+            if raw is None:  # (as Kong does: leaving the header out is no way around the limit)
+                who = f"ip:{ctx.request.client[0]}"
+            elif len(raw) > MAX_KEY_PART:
+                who = "h#" + hashlib.sha256(raw).hexdigest()[:32]
+            else:
+                who = "h:" + raw.decode("latin-1")
         return self._prefix + who
 
     async def request(self, ctx: Context) -> Response | None:
         key = self.key(ctx)
-        if key is None:
-            return None
         c = self.config
         try:
             if isinstance(self.store, RedisStore):

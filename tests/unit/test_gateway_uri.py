@@ -29,6 +29,8 @@ DEFAULT = PathRules()
 KEEP = PathRules(escaped_slashes="keep")
 DECODE = PathRules(escaped_slashes="decode")
 NO_MERGE = PathRules(merge_slashes=False)
+PARAMS = PathRules(parameters="keep")
+STRIP = PathRules(parameters="strip")
 
 
 @pytest.mark.parametrize(
@@ -49,7 +51,15 @@ NO_MERGE = PathRules(merge_slashes=False)
         ('/a"b<c>d', DEFAULT, "/a%22b%3Cc%3Ed"),
         ("/a{b}|c^d`e[f]", DEFAULT, "/a%7Bb%7D%7Cc%5Ed%60e%5Bf%5D"),
         # sub-delims, ':' and '@' stand for themselves
-        ("/a;b=c,d!$&'()*+:@", DEFAULT, "/a;b=c,d!$&'()*+:@"),
+        ("/a,b=c!$&'()*+:@", DEFAULT, "/a,b=c!$&'()*+:@"),
+        ("/a;b=c,d!$&'()*+:@", PARAMS, "/a;b=c,d!$&'()*+:@"),
+        # path parameters: removed before anything else when asked (a servlet's reading)
+        ("/admin;jsessionid=1/users", STRIP, "/admin/users"),
+        ("/admin;x", STRIP, "/admin"),
+        ("/;/admin", STRIP, "/admin"),
+        ("/x/..;/admin", STRIP, "/admin"),
+        ("/x/.;a=b/admin", STRIP, "/x/admin"),
+        ("/a%3Bb", DEFAULT, "/a%3Bb"),  # an encoded ';' is data, not a parameter
         # dot segments, raw and encoded
         ("/./admin", DEFAULT, "/admin"),
         ("/x/../admin", DEFAULT, "/admin"),
@@ -99,9 +109,12 @@ def test_paths_normalize_to_one_form(raw: str, rules: PathRules, expected: str) 
         ("/a%zz", DEFAULT, "malformed percent"),
         ("/a%%41", DEFAULT, "malformed percent"),
         ("/a%00b", DEFAULT, "NUL"),
-        ("/x/..;/admin", DEFAULT, "dot segment with parameters"),
-        ("/x/.;jsessionid=1/admin", DEFAULT, "dot segment with parameters"),
-        ("/x/%2e%2e;x/admin", DEFAULT, "dot segment with parameters"),
+        ("/admin;x", DEFAULT, "path parameters"),
+        ("/;/admin", DEFAULT, "path parameters"),
+        ("/x/..;/admin", DEFAULT, "path parameters"),
+        ("/x/..;/admin", PARAMS, "dot segment with parameters"),
+        ("/x/.;jsessionid=1/admin", PARAMS, "dot segment with parameters"),
+        ("/x/%2e%2e;x/admin", PARAMS, "dot segment with parameters"),
         ("/a\x01b", DEFAULT, "control"),
         ("/a\x7fb", DEFAULT, "control"),
         ("/caf\xe9", DEFAULT, "non-ASCII"),
@@ -223,7 +236,9 @@ _PATH_CHARS = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*$")
 
 
 @settings(max_examples=2000, derandomize=True)
-@given(st.lists(PIECES, max_size=12), st.sampled_from([DEFAULT, KEEP, DECODE, NO_MERGE]))
+@given(
+    st.lists(PIECES, max_size=12), st.sampled_from([DEFAULT, KEEP, DECODE, NO_MERGE, PARAMS, STRIP])
+)
 def test_normalized_paths_are_fixed_points_without_dots_or_stray_bytes(pieces, rules) -> None:
     raw = ("/" + "".join(pieces)).partition("?")[0].partition("#")[0]
     try:
