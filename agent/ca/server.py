@@ -4,8 +4,8 @@ POST /v1/certificates   Authorization: Bearer <credential>
     {"identity": "spiffe://td/ns/<ns>/sa/<sa>", "csr": PEM, "ttlSeconds": N}
     -> 200 {"certificate": PEM, "bundle": PEM, "notAfter": ISO-8601}
     -> 400 malformed request (the field named), 401 no, unknown, expired or revoked
-       credential, 403 not this credential's identity, 413 body too large, 408 too slow,
-       429 too many for this credential (Retry-After)
+       credential, 403 not this credential's identity, 408 too slow, 413 body too large,
+       415 compressed body, 429 too many for this credential (Retry-After)
 GET  /v1/issued         the last certificates issued, as far as the credential may see them:
                         an admin credential all, a node's its node's, a workload's its own
 GET  /v1/bundle         the trust bundle (every root agents must trust), PEM; open
