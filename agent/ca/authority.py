@@ -257,7 +257,7 @@ def read_csr(csr_pem: str, identity: SpiffeId) -> ec.EllipticCurvePublicKey:
         raise CAError(400, "csr: expected exactly one PEM block 'CERTIFICATE REQUEST'")
     try:
         csr = x509.load_pem_x509_csr(csr_pem.encode())
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # (found by fuzzing: a version 5 was a 500)
         raise CAError(400, f"csr: not a PEM certificate request: {exc}") from exc
     try:
         valid = csr.is_signature_valid

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from agent.identity.certs import SpiffeId, generate_key, make_csr
 from tests.functional.cakit import TD, read_answer, start_ca
 from tests.lab.labkit import wait_until
+from tests.unit.test_ca import version
 
 WEB = SpiffeId(TD, "shop", "web")
 WEB_URI = x509.UniformResourceIdentifier(str(WEB))
@@ -82,6 +83,7 @@ BAD = {
     "csr not PEM": (body(csr="hello"), 400, "csr: expected exactly one PEM block"),
     "csr truncated": (body(csr=csr()[:300]), 400, "csr: not a PEM certificate request"),
     "csr signature": (body(csr=tampered()), 400, "csr: its signature does not verify"),
+    "csr version 5": (body(csr=version(5)), 400, "5 is not a valid CSR version"),
     "csr RSA key": (body(csr=csr(rsa.generate_private_key(65537, 2048))), 400,
                     "csr: the key must be ECDSA P-256, not RSA"),
     "csr P-384 key": (body(csr=csr(ec.generate_private_key(ec.SECP384R1()))), 400,

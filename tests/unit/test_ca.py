@@ -4,6 +4,7 @@ may say, credential records, the issuance limit, and the capabilities a lab cont
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import ipaddress
 import json
@@ -146,6 +147,19 @@ def bad_signature() -> str:
     return pem.decode()
 
 
+def version(n: int) -> str:
+    """A CSR whose version field says `n` (only 0, v1, exists)."""
+    der = bytearray(
+        x509.load_pem_x509_csr(make_csr(generate_key(), WEB)).public_bytes(
+            serialization.Encoding.DER
+        )
+    )
+    at = der.index(b"\x02\x01\x00")  # the first INTEGER: CertificationRequestInfo.version
+    der[at + 2] = n
+    body = base64.encodebytes(bytes(der)).decode()
+    return f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n"
+
+
 URI = x509.UniformResourceIdentifier(str(WEB))
 KU_CA = x509.KeyUsage(True, False, False, False, False, True, True, False, False)
 
@@ -163,6 +177,7 @@ BAD_CSRS = {
     ),
     "truncated": (make_csr(generate_key(), WEB).decode()[:200], "not a PEM certificate request"),
     "bad signature": (bad_signature(), "signature does not verify"),
+    "version 5": (version(5), "not a PEM certificate request: 5 is not a valid CSR version"),
     "RSA key": (
         csr_with(rsa.generate_private_key(65537, 2048), [URI]).decode(),
         "ECDSA P-256, not RSA",
