@@ -15,6 +15,11 @@ Three kinds of caller:
             token's claims.
   admin     reads the issuance log; has nothing signed.
 
+A Kubernetes authenticator (next) reviews the token (TokenReview, audience-bound) and
+returns a node Caller when the token is the node agent's own service account's (the
+node read from its bound pod, as Istio's trusted node accounts), a workload Caller
+(namespace, service account, bound pod) for any other pod.
+
 `CredentialFile` is the authenticator for credentials this CA minted itself (the lab, or
 a machine without Kubernetes): one JSON file of records, each with the SHA-256 of its
 token (the CA never stores a token), its subject, an expiry and a revocation time. The
