@@ -20,7 +20,7 @@ from .capture import EbpfCapture, IptablesCapture
 from .enroller import Capture, Enroller
 from .enrollment import decide
 from .errors import SlipstreamError
-from .identity.caclient import CAClient
+from .identity.caclient import CAClient, TokenFile
 from .identity.certs import DEFAULT_TRUST_DOMAIN, SpiffeId, load_certs
 from .identity.manager import CertManager
 from .policy.peerauth import ROOT_NAMESPACE
@@ -104,10 +104,10 @@ class Agent:
             with open(c.ca_root) as f:
                 bundle = f.read()
             load_certs(bundle)
-            with open(c.ca_token_file) as f:
-                token = f.read().strip()
         except OSError as exc:
             raise SlipstreamError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+        # Re-read on change: the node's credential rotates without restarting the agent.
+        token = TokenFile(c.ca_token_file)
         client = CAClient(parse_addr(c.ca, "127.0.0.1"), token, ca_identity(c.trust_domain))
         certs = CertManager(
             client,

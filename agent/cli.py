@@ -90,7 +90,11 @@ def _register_agent(
     g.add_argument(
         "--ca-root", metavar="FILE", help="PEM trust bundle to start with (the CA's roots)"
     )
-    g.add_argument("--ca-token-file", metavar="FILE", help="this node's credential for the CA")
+    g.add_argument(
+        "--ca-token-file",
+        metavar="FILE",
+        help="this node's credential for the CA (re-read when it changes: rotate it in place)",
+    )
     g.add_argument(
         "--trust-domain",
         default=DEFAULT_TRUST_DOMAIN,

@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     m.add_argument("--ca-root", default=env("SLIPSTREAM_CA_ROOT"), metavar="FILE",
                    help="PEM trust bundle to start with")  # fmt: skip
     m.add_argument("--ca-token-file", default=env("SLIPSTREAM_CA_TOKEN_FILE"), metavar="FILE",
-                   help="the credential of the node the gateway runs on")  # fmt: skip
+                   help="the gateway's own credential for the CA")  # fmt: skip
     m.add_argument("--identity", default=env("SLIPSTREAM_IDENTITY"), metavar="SPIFFE_ID",
                    help="the gateway's SPIFFE ID (spiffe://TD/ns/NS/sa/SA)")  # fmt: skip
     m.add_argument("--trust-domain", default=env("SLIPSTREAM_TRUST_DOMAIN", "cluster.local"))

@@ -3,10 +3,12 @@
 The master holds the settings (`MeshSettings`, from flags or the lab's
 environment) and hands them to each worker; every worker asks the mesh CA for
 its own certificate of the gateway's identity (a fresh key per worker, never
-written anywhere) with the same credential an agent uses, and keeps it
-renewed. A backend endpoint that carries a SPIFFE ID is reached over HBONE:
-an mTLS HTTP/2 connection to the endpoint pod's :15008, checked to present
-that ID, with one CONNECT stream per upstream HTTP connection. No agent runs on
+written anywhere) with the gateway's own workload credential, which gets that
+one identity and nothing else, and keeps it renewed. The credential file is
+re-read whenever it changes, so it rotates without a restart. A backend
+endpoint that carries a SPIFFE ID is reached over HBONE: an mTLS HTTP/2
+connection to the endpoint pod's :15008, checked to present that ID, with one
+CONNECT stream per upstream HTTP connection. No agent runs on
 the gateway's side; the destination's agent sees the gateway's principal, so
 an AuthorizationPolicy can name it.
 """
@@ -27,7 +29,7 @@ from agent.ca.authority import ca_identity
 from agent.hbone import client as hbone
 from agent.hbone.endpoint import H2Stream
 from agent.hbone.protocol import HBONE_PORT, TunnelError, connect_headers
-from agent.identity.caclient import CAClient
+from agent.identity.caclient import CAClient, TokenFile
 from agent.identity.certs import IdentityError, SpiffeId, load_certs
 from agent.identity.manager import CertManager, NoCertificate
 
@@ -47,6 +49,7 @@ class MeshSettings:
     ca_root: str
     """PEM trust bundle to start with."""
     ca_token_file: str
+    """The gateway's own credential (its service account's), never a node's."""
     identity: str
     trust_domain: str = "cluster.local"
 
@@ -167,10 +170,10 @@ class MeshDial:
         self.identity = SpiffeId.parse(settings.identity)
         with open(settings.ca_root) as f:
             bundle = f.read()
-        with open(settings.ca_token_file) as f:
-            token = f.read().strip()
         client = CAClient(
-            parse_addr(settings.ca, "127.0.0.1"), token, ca_identity(settings.trust_domain)
+            parse_addr(settings.ca, "127.0.0.1"),
+            TokenFile(settings.ca_token_file),
+            ca_identity(settings.trust_domain),
         )
         identity = self.identity
         self.certs = CertManager(client, bundle, ttl=CERT_TTL, wanted=lambda: {identity})

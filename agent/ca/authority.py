@@ -1,4 +1,4 @@
-"""The CA's decisions and keys, without the network: roots, rotation, signing, node authorization.
+"""The CA's decisions and keys, without the network: roots, rotation, signing, authorization.
 
 Roots live in a directory (a Kubernetes Secret later): `roots.json` lists them
 with their state, and each has `<id>.key` (0600) and `<id>.crt`. A restart
@@ -12,16 +12,16 @@ Agents refresh the bundle on every signing and periodically.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 import json
+import math
 import os
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtensionOID
 
 from ..errors import SlipstreamError
 from ..identity.certs import (
@@ -34,20 +34,28 @@ from ..identity.certs import (
 )
 from ..state import Snapshot
 from ..state.store import TERMINATED_PHASES
+from .credentials import NODE, WORKLOAD, Caller
 
 ACTIVE = "active"
 TRUSTED = "trusted"
 CA_SERVICE_ACCOUNT = "slipstream-ca"
 CA_NAMESPACE = "slipstream-system"
+MAX_CSR_CHARS = 8192
+"""A P-256 CSR is about 500 characters of PEM."""
+MAX_REQUEST_TTL_S = 366 * 86400
+"""Longer requested lives are refused (400), not capped: no caller has a reason to ask."""
 
 
 class CAError(SlipstreamError):
-    """The CA cannot do what was asked; `status` is the HTTP status to answer with."""
+    """The CA cannot do what was asked; `status` is the HTTP status to answer with,
+    `headers` go with it (Retry-After), `caller` is who asked, once known (for the log)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.headers = dict(headers or {})
+        self.caller: Caller | None = None
 
 
 def _utcnow() -> dt.datetime:
@@ -169,56 +177,137 @@ class RootStore:
         return "".join(cert_pem(c) for c in self.bundle())
 
 
-class NodeTokens:
-    """Which node a bearer token belongs to. The file maps node names to SHA-256 hex digests,
-    so the CA never stores the tokens themselves."""
+def authorize(
+    snapshot: Snapshot, caller: Caller, identity: SpiffeId, trust_domain: str
+) -> str | None:
+    """Why `caller` may not have `identity` signed, or None if it may.
 
-    def __init__(self, digests: dict[str, str]) -> None:
-        self._digests = dict(digests)
-
-    @classmethod
-    def load(cls, path: str) -> NodeTokens:
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise CAError(500, f"cannot read node tokens {path}: {exc}") from exc
-        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-            raise CAError(500, f"{path}: expected an object of node name to SHA-256 hex digest")
-        return cls(data)
-
-    @staticmethod
-    def digest(token: str) -> str:
-        return hashlib.sha256(token.encode()).hexdigest()
-
-    def node_of(self, token: str) -> str | None:
-        d = self.digest(token)
-        found = None
-        for node, want in self._digests.items():
-            if hmac.compare_digest(d, want):
-                found = node
-        return found
-
-
-def authorize(snapshot: Snapshot, node: str, identity: SpiffeId, trust_domain: str) -> str | None:
-    """Why `node` may not have `identity` signed, or None if it may.
-
-    A node gets only identities of pods it runs: a compromised node cannot
-    mint another node's workload identities.
+    A node gets only identities of pods it runs (a compromised node cannot mint
+    another node's workload identities); a workload credential gets only its own
+    service account's identity, and only while a pod of it runs (its own pod, when
+    the credential is bound to one); an admin credential gets nothing signed.
     """
     if identity.trust_domain != trust_domain:
         return f"trust domain {identity.trust_domain!r} is not this mesh's ({trust_domain!r})"
-    for pod in snapshot.pods_on_node(node):
-        if (
-            pod.meta.namespace == identity.namespace
-            and pod.service_account == identity.service_account
-            and pod.phase not in TERMINATED_PHASES
-        ):
-            return None
-    return (
-        f"node {node} runs no pod with service account {identity.service_account} "
-        f"in namespace {identity.namespace}"
-    )
+    wanted = (identity.namespace, identity.service_account)
+    if caller.kind == NODE:
+        for pod in snapshot.pods_on_node(caller.node):
+            if (pod.meta.namespace, pod.service_account) == wanted and (
+                pod.phase not in TERMINATED_PHASES
+            ):
+                return None
+        return (
+            f"node {caller.node} runs no pod with service account {identity.service_account} "
+            f"in namespace {identity.namespace}"
+        )
+    if caller.kind == WORKLOAD:
+        own = (caller.namespace, caller.service_account)
+        if wanted != own:
+            return (
+                f"credential {caller.credential} is service account {own[0]}/{own[1]}'s: "
+                f"it gets only that identity, not {identity}"
+            )
+        for pod in snapshot.pods():
+            if pod.phase in TERMINATED_PHASES:
+                continue
+            if (pod.meta.namespace, pod.service_account) == own and (
+                not caller.pod or pod.meta.name == caller.pod
+            ):
+                return None
+        if caller.pod:
+            return (
+                f"credential {caller.credential} is bound to pod {own[0]}/{caller.pod}, which "
+                f"does not run (or no longer has service account {own[1]})"
+            )
+        return f"no pod with service account {own[1]} runs in namespace {own[0]}"
+    return f"credential {caller.credential} is an {caller.kind} credential: it has nothing signed"
+
+
+def check_ttl(value: object, max_ttl: dt.timedelta) -> dt.timedelta:
+    """The requested life of a certificate (JSON `ttlSeconds`), capped at `max_ttl`.
+
+    Refused with 400: a non-number, NaN or an infinity, zero or less, and anything above
+    MAX_REQUEST_TTL (a request for more than that is a bug or an attack, not a policy).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CAError(400, f"ttlSeconds: {value!r} is not a number of seconds")
+    if isinstance(value, int) and abs(value) > 1 << 53:
+        raise CAError(400, f"ttlSeconds: {value} is absurdly large (at most {MAX_REQUEST_TTL_S})")
+    seconds = float(value)
+    if not math.isfinite(seconds):
+        raise CAError(400, f"ttlSeconds: {value!r} is not a finite number")
+    if seconds <= 0:
+        raise CAError(400, f"ttlSeconds: {value!r} must be positive")
+    if seconds > MAX_REQUEST_TTL_S:
+        raise CAError(400, f"ttlSeconds: {value!r} is absurdly large (at most {MAX_REQUEST_TTL_S})")
+    return min(dt.timedelta(seconds=seconds), max_ttl)
+
+
+def read_csr(csr_pem: str, identity: SpiffeId) -> ec.EllipticCurvePublicKey:
+    """The public key of a CSR that asks for exactly `identity`, or CAError(400) saying why.
+
+    The certificate's contents come from the CA alone (the identity, CA:false, the key
+    usages); a CSR that asks for anything else is refused rather than silently trimmed,
+    so a client that expects more learns it will not get it.
+    """
+    if len(csr_pem) > MAX_CSR_CHARS:
+        raise CAError(400, f"csr: {len(csr_pem)} characters, more than {MAX_CSR_CHARS}")
+    blocks = csr_pem.count("-----BEGIN ")
+    if blocks != 1 or "-----BEGIN CERTIFICATE REQUEST-----" not in csr_pem:
+        raise CAError(400, "csr: expected exactly one PEM block 'CERTIFICATE REQUEST'")
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+    except (ValueError, x509.InvalidVersion) as exc:  # (found by fuzzing: a version 5 was a 500)
+        raise CAError(400, f"csr: not a PEM certificate request: {exc}") from exc
+    try:
+        valid = csr.is_signature_valid
+        key = csr.public_key()
+    except (ValueError, InvalidSignature, UnsupportedAlgorithm) as exc:
+        raise CAError(400, f"csr: its key or signature cannot be read: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise CAError(400, f"csr: the key must be ECDSA P-256, not {_key_kind(key)}")
+    if not valid:
+        raise CAError(400, "csr: its signature does not verify (not signed by its own key)")
+    try:
+        extensions = list(csr.extensions)
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        raise CAError(400, f"csr: unreadable extensions: {exc}") from exc
+    for ext in extensions:
+        if isinstance(ext.value, x509.BasicConstraints) and ext.value.ca:
+            raise CAError(400, "csr: asks to be a CA (basicConstraints CA:true)")
+        if not isinstance(ext.value, x509.SubjectAlternativeName):
+            raise CAError(
+                400,
+                f"csr: extension {_EXTENSIONS.get(ext.oid, 'unknown')} "
+                f"({ext.oid.dotted_string}) is not allowed: "
+                "the CA decides a certificate's extensions",
+            )
+        names = list(ext.value)
+        extra = [n for n in names if n != x509.UniformResourceIdentifier(str(identity))]
+        if extra:
+            raise CAError(
+                400,
+                f"csr: asks for {', '.join(_name(n) for n in extra)}; only {identity} may be asked",
+            )
+    return key
+
+
+_EXTENSIONS = {  # KEY_USAGE -> keyUsage, as RFC 5280 names them
+    oid: name.split("_")[0].lower() + "".join(w.title() for w in name.split("_")[1:])
+    for name, oid in vars(ExtensionOID).items()
+    if isinstance(oid, x509.ObjectIdentifier)
+}
+
+
+def _name(n: x509.GeneralName) -> str:
+    kind = type(n).__name__.replace("UniformResourceIdentifier", "URI")
+    return f"{kind} {n.value!r}"
+
+
+def _key_kind(key: object) -> str:
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"ECDSA {key.curve.name}"
+    return type(key).__name__.lstrip("_").replace("PublicKey", "")
 
 
 @dataclass
@@ -231,29 +320,10 @@ class Authority:
         self, csr_pem: str, identity: SpiffeId, ttl: dt.timedelta, now: dt.datetime | None = None
     ) -> x509.Certificate:
         """Sign a workload CSR. The certificate carries exactly `identity`."""
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem.encode())
-        except ValueError as exc:
-            raise CAError(400, f"the CSR is not a PEM certificate request: {exc}") from exc
-        try:
-            if not csr.is_signature_valid:
-                raise CAError(400, "the CSR's signature does not verify")
-        except InvalidSignature as exc:
-            raise CAError(400, "the CSR's signature does not verify") from exc
-        key = csr.public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-            raise CAError(400, "the CSR's key must be ECDSA P-256")
-        asked = []
-        try:
-            san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            asked = san.get_values_for_type(x509.UniformResourceIdentifier)
-        except x509.ExtensionNotFound:
-            pass
-        if asked and asked != [str(identity)]:
-            raise CAError(400, f"the CSR asks for {asked}, the request for {identity}")
+        key = read_csr(csr_pem, identity)
         ttl = min(ttl, self.max_ttl)
         if ttl.total_seconds() <= 0:
-            raise CAError(400, "the requested TTL must be positive")
+            raise CAError(400, "ttlSeconds: the requested TTL must be positive")
         now = now or _utcnow()
         root = self.roots.active
         return issue(

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+import datetime as dt
 import os
-import secrets
 
 from ..admin import parse_addr
 from ..errors import SlipstreamError
@@ -13,8 +12,13 @@ from ..identity.certs import DEFAULT_TRUST_DOMAIN, parse_duration
 from ..runtime import run_main, serve
 from ..sources.file import FileSource
 from ..state import StateStore, StateUpdater
-from .authority import Authority, NodeTokens, RootStore
-from .server import CAServer
+from . import credentials
+from .authority import Authority, RootStore
+from .credentials import ADMIN, NODE, WORKLOAD, CredentialFile
+from .limits import DEFAULT_BURST, DEFAULT_RATE, IssueLimiter
+from .server import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER, REQUEST_TIMEOUT, CAServer
+
+DEFAULT_CREDENTIAL_TTL = "90d"
 
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -22,7 +26,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         "ca",
         parents=parents,
         help="the mesh certificate authority",
-        description="Sign workload certificates for agents, only for workloads on the asking node.",
+        description="Sign workload certificates: for a node agent, only identities of its "
+        "node's pods; for a workload credential, only its own identity.",
     )
     cmds = ca.add_subparsers(dest="ca_command", metavar="COMMAND", required=True)
 
@@ -37,10 +42,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         help="cluster objects, to check which node runs which pods: file:DIR",
     )
     p.add_argument(
-        "--node-tokens",
+        "--credentials",
         required=True,
         metavar="FILE",
-        help="JSON: node name -> SHA-256 hex of its token (see `slipstream ca token`)",
+        help="the credentials this CA knows (see `slipstream ca token`); re-read when it changes",
     )
     p.add_argument("--listen", default="0.0.0.0:15012", metavar="ADDR", help="default %(default)s")
     p.add_argument(
@@ -50,6 +55,40 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     )
     p.add_argument(
         "--max-ttl", default="24h", help="longest certificate life (default %(default)s)"
+    )
+    p.add_argument(
+        "--issue-burst",
+        type=int,
+        default=DEFAULT_BURST,
+        metavar="N",
+        help="signing requests one credential may make at once (default %(default)s)",
+    )
+    p.add_argument(
+        "--issue-rate",
+        type=float,
+        default=DEFAULT_RATE,
+        metavar="PER_SECOND",
+        help="then this many per second; more are refused with 429 (default %(default)s)",
+    )
+    p.add_argument(
+        "--request-timeout",
+        default=f"{REQUEST_TIMEOUT:g}s",
+        metavar="DURATION",
+        help="for a TLS handshake, then for a whole request (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=MAX_CONNECTIONS,
+        metavar="N",
+        help="open connections at most; more are closed at once (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-connections-per-peer",
+        type=int,
+        default=MAX_CONNECTIONS_PER_PEER,
+        metavar="N",
+        help="open connections from one address at most (default %(default)s)",
     )
     p.set_defaults(func=cmd_serve)
 
@@ -64,15 +103,45 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.add_argument("--root-dir", required=True, help="the CA's --root-dir")
     p.set_defaults(func=cmd_roots)
 
-    p = cmds.add_parser("token", parents=parents, help="mint a node credential")
-    p.add_argument("node", help="the node the token authenticates")
-    p.add_argument(
-        "--node-tokens", required=True, metavar="FILE", help="the CA's token digests, updated"
+    p = cmds.add_parser(
+        "token",
+        parents=parents,
+        help="mint, list or revoke the credentials callers present to the CA",
+        description="A node credential lets a node agent have the identities of its node's "
+        "pods signed; a workload credential only its own service account's (the gateway); "
+        "an admin credential reads the issuance log. Rotate one without downtime: mint a "
+        "new one into the holder's token file (it re-reads the file), then revoke the old.",
     )
-    p.add_argument(
-        "--out", required=True, metavar="FILE", help="where the token itself goes (0600)"
-    )
-    p.set_defaults(func=cmd_token)
+    tokens = p.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    mint_help = {
+        NODE: ("NODE", "the node whose agent holds it"),
+        WORKLOAD: ("NAMESPACE/SERVICEACCOUNT", "the only identity it may have signed"),
+        ADMIN: ("NAME", "who holds it (for the logs)"),
+    }
+    for kind, (metavar, what) in mint_help.items():
+        t = tokens.add_parser(kind, parents=parents, help=f"mint a {kind} credential")
+        t.add_argument("subject", metavar=metavar, help=what)
+        if kind == WORKLOAD:
+            t.add_argument("--pod", help="bind it to one pod: refused once that pod is gone")
+        else:
+            t.set_defaults(pod=None)
+        t.add_argument(
+            "--ttl",
+            default=DEFAULT_CREDENTIAL_TTL,
+            help="life of the credential, or 'never' (default %(default)s)",
+        )
+        t.add_argument("--credentials", required=True, metavar="FILE", help="the CA's file")
+        t.add_argument(
+            "--out", required=True, metavar="FILE", help="the token itself, replaced atomically"
+        )
+        t.set_defaults(func=cmd_token_mint, kind=kind)
+    t = tokens.add_parser("list", parents=parents, help="list credentials and their state")
+    t.add_argument("--credentials", required=True, metavar="FILE")
+    t.set_defaults(func=cmd_token_list)
+    t = tokens.add_parser("revoke", parents=parents, help="revoke credentials (refused at once)")
+    t.add_argument("ids", nargs="+", metavar="ID")
+    t.add_argument("--credentials", required=True, metavar="FILE")
+    t.set_defaults(func=cmd_token_revoke)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -86,8 +155,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     authority = Authority(roots, args.trust_domain, parse_duration(args.max_ttl))
     store = StateStore()
     source = FileSource(directory, StateUpdater(store))
+    creds = CredentialFile(args.credentials)
+    creds.load()
+    try:
+        limiter = IssueLimiter(args.issue_burst, args.issue_rate)
+    except ValueError as exc:
+        raise SlipstreamError(f"--issue-burst/--issue-rate: {exc}") from exc
+    timeout = parse_duration(args.request_timeout).total_seconds()
+    if timeout <= 0:
+        raise SlipstreamError(f"--request-timeout {args.request_timeout!r} must be positive")
+    for flag in ("max_connections", "max_connections_per_peer"):
+        if getattr(args, flag) < 1:
+            raise SlipstreamError(f"--{flag.replace('_', '-')} must be at least 1")
     server = CAServer(
-        authority, NodeTokens.load(args.node_tokens), store, parse_addr(args.listen, "0.0.0.0")
+        authority,
+        [creds],
+        store,
+        parse_addr(args.listen, "0.0.0.0"),
+        limiter=limiter,
+        request_timeout=timeout,
+        max_connections=args.max_connections,
+        max_connections_per_peer=args.max_connections_per_peer,
     )
     run_main(serve({"source": source, "ca": server}))
     return 0
@@ -109,24 +197,50 @@ def cmd_roots(args: argparse.Namespace) -> int:
     return 0
 
 
-def mint_token(node: str, tokens_file: str, out: str) -> None:
-    token = secrets.token_urlsafe(32)
-    try:
-        with open(tokens_file) as f:
-            digests = json.load(f)
-    except FileNotFoundError:
-        digests = {}
-    digests[node] = NodeTokens.digest(token)
-    tmp = tokens_file + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(digests, f, indent=1)
-    os.replace(tmp, tokens_file)
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token)
+def parse_ttl(text: str) -> dt.timedelta | None:
+    if text.strip() == "never":
+        return None
+    ttl = parse_duration(text)
+    if ttl.total_seconds() <= 0:
+        raise SlipstreamError(f"--ttl {text!r} must be positive (or 'never')")
+    return ttl
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    mint_token(args.node, args.node_tokens, args.out)
-    print(f"token for {args.node} written to {args.out}")
+def cmd_token_mint(args: argparse.Namespace) -> int:
+    node = namespace = service_account = name = ""
+    if args.kind == NODE:
+        node = args.subject
+    elif args.kind == WORKLOAD:
+        namespace, _, service_account = args.subject.partition("/")
+        if not namespace or not service_account:
+            raise SlipstreamError(f"{args.subject!r}: expected NAMESPACE/SERVICEACCOUNT")
+    else:
+        name = args.subject
+    rec = credentials.mint(
+        args.credentials,
+        args.kind,
+        args.out,
+        ttl=parse_ttl(args.ttl),
+        node=node,
+        namespace=namespace,
+        service_account=service_account,
+        pod=args.pod or "",
+        name=name,
+    )
+    until = f"until {rec.expires:%Y-%m-%d %H:%M:%S}Z" if rec.expires else "without expiry"
+    print(f"credential {rec.id} ({rec.subject()}) written to {args.out}, valid {until}")
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    now = dt.datetime.now(dt.UTC)
+    for r in credentials.load_records(args.credentials):
+        expires = f"{r.expires:%Y-%m-%dT%H:%M:%SZ}" if r.expires else "never"
+        print(f"{r.id}  {r.state(now):8} {r.kind:9} expires {expires:20}  {r.subject()}")
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    for r in credentials.revoke(args.credentials, args.ids):
+        print(f"revoked {r.id} ({r.subject()})")
     return 0

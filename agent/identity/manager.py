@@ -185,7 +185,9 @@ class CertManager:
             st.current = self._build(identity, key, cert)
         except (CAUnavailable, CARefused, IdentityError) as exc:
             st.last_error = str(exc)
-            st.retry_at = time.time() + st.backoff
+            # A CA that says when to come back (429 Retry-After) is obeyed, never asked sooner.
+            wait = max(st.backoff, exc.retry_after if isinstance(exc, CARefused) else 0.0)
+            st.retry_at = time.time() + wait
             st.backoff = min(st.backoff * 2, RETRY_MAX)
             valid = self.current(identity) is not None
             log.warning(

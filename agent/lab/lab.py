@@ -340,6 +340,9 @@ class Lab:
                 )
             return
         path = pods.pod_path()
+        raw_containers = pod.raw.get("spec", {}).get("containers", [])
+        for i, raw in enumerate(raw_containers):
+            model.container_capabilities(raw, f"spec.containers[{i}]")
         for i, c in enumerate(pod.containers):
             argv = list(c.command) + list(c.args)
             where = (
@@ -417,7 +420,7 @@ class Lab:
         # The object goes first, so the agent lets go of the pod while it is torn down.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._object_file(ObjectKey("Pod", rec.namespace, rec.name)))
-        pods.remove(state, rec)
+        pods.remove(state, self.dirs, rec)
 
     def _object_file(self, key: ObjectKey) -> str:
         return os.path.join(
@@ -575,8 +578,10 @@ class Lab:
         rec = self.pod(pod, namespace)
         sup = pods.supervisor_pid(rec)
         if sup:
-            # Join the pod's network, mount (its /etc/hosts) and UTS namespaces.
-            return ["nsenter", "-t", str(sup), "-n", "-m", "-u", "--", *argv]
+            # Join the pod's network, mount (its /etc/hosts, /proc...), UTS, IPC and PID
+            # namespaces. As `kubectl debug` rather than `exec`: the command keeps every
+            # capability (tests and benchmarks tune the pod's network with it).
+            return ["nsenter", "-t", str(sup), "-n", "-m", "-u", "-i", "-p", "--", *argv]
         return ["ip", "netns", "exec", rec.netns, *argv]
 
     def exec(

@@ -5,6 +5,10 @@ their nodes), detached from the command that started it, with its log under
 the lab's directory. The lab mints each node's CA credential, hands agents the
 CA's trust bundle, and talks to them over HTTP from inside their namespace:
 readiness, and each pod's enrollment state.
+
+A node's credential goes to its agent only (agents/<node>/ca-token, 0600 in a 0700
+directory, under the lab's directory that pods cannot see: see pods.py); a pod annotated
+for mesh credentials gets a workload credential of its own (`pods.mesh_credentials`).
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import urllib.request
 from collections.abc import Iterable, Sequence
 
 from .. import netns
+from ..ca import credentials
 from ..ca.authority import RootStore
-from ..ca.cli import mint_token
+from ..ca.credentials import NODE
 from ..enrollment import ENROLLED
 from ..errors import LabError, SlipstreamError
 from . import model, net, pods
@@ -84,8 +89,10 @@ def start_ca(state: LabState, dirs: LabDirs) -> None:
     """Mint every node's credential and start the CA in the control-plane namespace."""
     os.makedirs(dirs.ca, mode=0o700, exist_ok=True)
     for node in state.nodes:
-        os.makedirs(dirs.agent(node), exist_ok=True)
-        mint_token(node, f"{dirs.ca}/tokens.json", f"{dirs.agent(node)}/ca-token")
+        os.makedirs(dirs.agent(node), mode=0o700, exist_ok=True)
+        credentials.mint(
+            dirs.credentials, NODE, node_token_path(dirs, node), ttl=pods.CREDENTIAL_TTL, node=node
+        )
     argv = [
         sys.executable,
         "-m",
@@ -96,8 +103,8 @@ def start_ca(state: LabState, dirs: LabDirs) -> None:
         f"{dirs.ca}/roots",
         "--source",
         f"file:{dirs.objects}",
-        "--node-tokens",
-        f"{dirs.ca}/tokens.json",
+        "--credentials",
+        dirs.credentials,
         "--listen",
         f"0.0.0.0:{model.CA_PORT}",
         "--trust-domain",
@@ -123,13 +130,13 @@ def wait_ca_ready(state: LabState, dirs: LabDirs) -> None:
         roots.load(create=False)
     except SlipstreamError as exc:
         raise LabError(f"the CA is up but its roots are not readable: {exc}") from exc
-    with open(bundle_path(dirs), "w") as f:
+    with open(dirs.bundle, "w") as f:
         f.write(roots.bundle_pem())
 
 
-def bundle_path(dirs: LabDirs) -> str:
-    """The trust bundle agents start with (later ones come from the CA itself)."""
-    return f"{dirs.ca}/bundle.pem"
+def node_token_path(dirs: LabDirs, node: str) -> str:
+    """The node's credential: its agent's alone."""
+    return f"{dirs.agent(node)}/ca-token"
 
 
 # ------------------------------------------------------------------ agents
@@ -157,9 +164,9 @@ def agent_argv(
         "--ca",
         model.ca_address(),
         "--ca-root",
-        bundle_path(dirs),
+        dirs.bundle,
         "--ca-token-file",
-        f"{dirs.agent(node.name)}/ca-token",
+        node_token_path(dirs, node.name),
         "--trust-domain",
         spec.trust_domain,
         "--cert-ttl",

@@ -140,7 +140,78 @@ CONTROL_PLANE_INDEX = 250
 CA_PORT = 15012
 MESH_CREDENTIALS = "slipstream.dev/mesh-credentials"
 """Pod annotation: "true" hands the pod what a mesh client needs (the gateway): the CA's
-address and roots, its node's CA credential, its own SPIFFE ID, the manifest source."""
+address and roots, a credential of its own that gets only its own SPIFFE ID, that ID,
+and the manifest source."""
+
+
+CAPABILITIES = (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID",
+    "SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN",
+    "NET_RAW", "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE",
+    "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME",
+    "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
+    "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ",
+    "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+)  # fmt: skip
+"""Linux capabilities by number (linux/capability.h), as Kubernetes names them."""
+DEFAULT_CAPABILITIES = (
+    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID",
+    "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+)  # fmt: skip
+"""What a container gets when its securityContext says nothing: containerd's and Docker's
+default set (root in a container, without SYS_ADMIN, NET_ADMIN, SYS_PTRACE...)."""
+
+
+def container_capabilities(container: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    """The capabilities a container runs with, from `securityContext` as containerd reads
+    it: the default set; `privileged: true` or `capabilities.add: [ALL]` gives all, `drop:
+    [ALL]` none; then the named ones are added, then the named ones dropped. Names may carry
+    the `CAP_` prefix. Fields the lab cannot honour are refused, never ignored (a manifest
+    asking for `runAsNonRoot` must not run as root silently)."""
+    sc = container.get("securityContext")
+    if sc is None:
+        return DEFAULT_CAPABILITIES
+    where = f"{where}.securityContext"
+    if not isinstance(sc, dict):
+        raise FieldError(where, "must be a mapping")
+    unknown = sorted(set(sc) - {"privileged", "capabilities", "allowPrivilegeEscalation"})
+    if unknown:
+        raise FieldError(
+            f"{where}.{unknown[0]}",
+            "is not implemented by the lab (it honours privileged, capabilities and "
+            "allowPrivilegeEscalation; pods run as root)",
+        )
+    for flag in ("privileged", "allowPrivilegeEscalation"):
+        if not isinstance(sc.get(flag, False), bool):
+            raise FieldError(f"{where}.{flag}", "must be true or false")
+    caps = sc.get("capabilities", {})
+    if not isinstance(caps, dict):
+        raise FieldError(f"{where}.capabilities", "must be a mapping")
+    unknown = sorted(set(caps) - {"add", "drop"})
+    if unknown:
+        raise FieldError(f"{where}.capabilities.{unknown[0]}", "unknown field (add, drop)")
+    lists: dict[str, list[str]] = {}
+    for op in ("add", "drop"):
+        names = caps.get(op, [])
+        if not isinstance(names, list):
+            raise FieldError(f"{where}.capabilities.{op}", "must be a list of capability names")
+        lists[op] = []
+        for i, raw in enumerate(names):
+            name = raw.upper().removeprefix("CAP_") if isinstance(raw, str) else None
+            if name != "ALL" and name not in CAPABILITIES:
+                raise FieldError(
+                    f"{where}.capabilities.{op}[{i}]", f"{raw!r} is not a Linux capability"
+                )
+            lists[op].append(name)
+    if sc.get("privileged", False) or "ALL" in lists["add"]:
+        result = set(CAPABILITIES)
+    else:
+        result = set(DEFAULT_CAPABILITIES)
+    if "ALL" in lists["drop"]:
+        result = set()
+    result |= {n for n in lists["add"] if n != "ALL"}
+    result -= set(lists["drop"])
+    return tuple(n for n in CAPABILITIES if n in result)
 
 
 def ca_address() -> str:
@@ -432,6 +503,17 @@ class LabDirs:
     @property
     def ca(self) -> str:
         return f"{self.dir}/ca"
+
+    @property
+    def bundle(self) -> str:
+        """The trust bundle agents and mesh-credential pods start with (later ones come
+        from the CA itself)."""
+        return f"{self.ca}/bundle.pem"
+
+    @property
+    def credentials(self) -> str:
+        """The CA's credentials file (digests only: the tokens go to their holders)."""
+        return f"{self.ca}/credentials.json"
 
     def agent(self, node: str) -> str:
         """An agent's state directory and credentials."""

@@ -3,11 +3,18 @@
 Creating a pod is two steps so the lab can wait in between: the sandbox and
 the pod's object first (the node agent may now enroll it), the containers
 after. Nothing here decides anything; lab.py calls these in order.
+
+What a pod's processes can reach of the machine is the supervisor's job (see
+supervisor.py); this module tells it what to show: nothing of the lab's directory,
+where node credentials and the CA's keys live, except, for a pod annotated for mesh
+credentials, its own credential and the objects a mesh client reads.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -16,12 +23,22 @@ import time
 from typing import Any
 
 from .. import netns
-from ..errors import LabError
+from ..ca import credentials
+from ..ca.credentials import WORKLOAD
+from ..errors import LabError, SlipstreamError
 from ..state.objects import Container, Pod
 from . import model, net
 from .model import LabDirs, LabState, PodRecord
 
+log = logging.getLogger("agent.lab")
+
 POD_START_TIMEOUT = 10.0
+CREDENTIAL_TTL = dt.timedelta(days=365)
+"""Of the credentials the lab mints: longer than any lab lives."""
+CREDENTIAL_ID = "credential-id"
+WRITABLE = ("/tmp", "/var/tmp")
+"""The machine's directories a pod may write (scratch space; everything else of the
+machine's filesystem is read-only in a pod)."""
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Children this process started; polled so they never linger as zombies in a
@@ -86,36 +103,88 @@ def create_sandbox(state: LabState, dirs: LabDirs, lab: str, pod: Pod) -> PodRec
         "status.hostIP": node.ip,
     }
     write_hosts(state, rec)
-    extra = mesh_credentials(state, dirs, pod, node.name)
+    extra = mesh_credentials(state, dirs, pod, rec)
+    raw_containers = pod.raw.get("spec", {}).get("containers", [])
     spec = {
         "pod": f"{ns}/{name}",
         "hostname": name,
         "hosts": os.path.join(rec.dir, "hosts"),
         "restartPolicy": pod.restart_policy,
-        "containers": [_container_spec(rec, c, fields, extra) for c in pod.containers],
+        "sandbox": {
+            "hide": os.path.dirname(dirs.dir),
+            "show": [dirs.objects, mesh_dir(rec)] if extra else [],
+            "writable": list(WRITABLE),
+        },
+        "containers": [
+            _container_spec(rec, c, fields, extra, raw, f"spec.containers[{i}]")
+            for i, (c, raw) in enumerate(zip(pod.containers, raw_containers, strict=True))
+        ],
     }
     with open(os.path.join(rec.dir, "spec.json"), "w") as f:
         json.dump(spec, f, indent=1)
     return rec
 
 
-def mesh_credentials(state: LabState, dirs: LabDirs, pod: Pod, node: str) -> dict[str, str]:
-    """The environment of a pod annotated MESH_CREDENTIALS (what a cluster would mount)."""
+def mesh_dir(rec: PodRecord) -> str:
+    """What a mesh-credential pod is given: its token and the trust bundle to start with."""
+    return os.path.join(rec.dir, "mesh")
+
+
+def mesh_credentials(state: LabState, dirs: LabDirs, pod: Pod, rec: PodRecord) -> dict[str, str]:
+    """For a pod annotated MESH_CREDENTIALS: mint a workload credential bound to this pod
+    (the CA signs only its own service account's identity with it, while the pod runs),
+    and return the environment that points the pod at it: what a cluster would mount as
+    the pod's service-account token. The node's credential never goes to a pod."""
     if pod.meta.annotations.get(model.MESH_CREDENTIALS) != "true" or not state.spec.mesh:
         return {}
     td = state.spec.trust_domain
+    ns, sa = pod.meta.namespace, pod.service_account
+    directory = mesh_dir(rec)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    token = os.path.join(directory, "token")
+    record = credentials.mint(
+        dirs.credentials,
+        WORKLOAD,
+        token,
+        ttl=CREDENTIAL_TTL,
+        namespace=ns,
+        service_account=sa,
+        pod=pod.meta.name,
+    )
+    with open(os.path.join(directory, CREDENTIAL_ID), "w") as f:
+        f.write(record.id)
+    shutil.copyfile(dirs.bundle, os.path.join(directory, "bundle.pem"))
     return {
         "SLIPSTREAM_CA": model.ca_address(),
-        "SLIPSTREAM_CA_ROOT": f"{dirs.ca}/bundle.pem",
-        "SLIPSTREAM_CA_TOKEN_FILE": f"{dirs.agent(node)}/ca-token",
-        "SLIPSTREAM_IDENTITY": f"spiffe://{td}/ns/{pod.meta.namespace}/sa/{pod.service_account}",
+        "SLIPSTREAM_CA_ROOT": os.path.join(directory, "bundle.pem"),
+        "SLIPSTREAM_CA_TOKEN_FILE": token,
+        "SLIPSTREAM_IDENTITY": f"spiffe://{td}/ns/{ns}/sa/{sa}",
         "SLIPSTREAM_TRUST_DOMAIN": td,
         "SLIPSTREAM_SOURCE": f"file:{dirs.objects}",
     }
 
 
+def revoke_mesh_credentials(dirs: LabDirs, rec: PodRecord) -> None:
+    """A deleted pod's credential is revoked (the CA would refuse it anyway once the pod
+    is gone from the objects: it is bound to the pod)."""
+    try:
+        with open(os.path.join(mesh_dir(rec), CREDENTIAL_ID)) as f:
+            cid = f.read().strip()
+    except FileNotFoundError:
+        return
+    try:
+        credentials.revoke(dirs.credentials, [cid])
+    except SlipstreamError as exc:
+        log.warning("could not revoke a deleted pod's credential", extra={"error": str(exc)})
+
+
 def _container_spec(
-    rec: PodRecord, c: Container, fields: dict[str, str], extra: dict[str, str]
+    rec: PodRecord,
+    c: Container,
+    fields: dict[str, str],
+    extra: dict[str, str],
+    raw: dict[str, Any],
+    where: str,
 ) -> dict[str, Any]:
     env = {
         "PATH": pod_path(),
@@ -127,11 +196,13 @@ def _container_spec(
     }
     for e in c.env:
         env[e.name] = fields[e.field_ref] if e.field_ref else (e.value or "")
+    caps = model.container_capabilities(raw, where)
     return {
         "name": c.name,
         "argv": [*c.command, *c.args],
         "env": env,
         "log": os.path.join(rec.dir, f"{c.name}.log"),
+        "capabilities": [model.CAPABILITIES.index(n) for n in caps],
     }
 
 
@@ -160,9 +231,10 @@ def wait_started(rec: PodRecord) -> None:
     )
 
 
-def remove(state: LabState, rec: PodRecord) -> None:
-    """Stop the pod's processes and remove its namespace and veth."""
+def remove(state: LabState, dirs: LabDirs, rec: PodRecord) -> None:
+    """Stop the pod's processes, revoke its credential, remove its namespace and veth."""
     net.kill_in([rec.netns])
+    revoke_mesh_credentials(dirs, rec)
     reap()
     node = state.nodes.get(rec.node)
     if node is not None:

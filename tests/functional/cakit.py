@@ -1,17 +1,23 @@
-"""A real CA process on loopback for functional tests, with pods placed on two nodes."""
+"""A real CA process on loopback for functional tests, with pods placed on two nodes, and a
+raw HTTPS client to send it what our own client never would."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from agent.ca import credentials
 from agent.ca.authority import ca_identity
-from agent.ca.cli import mint_token
+from agent.ca.credentials import ADMIN, NODE, Credential
 from agent.identity.caclient import CAClient
 
 TD = "cluster.local"
@@ -53,6 +59,21 @@ def free_port() -> int:
 
 
 @dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def error(self) -> str:
+        return str(self.json["error"])
+
+
+@dataclass
 class RunningCA:
     dir: Path
     port: int
@@ -62,11 +83,64 @@ class RunningCA:
     def root_dir(self) -> Path:
         return self.dir / "roots"
 
+    @property
+    def credentials(self) -> str:
+        return str(self.dir / "credentials.json")
+
     def token(self, node: str) -> str:
+        """A token file's content: a node's (`n1`) or any other minted into the directory."""
         return (self.dir / f"{node}.token").read_text()
 
-    def client(self, node: str) -> CAClient:
-        return CAClient(("127.0.0.1", self.port), self.token(node), ca_identity(TD))
+    def client(self, node: str | Callable[[], str]) -> CAClient:
+        token = node if callable(node) else self.token(node)
+        return CAClient(("127.0.0.1", self.port), token, ca_identity(TD))
+
+    def mint(
+        self, kind: str, file: str, ttl: dt.timedelta | None = None, **fields: Any
+    ) -> tuple[Credential, str]:
+        """A new credential; its token goes to `<file>.token` and is returned too."""
+        out = self.dir / f"{file}.token"
+        rec = credentials.mint(self.credentials, kind, str(out), ttl=ttl, **fields)
+        return rec, out.read_text()
+
+    def admin(self) -> str:
+        if not (self.dir / "admin.token").exists():
+            self.mint(ADMIN, "admin", name="ops")
+        return self.token("admin")
+
+    def tls(self, source: str = "127.0.0.1", timeout: float = 10.0) -> ssl.SSLSocket:
+        """A TLS connection to the CA, checked against its bundle (its SPIFFE ID is not)."""
+        ctx = ssl.create_default_context(cadata=self.bundle())
+        ctx.check_hostname = False
+        sock = socket.create_connection(
+            ("127.0.0.1", self.port), timeout=timeout, source_address=(source, 0)
+        )
+        return ctx.wrap_socket(sock)
+
+    def https(self, raw: bytes, source: str = "127.0.0.1") -> Answer:
+        """Send `raw` (a whole HTTP/1.1 request, as written) and read the answer to the end."""
+        with self.tls(source) as conn:
+            conn.sendall(raw)
+            return read_answer(conn)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        body: bytes | dict[str, Any] | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+        source: str = "127.0.0.1",
+    ) -> Answer:
+        data = json.dumps(body).encode() if isinstance(body, dict) else (body or b"")
+        head = [f"{method} {path} HTTP/1.1", "Host: ca", f"Content-Length: {len(data)}"]
+        if token is not None:
+            head.append(f"Authorization: Bearer {token}")
+        head += [f"{k}: {v}" for k, v in headers]
+        return self.https(("\r\n".join(head) + "\r\n\r\n").encode() + data, source)
+
+    def metrics(self) -> str:
+        return self.request("GET", "/metrics").body.decode()
 
     def bundle(self) -> str:
         return "".join(
@@ -87,12 +161,41 @@ class RunningCA:
             self.proc.wait(10)
 
 
-def start_ca(directory: Path, port: int | None = None, max_ttl: str = "24h") -> RunningCA:
+def read_answer(conn: ssl.SSLSocket) -> Answer:
+    data = b""
+    while True:
+        try:
+            chunk = conn.recv(65536)
+        except (ssl.SSLError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    if not lines[0]:
+        return Answer(0, {}, b"")  # closed without an answer
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return Answer(int(lines[0].split()[1]), headers, body)
+
+
+def start_ca(
+    directory: Path, port: int | None = None, max_ttl: str = "24h", extra: tuple[str, ...] = ()
+) -> RunningCA:
     (directory / "objects").mkdir(exist_ok=True)
     (directory / "objects" / "pods.yaml").write_text(OBJECTS)
     for node in ("n1", "n2"):
         if not (directory / f"{node}.token").exists():
-            mint_token(node, str(directory / "tokens.json"), str(directory / f"{node}.token"))
+            credentials.mint(
+                str(directory / "credentials.json"),
+                NODE,
+                str(directory / f"{node}.token"),
+                ttl=None,
+                node=node,
+            )
     port = port or free_port()
     with open(directory / "ca.log", "a") as log:
         proc = subprocess.Popen(
@@ -106,14 +209,15 @@ def start_ca(directory: Path, port: int | None = None, max_ttl: str = "24h") -> 
                 str(directory / "roots"),
                 "--source",
                 f"file:{directory / 'objects'}",
-                "--node-tokens",
-                str(directory / "tokens.json"),
+                "--credentials",
+                str(directory / "credentials.json"),
                 "--listen",
                 f"127.0.0.1:{port}",
                 "--max-ttl",
                 max_ttl,
                 "--log-format",
                 "json",
+                *extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -188,3 +188,242 @@ def test_a_policy_allowing_only_the_gateway_admits_it_and_refuses_a_direct_calle
     for _ in range(5):
         status, body = via_gateway(lab, "yaml.example", "/")
         assert status == 200, body
+
+
+# ------------------------------------------------------------------ an attacker pod
+
+ATTACK = r'''
+"""Runs as an attacker's container: root, a container's capabilities, annotated for mesh
+credentials, in a namespace outside the mesh. It tries to get another workload's identity
+with whatever it can find, and to reach the shop with what it got. Prints one JSON report."""
+import asyncio, ctypes, glob, json, os, re, socket, ssl, stat, sys
+
+import h2.config, h2.connection, h2.events
+
+from agent.ca.authority import ca_identity
+from agent.identity.caclient import CAClient, CARefused, CAUnavailable
+from agent.identity.certs import SpiffeId, cert_pem, generate_key, key_pem, make_csr
+
+web_ip, agent_pid = sys.argv[1], int(sys.argv[2])
+targets = [SpiffeId.parse(t) for t in sys.argv[3:]]
+env = {k: v for k, v in os.environ.items() if k.startswith("SLIPSTREAM")}
+own_id = SpiffeId.parse(env["SLIPSTREAM_IDENTITY"])
+host, port = env["SLIPSTREAM_CA"].split(":")
+bundle = open(env["SLIPSTREAM_CA_ROOT"]).read()
+own = open(env["SLIPSTREAM_CA_TOKEN_FILE"]).read().strip()
+report = {"own_identity": str(own_id), "with_own": {}, "files": [], "candidates": [],
+          "stolen": [], "escapes": {}, "pids": [], "hbone": None, "plaintext": None}
+
+
+async def sign(token, ident):
+    key = generate_key()
+    client = CAClient((host, int(port)), token, ca_identity(own_id.trust_domain))
+    try:
+        cert, _ = await client.sign(ident, make_csr(key, ident), 600, bundle)
+        return 200, "", cert, key
+    except CARefused as exc:
+        return exc.status, exc.reason, None, None
+
+
+# 1. its own credential, for every identity it wants
+own_cert = None
+for ident in [own_id, *targets]:
+    status, reason, cert, key = asyncio.run(sign(own, ident))
+    report["with_own"][str(ident)] = [status, reason]
+    if ident == own_id and cert:
+        own_cert, own_key = cert, key
+
+# 2. the ways out of its sandbox a root container tries first
+libc = ctypes.CDLL(None, use_errno=True)
+def attempt(name, fn):
+    try:
+        fn()
+        report["escapes"][name] = "succeeded"
+    except OSError as exc:
+        report["escapes"][name] = exc.strerror or str(exc)
+def check(rc):
+    if rc != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+attempt("umount the lab directory", lambda: check(libc.umount2(b"/run/slipstream/lab", 2)))
+attempt("mount the machine's /proc", lambda: check(libc.mount(b"proc", b"/mnt", b"proc", 0, None)))
+def enter_node():
+    for path in glob.glob("/run/netns/*_node_*"):
+        fd = os.open(path, os.O_RDONLY)
+        check(libc.setns(fd, 0x40000000))
+    if not glob.glob("/run/netns/*_node_*"):
+        raise OSError(2, "no node namespace to be seen")
+attempt("enter a node's network namespace", enter_node)
+def read_disk():
+    for dev in glob.glob("/sys/class/block/*/dev"):
+        major, minor = map(int, open(dev).read().split(":"))
+        node = f"/tmp/attack-{os.getpid()}-{major}-{minor}"
+        os.mknod(node, stat.S_IFBLK | 0o600, os.makedev(major, minor))
+        try:
+            with open(node, "rb") as f:
+                f.read(512)
+        finally:
+            os.unlink(node)
+attempt("read the node's disk through a device node", read_disk)
+attempt("signal the node's agent", lambda: os.kill(agent_pid, 0))
+attempt("write the Slipstream code the agents run",
+        lambda: open(os.path.join(os.path.dirname(__import__("agent").__file__), "x"), "w"))
+
+# 3. every token-like string it can read: files under /run (the lab's among them, if it can
+#    see them), the environment and command lines of every process it can see, and their roots
+report["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+found = set()
+def harvest(path):
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 16)
+    except OSError:
+        return
+    report["files"].append(path)
+    found.update(m.decode() for m in re.findall(rb"[A-Za-z0-9_-]{43}", data))
+for top in ["/run", "/var/run", *glob.glob("/proc/[0-9]*/root/run")]:
+    for root, dirs, files in os.walk(top):
+        if "/netns" in root:
+            continue
+        for name in files:
+            harvest(os.path.join(root, name))
+for pid in report["pids"]:
+    for part in ("environ", "cmdline"):
+        harvest(f"/proc/{pid}/{part}")
+found.update(re.findall(r"[A-Za-z0-9_-]{43}", json.dumps(env)))
+found.discard(own)
+report["candidates"] = sorted(found)
+for token in sorted(found):
+    for ident in targets:
+        status, reason, _, _ = asyncio.run(sign(token, ident))
+        if status == 200:
+            report["stolen"].append([str(ident), token])
+
+# 4. into the shop with the identity it did get: HBONE to web, and plaintext
+if own_cert:
+    ctx = ssl.create_default_context(cadata=bundle)
+    ctx.check_hostname = False
+    ctx.set_alpn_protocols(["h2"])
+    with open("/tmp/attack-own.pem", "w") as f:
+        f.write(key_pem(own_key).decode() + own_cert)
+    ctx.load_cert_chain("/tmp/attack-own.pem")
+    os.unlink("/tmp/attack-own.pem")
+    with socket.create_connection((web_ip, 15008), timeout=5) as raw, \
+            ctx.wrap_socket(raw) as tls:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "CONNECT"), (":authority", f"{web_ip}:8080")])
+        tls.sendall(conn.data_to_send())
+        while report["hbone"] is None:
+            data = tls.recv(65536)
+            if not data:
+                report["hbone"] = "closed"
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    report["hbone"] = dict(ev.headers)[b":status"].decode()
+            tls.sendall(conn.data_to_send())
+try:
+    with socket.create_connection((web_ip, 8080), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        report["plaintext"] = s.recv(100).decode(errors="replace") or "closed"
+except OSError as exc:
+    report["plaintext"] = exc.strerror or type(exc).__name__
+print("ATTACK " + json.dumps(report), flush=True)
+'''
+
+ATTACKER = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: rogue}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: attacker
+  namespace: rogue
+  annotations: {slipstream.dev/mesh-credentials: "true"}
+spec:
+  nodeName: n1
+  serviceAccountName: attacker
+  restartPolicy: Never
+  containers:
+  - name: main
+    command: [python3, "SCRIPT", "WEB_IP", "AGENT_PID", "spiffe://cluster.local/ns/edge/sa/gateway",
+              "spiffe://cluster.local/ns/shop/sa/web", "spiffe://cluster.local/ns/shop/sa/other"]
+"""
+
+
+@pytest.mark.timeout(240)
+def test_an_attacker_pod_with_mesh_credentials_gets_only_its_own_identity(lab, tmp_path):
+    """The pod runs next to the gateway (node n1), as root, with its own mesh credential. It
+    cannot get the gateway's identity, nor any other, with its credential or with anything it
+    finds on the machine; a principals-only policy keeps it out of the shop; the gateway is
+    served throughout."""
+    lab.apply(load_text(json.dumps(ONLY_GATEWAY), "policy.yaml"))
+    wait_until(lambda: not direct(lab), 5, "the policy to refuse shop/other")
+    script = tmp_path / "attack.py"
+    script.write_text(ATTACK)
+    web_ip = lab.pod("web", "shop").ip
+    agent = next(p for p in lab.status()["processes"] if p["name"] == "n1")
+    manifest = ATTACKER.replace("SCRIPT", str(script)).replace("WEB_IP", web_ip)
+    lab.apply(load_text(manifest.replace("AGENT_PID", str(agent["pid"])), "attacker.yaml"))
+    (log,) = lab.log_paths("attacker", "rogue")
+
+    def report() -> dict | None:
+        with open(log) as f:
+            lines = [line for line in f if line.startswith("ATTACK ")]
+        return json.loads(lines[0][len("ATTACK ") :]) if lines else None
+
+    try:
+        got = wait_until(report, 150, "the attacker's report")
+    except AssertionError:
+        with open(log) as f:
+            raise AssertionError(f"no report; the attacker's log:\n{f.read()[-3000:]}") from None
+    own = "spiffe://cluster.local/ns/rogue/sa/attacker"
+    # Its credential works, for its own identity only (the CA still checks its pod runs).
+    assert got["own_identity"] == own and got["with_own"][own] == [200, ""]
+    for ident in (GATEWAY_ID, "spiffe://cluster.local/ns/shop/sa/web",
+                  "spiffe://cluster.local/ns/shop/sa/other"):  # fmt: skip
+        status, reason = got["with_own"][ident]
+        assert status == 403 and "is service account rogue/attacker's" in reason, (ident, reason)
+    # Nothing it could read on the machine is a credential for anything else.
+    assert got["stolen"] == [], got["stolen"]
+    for holder in (f"{lab.dirs.agent('n1')}/ca-token", f"{lab.dirs.agent('n2')}/ca-token",
+                   f"{lab.pod('gateway', 'edge').dir}/mesh/token"):  # fmt: skip
+        with open(holder) as f:
+            assert f.read().strip() not in got["candidates"], f"the attacker read {holder}"
+    seen = [p for p in got["files"] if p.startswith("/run/slipstream")]
+    assert seen and all(
+        p.startswith((lab.objects_dir, f"{lab.pod('attacker', 'rogue').dir}/mesh/")) for p in seen
+    ), seen
+    assert got["pids"] and max(got["pids"]) < 10, "it sees only its own pod's processes"
+    # Every way out of its sandbox was closed.
+    assert got["escapes"] == {
+        "umount the lab directory": "Operation not permitted",
+        "mount the machine's /proc": "Operation not permitted",
+        "enter a node's network namespace": "Operation not permitted",
+        "signal the node's agent": "No such process",
+        "read the node's disk through a device node": "Permission denied",
+        "write the Slipstream code the agents run": "Read-only file system",
+    }, got["escapes"]
+    # In the shop, the policy refuses it, over HBONE with its own identity and in plaintext.
+    assert got["hbone"] == "401", got["hbone"]
+    assert got["plaintext"] in ("closed", "Connection reset by peer"), got["plaintext"]
+    denied = wait_until(
+        lambda: [r for r in access_log(lab, "n2") if r.get("src_identity") == own],
+        10,
+        "web's agent to log the attacker",
+    )
+    assert all(r["authz"]["decision"] == "deny" for r in denied), denied
+    # From outside: the CA issued the attacker's credential its own identity and nothing else.
+    issued = []
+    with open(f"{lab.dirs.logs}/ca.log") as f:
+        for line in f:
+            rec = json.loads(line) if line.startswith("{") else {}
+            if rec.get("msg") == "certificate issued" and rec.get("kind") == "workload":
+                issued.append((rec["credential"].split("-")[1], rec["identity"]))
+    assert ("rogue", own) in issued
+    assert {i for c, i in issued if c == "rogue"} == {own}
+    # The gateway keeps its own identity and is served throughout.
+    for _ in range(3):
+        status, body = via_gateway(lab, "yaml.example", "/")
+        assert status == 200, body

@@ -385,3 +385,56 @@ def test_a_failing_test_still_cleans_up(pytester, monkeypatch):
     result.assert_outcomes(failed=1)
     assert net.list_netns(lab_prefix(name)) == []
     assert not os.path.exists(Lab(name).dir)
+
+
+PROBE = (
+    'grep -E "^(CapBnd|NoNewPrivs)" /proc/self/status; echo "init: $(cat /proc/1/comm)"; '
+    'echo "maxpid: $(ls /proc | grep ^[0-9] | sort -n | tail -1)"; '
+    "ip link set lo mtu 1400 2>/dev/null && echo mtu-set; echo done; exec sleep 3600"
+)
+SANDBOX = f"""\
+apiVersion: slipstream.dev/v1alpha1
+kind: Lab
+metadata: {{name: ignored-when-named}}
+spec: {{nodes: [n1], mesh: {{enabled: false}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: plain}}
+spec:
+  containers:
+  - {{name: main, command: [sh, -c, '{PROBE}']}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: netadmin}}
+spec:
+  containers:
+  - name: main
+    securityContext: {{capabilities: {{add: [NET_ADMIN], drop: [NET_RAW]}}}}
+    command: [sh, -c, '{PROBE}']
+"""
+
+
+def test_containers_get_a_containers_capabilities_and_see_only_their_pod(make_lab):
+    """Root in a pod holds Docker's default capabilities (unless its securityContext says
+    otherwise), with no_new_privs, and sees only its own pod's processes."""
+    lab = make_lab(SANDBOX)
+
+    def output(pod: str) -> dict[str, str]:
+        (log,) = lab.log_paths(pod)
+        wait_until(lambda: read_lines(log, "done"), 10, f"{pod}'s probe")
+        with open(log) as f:
+            lines = [ln for ln in f if not ln.startswith("---")]
+        return {ln.split(":")[0].strip(): ln.split()[-1] for ln in lines}
+
+    # CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE NET_RAW
+    # SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP
+    default = 0xA80425FB
+    net_admin, net_raw = 1 << 12, 1 << 13
+    plain, netadmin = output("plain"), output("netadmin")
+    assert int(plain["CapBnd"], 16) == default and plain["NoNewPrivs"] == "1"
+    assert int(netadmin["CapBnd"], 16) == (default | net_admin) & ~net_raw
+    assert "mtu-set" in netadmin and "mtu-set" not in plain
+    # A PID namespace of the pod's own: the supervisor is its pid 1, pids count from there.
+    assert plain["init"] == "python" and int(plain["maxpid"]) < 20, plain

@@ -5,6 +5,7 @@ certificate renewal under live traffic, and a root rotation."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import signal
@@ -16,8 +17,9 @@ import uuid
 
 import pytest
 
+from agent.ca import credentials
 from agent.ca.authority import ca_identity
-from agent.identity.caclient import CAClient
+from agent.identity.caclient import CAClient, CARefused
 from agent.identity.certs import SpiffeId, generate_key, key_pem, make_csr
 from agent.lab import model
 from agent.lab.lab import Lab
@@ -374,6 +376,7 @@ NEW_CONNECTIONS = """
 import socket, sys, time
 ok = failed = 0
 end = time.time() + float(sys.argv[3])
+last, gap = time.time(), 0.0
 while time.time() < end:
     try:
         s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
@@ -381,11 +384,12 @@ while time.time() < end:
         assert s.recv(10) == b"hi\\n"
         s.close()
         ok += 1
+        gap, last = max(gap, time.time() - last), time.time()
     except Exception as e:
         failed += 1
         print("FAILED", repr(e), file=sys.stderr)
     time.sleep(0.1)
-print(ok, failed)
+print(ok, failed, max(gap, time.time() - last))
 """
 
 
@@ -426,7 +430,8 @@ def test_certificates_renew_at_half_life_under_live_traffic(make_lab):
     # One connection carried echoes for the whole run, never stalled by a renewal (a count
     # alone would measure how busy the machine is: a loaded CI run got 39 of ~48 in 10 s).
     count, gap = out.split()
-    assert int(count) >= 20 and float(gap) < 2.0, out
+    # Echoes never stopped for 2 s: the connection carried them across the renewals.
+    assert int(count) > 0 and float(gap) < 2.0, out
     assert len(seen - {None}) >= 3, f"renewed at least twice at half-life of 6 s: {seen}"
     new = lab.exec("client", ["python3", "-c", SEND_MARKER, tcp, "9000", "after"], namespace="mesh")
     assert new.stdout.strip() == "after", "new connections use the renewed certificate"
@@ -470,11 +475,76 @@ def test_a_root_rotation_fails_no_connection(make_lab):
     time.sleep(ttl + 2)  # every certificate from the old root has been renewed, then expired
     ca_roots(lab, "retire", old)
     out, err = traffic.communicate(timeout=30)
-    ok, failed = map(int, out.split())
-    assert failed == 0, err
-    assert ok > 50
+    ok, failed, gap = out.split()
+    assert int(failed) == 0, err
+    # New connections kept succeeding through add, activate and retire (none 5 s apart).
+    assert int(ok) > 0 and float(gap) < 5.0, out
     with open(f"{lab.dirs.logs}/ca.log") as f:
         issued = [json.loads(line) for line in f if "certificate issued" in line]
     assert issued[-1]["root"] == new
     roots = ca_roots(lab, "list")
     assert old not in roots and new in roots
+
+
+def ca_token(*args: str) -> str:
+    res = subprocess.run(
+        [sys.executable, "-m", "agent", "ca", "token", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_a_node_credential_rotates_without_restarting_the_agent(make_lab):
+    """A new credential written to the agent's token file is used from its next request on;
+    the old one is revoked and refused; certificates keep being renewed and traffic flows."""
+    lab = make_lab(cluster("{certificateTTL: 4s, bundleRefresh: 1s}"))
+    client_id = "spiffe://cluster.local/ns/mesh/sa/client"
+    wait_until(lambda: serials(lab, "n1", client_id), 10, "client's certificate")
+    token_file = f"{lab.dirs.agent('n1')}/ca-token"
+    with open(token_file) as f:
+        old_token = f.read().strip()
+    (old,) = [r for r in credentials.load_records(lab.dirs.credentials) if r.node == "n1"]
+    agent_pid = next(p["pid"] for p in lab.status()["processes"] if p["name"] == "n1")
+
+    out = ca_token("node", "n1", "--ttl", "1h", "--credentials", lab.dirs.credentials,
+                   "--out", token_file)  # fmt: skip
+    new_id = out.split()[1]
+    assert ca_token("revoke", old.id, "--credentials", lab.dirs.credentials).startswith("revoked")
+    revoked_at = time.time()
+
+    def renewed_after_revocation() -> bool:
+        for c in config_dump(lab, "n1")["certificates"]:
+            if c["identity"] == client_id and c["notAfter"]:
+                return c["lastError"] == "" and (
+                    dt.datetime.fromisoformat(c["notAfter"]).timestamp() > revoked_at + 3.5
+                )
+        return False
+
+    wait_until(renewed_after_revocation, 15, "a certificate signed with the new credential")
+    issued = []
+    with open(f"{lab.dirs.logs}/ca.log") as f:
+        for line in f:
+            rec = json.loads(line) if line.startswith("{") else {}
+            if rec.get("msg") == "certificate issued" and rec.get("node") == "n1":
+                issued.append(rec["credential"])
+    assert old.id in issued and new_id in issued
+    assert issued.index(new_id) > len(issued) - 1 - issued[::-1].index(old.id)
+    assert agent_pid == next(p["pid"] for p in lab.status()["processes"] if p["name"] == "n1")
+    assert curl(lab, "client", f"http://{ip(lab, 'server-2')}:8080/", "mesh")["pod"] == "server-2"
+
+    async def with_old_token():
+        client = CAClient(("172.30.0.250", 15012), old_token, ca_identity("cluster.local"))
+        ident = SpiffeId("cluster.local", "mesh", "client")
+        with open(lab.dirs.bundle) as f:
+            bundle = f.read()
+        try:
+            await client.sign(ident, make_csr(generate_key(), ident), 60, bundle)
+        except CARefused as exc:
+            return exc.status, exc.reason
+        return 200, ""
+
+    status, reason = lab_call(lab, "n1", with_old_token)
+    assert status == 401 and f"credential {old.id} (node n1) was revoked" in reason

@@ -5,6 +5,7 @@ import datetime as dt
 import pytest
 
 from agent.ca.authority import authorize
+from agent.ca.credentials import NODE, Caller
 from agent.identity.certs import IdentityError, SpiffeId, parse_duration
 from agent.state import StateStore, StateUpdater, parse_object
 
@@ -62,7 +63,8 @@ def test_a_node_gets_only_identities_of_its_running_pods(node, sa, td, allowed):
     StateUpdater(store).apply(
         [pod("web", "n1", "web"), pod("db", "n2", "db"), pod("old", "n1", "done", "Succeeded")]
     )
-    why = authorize(store.snapshot, node, SpiffeId(td, "shop", sa), "cluster.local")
+    caller = Caller("c1", NODE, node=node)
+    why = authorize(store.snapshot, caller, SpiffeId(td, "shop", sa), "cluster.local")
     assert (why is None) == allowed, why
 
 
