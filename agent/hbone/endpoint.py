@@ -195,7 +195,7 @@ class H2Endpoint(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            events = self.conn.receive(data)
+            events = self.conn.receive(data, asyncio.get_running_loop().time())
         except codec.H2ProtocolError as exc:
             log.warning(
                 "HBONE peer broke the HTTP/2 protocol; closing",
