@@ -21,7 +21,9 @@ STREAM_WINDOW = 4 << 20
 """Per-stream receive window: large, so one bulk transfer is not starved."""
 CONNECTION_WINDOW = 64 << 20
 MAX_FRAME_SIZE = 1 << 20
-MAX_CONCURRENT_STREAMS = 1000
+MAX_CONCURRENT_STREAMS = 200
+"""Streams a peer may open on one connection (ztunnel's and hyper's server value; our own
+pool opens at most 100). Other bounds on a peer: limits.py."""
 MAX_HEADER_LIST_SIZE = 16 << 10
 
 OK, BAD_REQUEST, DENIED, UNAVAILABLE = 200, 400, 401, 503

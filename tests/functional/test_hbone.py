@@ -23,6 +23,7 @@ import pytest
 
 from agent.ca.authority import Authority, RootStore
 from agent.hbone import client as hbone
+from agent.hbone.limits import HboneGuard
 from agent.hbone.protocol import TunnelError, connect_headers
 from agent.hbone.server import HboneServerConnection, accept_loop
 from agent.identity import tls
@@ -105,8 +106,10 @@ def pipe(stream) -> Collector:
 class Server:
     """An HBONE server for pod `shop/db` at 127.0.0.1, delivering to an echo app."""
 
-    def __init__(self, auth: Authority) -> None:
+    def __init__(self, auth: Authority, guard: HboneGuard | None = None) -> None:
         self.auth = auth
+        self.guard = guard or HboneGuard()
+        """The agent's limits and counters (its /config_dump `hboneLimits`)."""
         self.dials = 0
         """Connections the server set out to open to the app."""
         self.app_peers: list[tuple[str, int]] = []
@@ -165,7 +168,7 @@ class Server:
             return self.ctx
 
         def factory() -> HboneServerConnection:
-            conn = HboneServerConnection(self.inbound.handle, TD)
+            conn = HboneServerConnection(self.inbound.handle, TD, self.guard)
             self.conns.append(conn)
             return conn
 
