@@ -548,6 +548,31 @@ async def test_pseudo_headers_after_regular_ones_are_reset(server):
     assert counters(server)["malformed_headers"] == 1
 
 
+# ------------------------------------------------------------------ CONNECT targets
+
+
+@pytest.mark.parametrize("port", [15001, 15006, 15008, 15000, 15020, 15021])
+async def test_a_connect_to_a_mesh_port_is_refused_at_once(server, port):
+    good = await bystander(server)
+
+    def attack() -> dict[int, str]:
+        a = Attacker(server).preface()
+        a.connect(1, port)
+        a.send()
+        try:
+            return a.answers(1)
+        finally:
+            a.close()
+
+    assert await in_thread(attack) == {1: "400"}
+    assert server.dials == 1, "only the bystander's stream dialled"
+    await wait_for(lambda: server.records, "the access record")
+    rec = server.records[-1]
+    assert rec.outcome == "bad_request" and "mesh port" in rec.detail
+    assert counters(server)["connect_targets_refused"] == 1
+    await still_served(server, good)
+
+
 # ------------------------------------------------------------------ connections that do nothing
 
 
