@@ -207,6 +207,8 @@ class H2Endpoint(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; they behave as one.
         self.transport = cast(asyncio.Transport, transport)
+        # The clocks start now, after the TLS handshake (which has its own timeout).
+        self._made_at = self._last_received = self._idle_since = self._loop.time()
         ssl_object = transport.get_extra_info("ssl_object")
         self.peer_identity = tls.peer_spiffe_id(ssl_object)
         self.peer_addr = str(transport.get_extra_info("peername"))

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import time
 
 import h2.config
 import h2.connection
@@ -85,6 +86,7 @@ class Attacker:
         ident: SpiffeId = ATTACKER,
         alpn: list[str] | None = None,
         rcvbuf: int | None = None,
+        handshake_after: float = 0.0,
     ) -> None:
         cert, key = mint(server.auth, ident)
         ctx = tls.client_context(
@@ -98,6 +100,7 @@ class Attacker:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.settimeout(20)
         sock.connect(("127.0.0.1", server.port))
+        time.sleep(handshake_after)  # a slow client: TCP first, TLS a while later
         self.tls = ctx.wrap_socket(sock, server_hostname=None)
         self.h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(
@@ -613,6 +616,26 @@ async def test_a_client_that_sends_nothing_is_closed_after_the_preface_timeout(t
         await in_thread(attack)  # returns: the server closed it
         assert counters(server)["preface_timeouts"] == 1
         await still_served(server, good)
+
+
+async def test_the_preface_timeout_starts_after_a_slow_tls_handshake(tmp_path):
+    """A client slow to start TLS still has the whole preface timeout after its handshake."""
+    limits = ConnectionLimits(preface_timeout=1.0)
+    async with running(make_server(tmp_path, connection=limits)) as server:
+
+        def slow_client() -> dict[int, str]:
+            a = Attacker(server, handshake_after=2.0)
+            time.sleep(0.3)  # within the timeout, counted from the handshake
+            a.preface()
+            a.connect(1, server.app_port)
+            a.send()
+            try:
+                return a.answers(1)
+            finally:
+                a.close()
+
+        assert await in_thread(slow_client) == {1: "200"}
+        assert counters(server)["preface_timeouts"] == 0
 
 
 async def test_a_connection_without_streams_is_closed_when_idle(tmp_path):
