@@ -292,14 +292,14 @@ class H2Endpoint(asyncio.Protocol):
         counter = {"malformed": "malformed_headers", "refused": "concurrent_streams_refused"}
         self.note(counter.get(event.cause, "stream_errors"), event.reason)
 
-    def note(self, counter: str, reason: str) -> None:
+    def note(self, counter: str, reason: str, message: str = "HBONE stream refused") -> None:
         """Count a limit or refusal; log it once per connection and counter (a peer that
         triggers one thousands of times must not flood the log too)."""
         self.guard.hit(counter)
         if counter not in self._logged:
             self._logged.add(counter)
             log.info(
-                "HBONE stream refused",
+                message,
                 extra={
                     "peer": self.peer_identity,
                     "addr": self.peer_addr,

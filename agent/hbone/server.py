@@ -143,7 +143,11 @@ class HboneServerConnection(H2Endpoint):
         task = self._tasks.pop(stream.id, None)
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
-            self.guard.hit("dials_cancelled")
+            self.note(
+                "dials_cancelled",
+                "the stream ended before its dial finished",
+                "HBONE dial cancelled",
+            )
         if stream.id in self._streams_counted:
             self._streams_counted.discard(stream.id)
             assert self.peer_identity is not None
