@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import pytest
 
 from agent.ca.authority import ca_identity
+from agent.hbone.limits import ConnectionLimits
 from agent.identity.caclient import CAClient
 from agent.identity.certs import SpiffeId, generate_key, key_pem, make_csr
 from agent.lab import model
@@ -344,7 +346,7 @@ def bystander(lab) -> Iterator[Bystander]:
     yield b
     if b.proc.poll() is None:
         b.proc.kill()
-        b.proc.wait()
+        b.proc.communicate()
 
 
 def counters(lab: Lab) -> dict[str, int]:
@@ -472,3 +474,35 @@ def test_a_client_without_alpn_h2_is_refused(arena, lab, bystander):
     assert attack(arena, "alpn") == {"received": 0}
     assert counters(lab)["alpn_refused"] == before["alpn_refused"] + 1
     bystander.still_served(lab)
+
+
+@pytest.mark.timeout(150)
+def test_a_pooled_connection_to_a_frozen_agent_is_dropped(lab):
+    """n2's agent stops answering (SIGSTOP: a hung node); n1's pooled connection to it used to
+    stay in the pool unnoticed. Keepalive PINGs find it dead and the pool lets it go."""
+
+    def pooled_to_tcp() -> list[dict]:
+        return [e for e in config_dump(lab, "n1")["hbone"] if e["dst"] == f"{tcp_ip(lab)}:15008"]
+
+    by = Bystander(lab)  # a tunnel through the pooled connection, as traffic in flight
+    assert pooled_to_tcp(), "the connection is in n1's pool"
+    before = config_dump(lab, "n1")["hboneLimits"]["counters"]["keepalive_timeouts"]
+    pid = next(
+        p["pid"] for p in lab.status()["processes"] if p["kind"] == "agent" and p["name"] == "n2"
+    )
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        limits = ConnectionLimits()
+        wait_until(
+            lambda: (
+                config_dump(lab, "n1")["hboneLimits"]["counters"]["keepalive_timeouts"] > before
+            ),
+            limits.keepalive_interval + limits.keepalive_timeout + 20,
+            "n1 to find the connection dead",
+        )
+        wait_until(lambda: not pooled_to_tcp(), 10, "the dead connection to leave the pool")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        by.proc.kill()
+        by.proc.communicate()
+    wait_until(lambda: echo_once(lab), 15, "a new connection once n2's agent is back")
