@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .admin import AdminServer, parse_addr
@@ -20,6 +20,7 @@ from .capture import EbpfCapture, IptablesCapture
 from .enroller import Capture, Enroller
 from .enrollment import decide
 from .errors import SlipstreamError
+from .hbone.limits import HboneGuard, Limits
 from .identity.caclient import CAClient, TokenFile
 from .identity.certs import DEFAULT_TRUST_DOMAIN, SpiffeId, load_certs
 from .identity.manager import CertManager
@@ -59,6 +60,8 @@ class AgentConfig:
     cert_ttl: dt.timedelta = dt.timedelta(hours=24)
     bundle_refresh: float = 60.0
     drain_deadline: float = 10.0
+    hbone_limits: Limits = field(default_factory=Limits)
+    """What one HBONE peer may hold or make this agent do (hbone/limits.py)."""
 
 
 class Agent:
@@ -84,6 +87,7 @@ class Agent:
             lambda: self.store.snapshot,
             trust_domain=config.trust_domain,
             root_namespace=config.root_namespace,
+            hbone=HboneGuard(config.hbone_limits),
         )
         self._checked_generation = 0
         self.store.subscribe(self._recheck_policy)
@@ -168,6 +172,7 @@ class Agent:
             "workloads": [asdict(w) for w in self.enroller.workloads()] if self.enroller else [],
             "certificates": self.certs.status() if self.certs else [],
             "hbone": self.mesh.pool.status(),
+            "hboneLimits": self.mesh.hbone.status(),
             "ejectedEndpoints": self.mesh.balancer.status(time.monotonic()),
             "authorizationPolicies": self.mesh.authz.status(snap),
             "datapath": {"counters": self.programs.counters()} if self.programs else {},

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from importlib.metadata import entry_points
 
 from . import log as logsetup
 from .errors import SlipstreamError
+from .hbone.limits import Limits, PeerLimits
 from .identity.certs import DEFAULT_TRUST_DOMAIN
 from .policy.peerauth import ROOT_NAMESPACE
 
@@ -108,6 +110,24 @@ def _register_agent(
         default="60s",
         help="how often to fetch the trust bundle (default %(default)s)",
     )
+    g = p.add_argument_group(
+        "HBONE limits: what one peer may hold on this agent (the others: agent/hbone/limits.py)"
+    )
+    peers = PeerLimits()
+    g.add_argument(
+        "--hbone-max-connections-per-identity",
+        type=int,
+        default=peers.max_connections_per_identity,
+        metavar="N",
+        help="inbound HBONE connections one peer identity may hold (default %(default)s)",
+    )
+    g.add_argument(
+        "--hbone-max-streams-per-identity",
+        type=int,
+        default=peers.max_streams_per_identity,
+        metavar="N",
+        help="open inbound HBONE streams one peer identity may hold (default %(default)s)",
+    )
     p.set_defaults(func=_run_agent)
 
 
@@ -133,9 +153,22 @@ def _run_agent(args: argparse.Namespace) -> int:
             root_namespace=args.root_namespace,
             cert_ttl=parse_duration(args.cert_ttl),
             bundle_refresh=parse_duration(args.bundle_refresh).total_seconds(),
+            hbone_limits=Limits(peers=_peer_limits(args)),
         )
     )
     return 0
+
+
+def _peer_limits(args: argparse.Namespace) -> PeerLimits:
+    limits = PeerLimits(
+        max_connections_per_identity=args.hbone_max_connections_per_identity,
+        max_streams_per_identity=args.hbone_max_streams_per_identity,
+    )
+    for name, value in asdict(limits).items():
+        if value < 1:
+            flag = "--hbone-" + name.replace("_", "-")
+            raise SlipstreamError(f"{flag} must be at least 1, not {value}")
+    return limits
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,10 @@
 
 Connections are pooled per (source pod, source identity, destination identity,
 destination address), carry many streams (up to a cap), and close when idle.
-The server must prove the expected SPIFFE ID, or the connection is dropped.
+The server must prove the expected SPIFFE ID and choose ALPN h2, or the
+connection is dropped. Every pooled connection is kept alive with PINGs (see
+H2Endpoint): one whose peer stopped answering is closed, so the pool stops
+choosing it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from ..datapath import abi
 from . import codec
 from .endpoint import H2Endpoint, H2Stream
+from .limits import HboneGuard
 from .protocol import TunnelError
 
 log = logging.getLogger("agent.hbone")
@@ -37,8 +41,8 @@ class PoolKey:
 class HboneClientConnection(H2Endpoint):
     client_side = True
 
-    def __init__(self, key: PoolKey) -> None:
-        super().__init__()
+    def __init__(self, key: PoolKey, guard: HboneGuard | None = None) -> None:
+        super().__init__(guard)
         self.key = key
         self.idle_since = time.monotonic()
 
@@ -83,10 +87,12 @@ async def connect(
     key: PoolKey,
     timeout: float = CONNECT_TIMEOUT,
     mark: int | None = abi.AGENT_MARK,
+    guard: HboneGuard | None = None,
 ) -> HboneClientConnection:
     """An mTLS HTTP/2 connection to a destination's :15008. `make_socket` gives the socket;
     the agent makes it inside the source pod, so it leaves from the pod's own address, and
-    marks it so its own capture lets it pass (`mark` None: a client outside the capture)."""
+    marks it so its own capture lets it pass (`mark` None: a client outside the capture).
+    `guard` holds the limits and counts what triggers (the agent's, for /config_dump)."""
     loop = asyncio.get_running_loop()
     sock = make_socket()
     try:
@@ -96,7 +102,7 @@ async def connect(
         sock.setblocking(False)
         await asyncio.wait_for(loop.sock_connect(sock, dst), timeout)
         _, conn = await loop.create_connection(
-            lambda: HboneClientConnection(key),
+            lambda: HboneClientConnection(key, guard),
             sock=sock,
             ssl=context,
             server_hostname="",
@@ -107,6 +113,8 @@ async def connect(
         raise TunnelError(
             f"cannot open HBONE to {dst[0]}:{dst[1]}: {exc or type(exc).__name__}"
         ) from exc
+    if conn.refused:
+        raise TunnelError(f"{dst[0]}:{dst[1]}: {conn.refused}")
     if conn.peer_identity != expected:
         conn.abort("wrong server identity")
         raise TunnelError(f"{dst[0]}:{dst[1]} presented {conn.peer_identity!r}, not {expected}")

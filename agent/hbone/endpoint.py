@@ -18,6 +18,7 @@ from typing import cast
 from ..identity import tls
 from ..proxy.splice import Peer
 from . import codec, protocol
+from .limits import HboneGuard
 from .protocol import TunnelError
 
 log = logging.getLogger("agent.hbone")
@@ -163,11 +164,19 @@ class H2Stream:
 
 
 class H2Endpoint(asyncio.Protocol):
-    """An HTTP/2 connection over TLS; subclasses are the HBONE server and client sides."""
+    """An HTTP/2 connection over TLS; subclasses are the HBONE server and client sides.
+
+    Both sides refuse a peer that did not negotiate ALPN h2, PING a peer that has sent
+    nothing for `keepalive_interval` and close the connection when it does not answer, or
+    has read nothing we sent, within `keepalive_timeout` (limits.ConnectionLimits). One
+    timer per connection, due at the nearest deadline.
+    """
 
     client_side = False
 
-    def __init__(self) -> None:
+    def __init__(self, guard: HboneGuard | None = None) -> None:
+        self.guard = guard or HboneGuard()
+        self.limits = self.guard.limits.connection
         self.conn = codec.H2Codec(
             self.client_side,
             stream_window=protocol.STREAM_WINDOW,
@@ -175,37 +184,75 @@ class H2Endpoint(asyncio.Protocol):
             max_frame_size=protocol.MAX_FRAME_SIZE,
             max_concurrent_streams=protocol.MAX_CONCURRENT_STREAMS,
             max_header_list_size=protocol.MAX_HEADER_LIST_SIZE,
+            limits=self.guard.limits.frames,
         )
         self.streams: dict[int, H2Stream] = {}
         self.transport: asyncio.Transport | None = None
         self.peer_identity: str | None = None
+        self.peer_addr = ""
         self.closed = False
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.refused: str | None = None
+        """Why this side refused the connection as soon as it was made (ALPN, identity...)."""
+        self._loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = self._loop.create_future()
         self._write_paused = False
+        now = self._loop.time()
+        self._made_at = self._last_received = self._idle_since = now
+        self._ping_sent_at = self._write_paused_since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._logged: set[str] = set()
 
     # ------------------------------------------------------------ transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; they behave as one.
         self.transport = cast(asyncio.Transport, transport)
-        self.peer_identity = tls.peer_spiffe_id(transport.get_extra_info("ssl_object"))
+        # The clocks start now, after the TLS handshake (which has its own timeout).
+        self._made_at = self._last_received = self._idle_since = self._loop.time()
+        ssl_object = transport.get_extra_info("ssl_object")
+        self.peer_identity = tls.peer_spiffe_id(ssl_object)
+        self.peer_addr = str(transport.get_extra_info("peername"))
         self.transport.set_write_buffer_limits(high=4 << 20)
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        if alpn != tls.ALPN_H2:
+            # It may not speak HTTP/2 at all: no SETTINGS, no GOAWAY, just close.
+            self.conn.closed = True
+            self.refuse(f"the peer did not negotiate ALPN h2 (got {alpn!r})", "alpn_refused")
+            return
         self.conn.initiate()
         self.flush()
+        self._schedule(self._made_at)
+
+    def refuse(self, reason: str, counter: str, code: int = codec.NO_ERROR) -> None:
+        """Refuse the connection at its start: count, log, GOAWAY `code` and close."""
+        self.refused = reason
+        self.guard.hit(counter)
+        log.warning(
+            "HBONE connection refused",
+            extra={"peer": self.peer_identity, "addr": self.peer_addr, "reason": reason},
+        )
+        self.abort(reason, code)
 
     def data_received(self, data: bytes) -> None:
+        now = self._loop.time()
+        self._last_received = now
         try:
-            events = self.conn.receive(data)
+            for event in self.conn.receive(data, now):
+                self._dispatch(event)
         except codec.H2ProtocolError as exc:
+            if exc.limit:
+                self.guard.hit(f"flood_{exc.limit}")
+                message = "HBONE peer flooded; GOAWAY ENHANCE_YOUR_CALM"
+            else:
+                self.guard.hit("protocol_errors")
+                message = "HBONE peer broke the HTTP/2 protocol; closing"
             log.warning(
-                "HBONE peer broke the HTTP/2 protocol; closing",
-                extra={"peer": self.peer_identity, "error": str(exc)},
+                message,
+                extra={"peer": self.peer_identity, "addr": self.peer_addr, "error": str(exc)},
             )
             self.flush()  # the codec has queued a GOAWAY
             self.abort(str(exc))
             return
-        for event in events:
-            self._dispatch(event)
         self.flush()
 
     def _dispatch(self, event: codec.Event) -> None:
@@ -226,6 +273,8 @@ class H2Endpoint(asyncio.Protocol):
             if stream is not None:
                 stream.on_end()
         elif isinstance(event, codec.StreamReset):
+            if not event.remote:
+                self._stream_refused(event)
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 side = "peer" if event.remote else "this agent"
@@ -238,8 +287,31 @@ class H2Endpoint(asyncio.Protocol):
         elif isinstance(event, codec.ConnectionTerminated):
             self.abort(f"peer closed the connection (code {event.error_code})")
 
+    def _stream_refused(self, event: codec.StreamReset) -> None:
+        """The codec reset a stream for the peer's fault: count it, log the first of a kind."""
+        counter = {"malformed": "malformed_headers", "refused": "concurrent_streams_refused"}
+        self.note(counter.get(event.cause, "stream_errors"), event.reason)
+
+    def note(self, counter: str, reason: str, message: str = "HBONE stream refused") -> None:
+        """Count a limit or refusal; log it once per connection and counter (a peer that
+        triggers one thousands of times must not flood the log too)."""
+        self.guard.hit(counter)
+        if counter not in self._logged:
+            self._logged.add(counter)
+            log.info(
+                message,
+                extra={
+                    "peer": self.peer_identity,
+                    "addr": self.peer_addr,
+                    "limit": counter,
+                    "reason": reason,
+                },
+            )
+
     def pause_writing(self) -> None:
         self._write_paused = True
+        self._write_paused_since = now = self._loop.time()
+        self._wake_by(now + self.limits.keepalive_timeout)
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -247,6 +319,9 @@ class H2Endpoint(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for stream in list(self.streams.values()):
             stream.on_reset("HBONE connection lost" + (f": {exc}" if exc else ""))
         if not self.lost.done():
@@ -257,14 +332,81 @@ class H2Endpoint(asyncio.Protocol):
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    def abort(self, reason: str = "closed") -> None:
+    def abort(self, reason: str = "closed", code: int = codec.NO_ERROR, hard: bool = False) -> None:
+        """Reset every stream and close, after a GOAWAY with `code`. `hard`: the peer is dead
+        or reads nothing, so drop the connection at once (a TLS close would wait for it)."""
         for stream in list(self.streams.values()):
             stream.on_reset(reason)
         if not self.conn.closed:
-            self.conn.close()
+            self.conn.close(code, reason)
             self.flush()
         if self.transport is not None:
-            self.transport.close()
+            if hard or self._write_paused:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+    # ------------------------------------------------------------ timers
+
+    def _deadlines(self) -> list[tuple[float, str, str]]:
+        """(when, counter, reason) of everything that closes the connection if it comes due."""
+        lim = self.limits
+        out = []
+        if self.conn.ping_outstanding is not None:
+            out.append(
+                (
+                    self._ping_sent_at + lim.keepalive_timeout,
+                    "keepalive_timeouts",
+                    f"no answer to a keepalive PING within {lim.keepalive_timeout:g} s",
+                )
+            )
+        if self._write_paused:
+            out.append(
+                (
+                    self._write_paused_since + lim.keepalive_timeout,
+                    "write_stalls",
+                    f"the peer read nothing we sent for {lim.keepalive_timeout:g} s",
+                )
+            )
+        return out
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self.closed or self.conn.closed:
+            return
+        now = self._loop.time()
+        for when, counter, reason in self._deadlines():
+            if now >= when:
+                self.guard.hit(counter)
+                log.warning(
+                    "HBONE connection closed",
+                    extra={"peer": self.peer_identity, "addr": self.peer_addr, "reason": reason},
+                )
+                self.abort(reason, hard=counter != "idle_timeouts")
+                return
+        if (
+            self.conn.ping_outstanding is None
+            and now - self._last_received >= self.limits.keepalive_interval
+        ):
+            self._ping_sent_at = now
+            self.conn.ping()
+            self.flush()
+        self._schedule(now)
+
+    def _schedule(self, now: float) -> None:
+        whens = [when for when, _, _ in self._deadlines()]
+        if self.conn.ping_outstanding is None:
+            whens.append(self._last_received + self.limits.keepalive_interval)
+        self._wake_by(max(min(whens), now))
+
+    def _wake_by(self, when: float) -> None:
+        if self.closed:
+            return
+        if self._timer is not None:
+            if self._timer.when() <= when:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._tick)
 
     # ------------------------------------------------------------ streams
 
@@ -275,6 +417,8 @@ class H2Endpoint(asyncio.Protocol):
 
     def forget(self, stream: H2Stream) -> None:
         self.streams.pop(stream.id, None)
+        if not self.streams:
+            self._idle_since = self._loop.time()
 
     def pump(self, stream: H2Stream) -> None:
         """Send what the stream has, as far as flow-control windows allow."""

@@ -21,10 +21,17 @@ STREAM_WINDOW = 4 << 20
 """Per-stream receive window: large, so one bulk transfer is not starved."""
 CONNECTION_WINDOW = 64 << 20
 MAX_FRAME_SIZE = 1 << 20
-MAX_CONCURRENT_STREAMS = 1000
+MAX_CONCURRENT_STREAMS = 200
+"""Streams a peer may open on one connection (ztunnel's and hyper's server value; our own
+pool opens at most 100). Other bounds on a peer: limits.py."""
 MAX_HEADER_LIST_SIZE = 16 << 10
 
 OK, BAD_REQUEST, DENIED, UNAVAILABLE = 200, 400, 401, 503
+
+MESH_PORTS = range(15000, 15022)
+"""Ports the mesh reserves in a pod (the agent listens on 15001, 15006 and 15008 there; as in
+Istio, 15000-15021 are not for apps). HBONE never carries a connection to them: it would
+only reach the agent itself."""
 
 
 class TunnelError(SlipstreamError):
@@ -117,3 +124,17 @@ def connect_headers(
     if traceparent:
         headers.append(("traceparent", traceparent))
     return headers
+
+
+def target_refusal(destination: tuple[str, int], pod_ip: str) -> str | None:
+    """Why a CONNECT to `destination`, arriving at the pod with `pod_ip`, must be refused
+    (400, before any dial), or None: HBONE reaches the pod's own app ports, nothing else."""
+    where = f"{destination[0]}:{destination[1]}"
+    if destination[0] != pod_ip:
+        return f":authority {where} is not this pod ({pod_ip})"
+    if destination[1] in MESH_PORTS:
+        return (
+            f":authority {where} is a mesh port "
+            f"({MESH_PORTS.start}-{MESH_PORTS.stop - 1} are not the app's)"
+        )
+    return None

@@ -173,6 +173,7 @@ def agent_argv(
         spec.certificate_ttl,
         "--bundle-refresh",
         spec.bundle_refresh,
+        *spec.agent_args,
         *extra,
     ]
 

@@ -47,6 +47,8 @@ class LabSpec:
     trust_domain: str = "cluster.local"
     bundle_refresh: str = "10s"
     """How often agents fetch the trust bundle from the CA."""
+    agent_args: tuple[str, ...] = ()
+    """More flags for every agent (`spec.mesh.agentArgs`), e.g. its HBONE limits."""
 
 
 def parse_lab_spec(body: Mapping[str, Any]) -> LabSpec:
@@ -73,7 +75,7 @@ def parse_lab_spec(body: Mapping[str, Any]) -> LabSpec:
     mesh = spec.get("mesh", {})
     if not isinstance(mesh, dict):
         raise FieldError("spec.mesh", "must be a mapping")
-    known = {"enabled", "capture", "certificateTTL", "trustDomain", "bundleRefresh"}
+    known = {"enabled", "capture", "certificateTTL", "trustDomain", "bundleRefresh", "agentArgs"}
     unknown = sorted(set(mesh) - known)
     if unknown:
         raise FieldError(
@@ -96,6 +98,9 @@ def parse_lab_spec(body: Mapping[str, Any]) -> LabSpec:
     trust_domain = mesh.get("trustDomain", "cluster.local")
     if not isinstance(trust_domain, str) or not DNS_SUBDOMAIN.match(trust_domain):
         raise FieldError("spec.mesh.trustDomain", f"{trust_domain!r} is not a trust domain")
+    agent_args = mesh.get("agentArgs", [])
+    if not isinstance(agent_args, list) or not all(isinstance(a, str) for a in agent_args):
+        raise FieldError("spec.mesh.agentArgs", "must be a list of strings (agent flags)")
     return LabSpec(
         meta.name,
         tuple(nodes),
@@ -104,6 +109,7 @@ def parse_lab_spec(body: Mapping[str, Any]) -> LabSpec:
         durations["certificateTTL"],
         trust_domain,
         durations["bundleRefresh"],
+        tuple(agent_args),
     )
 
 
@@ -333,7 +339,13 @@ class LabState:
         spec = d["spec"]
         return cls(
             name=d["name"],
-            spec=LabSpec(**{**spec, "nodes": tuple(spec["nodes"])}),
+            spec=LabSpec(
+                **{
+                    **spec,
+                    "nodes": tuple(spec["nodes"]),
+                    "agent_args": tuple(spec.get("agent_args", ())),
+                }
+            ),
             created=d["created"],
             nodes={k: NodeRecord(**v) for k, v in d["nodes"].items()},
             pods={k: PodRecord(**v) for k, v in d["pods"].items()},

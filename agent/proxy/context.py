@@ -1,4 +1,5 @@
-"""What every pod's proxy shares on a node: the store, identities, the HBONE pool, the balancer."""
+"""What every pod's proxy shares on a node: the store, identities, the HBONE pool and limits,
+the balancer."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..hbone.client import HbonePool
+from ..hbone.limits import HboneGuard
 from ..identity.certs import DEFAULT_TRUST_DOMAIN, SpiffeId
 from ..identity.manager import CertManager
 from ..policy.authz import Authorizer
@@ -24,6 +26,8 @@ class MeshContext:
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     root_namespace: str = ROOT_NAMESPACE
     pool: HbonePool = field(default_factory=HbonePool)
+    hbone: HboneGuard = field(default_factory=HboneGuard)
+    """HBONE limits, what each peer identity holds on this node, and what triggered."""
     balancer: Balancer = field(default_factory=Balancer)
     authz: Authorizer = field(init=False)
     connect_timeout: float = 5.0

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from ..hbone.endpoint import H2Stream
-from ..hbone.protocol import BAD_REQUEST, DENIED, OK, UNAVAILABLE, ConnectRequest
+from ..hbone.protocol import BAD_REQUEST, DENIED, OK, UNAVAILABLE, ConnectRequest, target_refusal
 from ..hbone.server import HboneServerConnection
 from ..policy.authz import Decision, Peer
 from ..policy.peerauth import STRICT, mode_for
@@ -97,8 +97,9 @@ class HboneInbound:
             conn.respond(stream, status)
             splice.abort(outcome, detail)
 
-        if request.destination[0] != self.pod.ip:
-            where = f":authority {addr(request.destination)} is not this pod ({self.pod.ip})"
+        where = target_refusal(request.destination, self.pod.ip)
+        if where:
+            conn.note("connect_targets_refused", where)
             refuse(BAD_REQUEST, "bad_request", where)
             return
         peer = Peer.from_spiffe(client[0], conn.peer_identity, *request.destination)

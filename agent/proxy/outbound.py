@@ -123,6 +123,7 @@ class Outbound:
                 str(dst_id),
                 key,
                 self.mesh.connect_timeout,
+                guard=self.mesh.hbone,
             )
 
         try:

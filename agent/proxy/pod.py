@@ -269,7 +269,9 @@ class PodProxy:
             raise SlipstreamError(str(exc)) from exc
 
     def _new_hbone(self) -> hbone_server.HboneServerConnection:
-        conn = hbone_server.HboneServerConnection(self._hbone.handle, self.mesh.trust_domain)
+        conn = hbone_server.HboneServerConnection(
+            self._hbone.handle, self.mesh.trust_domain, self.mesh.hbone
+        )
         self._hbone_conns.add(conn)
         conn.lost.add_done_callback(lambda _: self._hbone_conns.discard(conn))
         return conn

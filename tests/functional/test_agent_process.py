@@ -194,3 +194,28 @@ def test_bad_source_argument(tmp_path):
         timeout=20,
     )
     assert res.returncode == 1 and "expected file:DIR" in res.stderr
+
+
+def test_config_dump_shows_the_hbone_limits_and_what_triggered_them(agent):
+    _, admin, _ = agent
+    limits = json.loads(get(f"{admin}/config_dump")[1])["hboneLimits"]
+    assert limits["limits"]["peers"] == {
+        "max_connections_per_identity": 256,
+        "max_streams_per_identity": 1024,
+    }
+    assert limits["limits"]["frames"]["max_continuations"] == 8
+    assert limits["counters"]["flood_resets"] == 0 and limits["counters"]["alpn_refused"] == 0
+    assert limits["peers"] == []
+
+
+def test_a_limit_below_one_is_a_clear_error(tmp_path):
+    (tmp_path / "objects").mkdir()
+    res = subprocess.run(
+        [sys.executable, "-m", "agent", "agent", "--node", "n1",
+         "--source", f"file:{tmp_path / 'objects'}", "--hbone-max-streams-per-identity", "0"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )  # fmt: skip
+    assert res.returncode == 1
+    assert "--hbone-max-streams-per-identity must be at least 1, not 0" in res.stderr

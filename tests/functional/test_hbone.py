@@ -23,6 +23,7 @@ import pytest
 
 from agent.ca.authority import Authority, RootStore
 from agent.hbone import client as hbone
+from agent.hbone.limits import HboneGuard
 from agent.hbone.protocol import TunnelError, connect_headers
 from agent.hbone.server import HboneServerConnection, accept_loop
 from agent.identity import tls
@@ -105,8 +106,12 @@ def pipe(stream) -> Collector:
 class Server:
     """An HBONE server for pod `shop/db` at 127.0.0.1, delivering to an echo app."""
 
-    def __init__(self, auth: Authority) -> None:
+    def __init__(self, auth: Authority, guard: HboneGuard | None = None) -> None:
         self.auth = auth
+        self.guard = guard or HboneGuard()
+        """The agent's limits and counters (its /config_dump `hboneLimits`)."""
+        self.dials = 0
+        """Connections the server set out to open to the app."""
         self.app_peers: list[tuple[str, int]] = []
         self.records: list[FlowRecord] = []
         self.conns: list = []
@@ -144,6 +149,7 @@ class Server:
             return Splice(record, lambda s: (self.records.append(s.record), emit(s.record)))
 
         async def dial(splice, client, dst, client_ip):
+            self.dials += 1
             await connect_plain(splice, client, socket.socket, dst, 2.0, bind=client_ip)
 
         self.inbound = HboneInbound(
@@ -162,7 +168,7 @@ class Server:
             return self.ctx
 
         def factory() -> HboneServerConnection:
-            conn = HboneServerConnection(self.inbound.handle, TD)
+            conn = HboneServerConnection(self.inbound.handle, TD, self.guard)
             self.conns.append(conn)
             return conn
 
@@ -425,6 +431,7 @@ def raw_client(server: Server) -> tuple[ssl.SSLSocket, h2.connection.H2Connectio
 def status_of(
     tls_sock: ssl.SSLSocket, conn: h2.connection.H2Connection, stream_id: int
 ) -> str | None:
+    """The stream's :status, `reset:<code>` if the server reset it, `goaway` or None (EOF)."""
     while True:
         data = tls_sock.recv(65536)
         if not data:
@@ -432,6 +439,8 @@ def status_of(
         for event in conn.receive_data(data):
             if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id:
                 return dict(event.headers)[":status"]
+            if isinstance(event, h2.events.StreamReset) and event.stream_id == stream_id:
+                return f"reset:{event.error_code}"
             if isinstance(event, h2.events.ConnectionTerminated):
                 return "goaway"
         tls_sock.sendall(conn.data_to_send())
@@ -440,7 +449,7 @@ def status_of(
 @pytest.mark.parametrize(
     ("headers", "status"),
     [
-        ([(":method", "CONNECT")], "400"),
+        ([(":method", "CONNECT")], "reset:1"),
         (
             [
                 (":method", "GET"),
@@ -450,13 +459,16 @@ def status_of(
             ],
             "400",
         ),
-        ([(":method", "CONNECT"), (":authority", "127.0.0.1:1"), (":path", "/")], "400"),
+        ([(":method", "CONNECT"), (":authority", "127.0.0.1:1"), (":path", "/")], "reset:1"),
         ([(":method", "CONNECT"), (":authority", "not-an-address")], "400"),
         ([(":method", "CONNECT"), (":authority", "127.0.0.1:99999")], "400"),
     ],
     ids=["no-authority", "GET", "path", "bad-authority", "bad-port"],
 )
 async def test_bad_connect_requests_get_400(server, headers, status):
+    """Malformed HTTP/2 (RFC 9113 8.5: CONNECT has :authority and no :path) is a stream
+    error PROTOCOL_ERROR; a well-formed request HBONE cannot serve is 400."""
+
     def run() -> str | None:
         tls_sock, conn = raw_client(server)
         conn.send_headers(1, headers, end_stream=False)
@@ -467,6 +479,7 @@ async def test_bad_connect_requests_get_400(server, headers, status):
             tls_sock.close()
 
     assert await asyncio.to_thread(run) == status
+    assert server.dials == 0
     conn = await server.connect()
     assert await echo_once(conn, server, b"ok") == b"ok"
 

@@ -8,6 +8,7 @@ from agent.hbone.protocol import (
     connect_headers,
     parse_connect,
     parse_forwarded,
+    target_refusal,
 )
 
 
@@ -60,3 +61,18 @@ def test_bad_requests_say_why(headers, reason):
 )
 def test_forwarded(value, expected):
     assert parse_forwarded(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("destination", "reason"),
+    [
+        (("10.244.2.2", 8080), None),
+        (("10.244.2.2", 14999), None),
+        (("10.244.2.2", 15022), None),
+        (("10.244.2.3", 8080), "is not this pod"),
+        *((("10.244.2.2", port), "is a mesh port") for port in (15000, 15001, 15006, 15008, 15021)),
+    ],
+)
+def test_a_connect_reaches_only_the_pods_own_app_ports(destination, reason):
+    got = target_refusal(destination, "10.244.2.2")
+    assert got == reason if reason is None else reason in got

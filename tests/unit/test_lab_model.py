@@ -127,12 +127,38 @@ def test_spread_picks_the_emptiest_node_in_order():
             },
             "spec.mesh.capture",
         ),
+        (
+            {
+                "apiVersion": model.MESH_API,
+                "kind": "Lab",
+                "metadata": {"name": "x"},
+                "spec": {"nodes": ["a"], "mesh": {"agentArgs": "--hbone-max-streams-per-identity"}},
+            },
+            "spec.mesh.agentArgs",
+        ),
     ],
 )
 def test_bad_lab_specs(body, errfield):
     with pytest.raises(FieldError) as exc:
         model.parse_lab_spec(body)
     assert exc.value.field == errfield
+
+
+def test_agent_args_reach_every_agent_and_survive_the_state_file():
+    spec = model.parse_lab_spec(
+        {
+            "apiVersion": model.MESH_API,
+            "kind": "Lab",
+            "metadata": {"name": "x"},
+            "spec": {
+                "nodes": ["a"],
+                "mesh": {"agentArgs": ["--hbone-max-streams-per-identity", "5"]},
+            },
+        }
+    )
+    assert spec.agent_args == ("--hbone-max-streams-per-identity", "5")
+    st = LabState("x", spec, 0.0)
+    assert LabState.from_json(st.to_json()).spec == spec
 
 
 def test_state_round_trips_through_json():
