@@ -192,9 +192,7 @@ class Store:
 
 
 _MAX_AGE = re.compile(rb"(s-maxage|max-age)\s*=\s*\"?(\d+)")
-_NOT_STORED = re.compile(
-    rb"(?:^|[,\s])(?:no-store|no-cache|private)\s*(?:[,=]|$)", re.IGNORECASE
-)
+_NOT_STORED = re.compile(rb"(?:^|[,\s])(?:no-store|no-cache|private)\s*(?:[,=]|$)", re.IGNORECASE)
 
 
 def _name(pair: tuple[str, str]) -> str:
