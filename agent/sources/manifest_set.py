@@ -1,8 +1,14 @@
 """What a directory of manifests currently says, file by file (sans-IO).
 
-The file source feeds it parse results; it answers with the upserts and
-deletions to hand to the state updater. A broken file or object keeps the last
-good version of what it defined, so one typo never empties the mesh.
+The file source (and `slipstream policy check`) feeds it parse results; it
+answers with the upserts and deletions to hand to the state updater. A broken
+file or object keeps the last good version of what it defined, so one typo
+never empties the mesh; a broken policy with no good version to keep fails
+closed instead of being absent (`objects.refused_version`).
+
+A later definition of an object is an update of the earlier one, whichever
+file holds it: the newest file to define a key wins, and a refused version
+keeps the last good version from any file.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ..errors import FieldError, ManifestError
 from ..manifest import Document
-from ..state.objects import ObjectKey, Resource, parse_object
+from ..state.objects import ObjectKey, Resource, parse_object, refused_key, refused_version
 
 
 @dataclass
@@ -30,16 +36,8 @@ class Change:
         return bool(self.upserts or self.deletes)
 
 
-def _key_of(doc: Document) -> ObjectKey | None:
-    """Identity of a document that may not validate, to keep its last good version."""
-    b = doc.body
-    if not isinstance(b, dict) or not isinstance(b.get("kind"), str):
-        return None
-    meta = b.get("metadata")
-    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
-        return None
-    ns = meta.get("namespace", "default")
-    return ObjectKey.parse(b["kind"], meta["name"], ns if isinstance(ns, str) else "default")
+def _where(doc: Document, field: str = "") -> str:
+    return f"{doc.source}:{doc.line_of(field)} (document {doc.index})"
 
 
 class ManifestSet:
@@ -64,9 +62,13 @@ class ManifestSet:
                 obj = parse_object(doc.body)
             except FieldError as exc:
                 view.errors.append(doc.error(exc))
-                key = _key_of(doc)
-                if key is not None and key in old.objects:
-                    view.objects[key] = old.objects[key]
+                key = refused_key(doc.body, _where(doc))
+                if key is None:
+                    continue
+                previous = old.objects.get(key) or self.current(key)
+                kept = refused_version(doc.body, exc, previous, _where(doc, exc.field))
+                if kept is not None:
+                    view.objects[key] = kept
                 continue
             if obj.key in view.objects:
                 view.errors.append(
@@ -108,6 +110,11 @@ class ManifestSet:
             if before.get(key) != obj:
                 change.upserts.append(obj)
         return change
+
+    def current(self, key: ObjectKey) -> Resource | None:
+        """The version of `key` in force: the newest file's."""
+        owners = self._owners.get(key)
+        return self.files[owners[-1]].objects[key] if owners else None
 
     def all_objects(self) -> Iterable[Resource]:
         for key, owners in self._owners.items():
