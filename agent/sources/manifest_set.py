@@ -13,12 +13,15 @@ keeps the last good version from any file.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..errors import FieldError, ManifestError
 from ..manifest import Document
 from ..state.objects import ObjectKey, Resource, parse_object, refused_key, refused_version
+
+log = logging.getLogger("agent.source")
 
 
 @dataclass
@@ -40,6 +43,18 @@ def _where(doc: Document, field: str = "") -> str:
     return f"{doc.source}:{doc.line_of(field)} (document {doc.index})"
 
 
+def _parse(doc: Document) -> Resource:
+    """`parse_object`, where a bug in a parser refuses the document (so a policy fails
+    closed) instead of stopping the source: what a control plane sends must not crash it."""
+    try:
+        return parse_object(doc.body)
+    except FieldError:
+        raise
+    except Exception as exc:
+        log.exception("validating a document failed unexpectedly", extra={"file": doc.source})
+        raise FieldError("", f"could not be validated ({type(exc).__name__}: {exc})") from exc
+
+
 class ManifestSet:
     def __init__(self) -> None:
         self.files: dict[str, FileView] = {}
@@ -59,7 +74,7 @@ class ManifestSet:
         view = FileView()
         for doc in docs:
             try:
-                obj = parse_object(doc.body)
+                obj = _parse(doc)
             except FieldError as exc:
                 view.errors.append(doc.error(exc))
                 key = refused_key(doc.body, _where(doc))

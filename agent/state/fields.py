@@ -95,8 +95,10 @@ def valid_label_key(key: str) -> bool:
     return bool(LABEL_NAME.match(name))
 
 
-def known_fields(obj: Mapping[str, Any], allowed: set[str], path: str) -> None:
-    unknown = sorted(set(obj) - allowed)
+def known_fields(obj: Mapping[Any, Any], allowed: set[str], path: str) -> None:
+    # YAML keys need not be strings (`1: x`, `null: x`): they are unknown fields too, and
+    # sorting must not compare them with strings.
+    unknown = sorted((str(k) for k in set(obj) - allowed), key=str)
     if unknown:
         where = f"{path}.{unknown[0]}" if path else unknown[0]
         raise FieldError(where, f"unknown field (known: {', '.join(sorted(allowed))})")

@@ -397,6 +397,19 @@ BAD = [
     (op(paths=["/a/{x}"]), "spec.rules[0].to[0].operation.paths[0]", "outside a template"),
     ({"rules": source(principal=[WEB])}, "spec.rules[0].from[0].source.principal", "unknown field"),
     ({"rulez": []}, "spec.rulez", "unknown field"),
+    # YAML keys need not be strings: found by fuzzing, they crashed the parser (TypeError).
+    ({1: "x", "z": "y", "rules": [{}]}, "spec.1", "unknown field"),
+    ({None: "x", "other": 1, "action": "ALLOW"}, "spec.None", "unknown field"),
+    (
+        {"rules": [{True: [], "x": [], "from": [{"source": {"namespaces": ["a"]}}]}]},
+        "spec.rules[0].True",
+        "unknown field",
+    ),
+    (
+        {"rules": [{"from": [{"source": {"namespaces": ["a"], 2.5: [], "b": 1}}]}]},
+        "spec.rules[0].from[0].source.2.5",
+        "unknown field",
+    ),
     (
         {"rules": source(principals=[f"spiffe://{WEB}"])},
         "spec.rules[0].from[0].source.principals[0]",
