@@ -39,8 +39,14 @@ class Change:
         return bool(self.upserts or self.deletes)
 
 
-def _where(doc: Document, field: str = "") -> str:
+def _where(doc: Document, field: str) -> str:
+    """Where a field of a document is, for a refusal."""
     return f"{doc.source}:{doc.line_of(field)} (document {doc.index})"
+
+
+def _document(doc: Document) -> str:
+    """Which document this is, whatever its lines say (it names an unnamed policy)."""
+    return f"{doc.source} (document {doc.index})"
 
 
 def _parse(doc: Document) -> Resource:
@@ -77,11 +83,14 @@ class ManifestSet:
                 obj = _parse(doc)
             except FieldError as exc:
                 view.errors.append(doc.error(exc))
-                key = refused_key(doc.body, _where(doc))
+                key = refused_key(doc.body, _document(doc))
                 if key is None:
                     continue
                 previous = old.objects.get(key) or self.current(key)
-                kept = refused_version(doc.body, exc, previous, _where(doc, exc.field))
+                # Keyed as refused_key keyed it (the same document name): kept.key == key.
+                kept = refused_version(
+                    doc.body, exc, previous, _where(doc, exc.field), _document(doc)
+                )
                 if kept is not None:
                     view.objects[key] = kept
                 continue

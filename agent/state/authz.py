@@ -596,14 +596,15 @@ _LITERAL = re.compile(r"[a-zA-Z0-9\-._~%!$&'()+,;:@=]+")
 
 
 def refused_policy(
-    body: Any, error: FieldError, previous: Resource | None, where: str = ""
+    body: Any, error: FieldError, previous: Resource | None, where: str = "", document: str = ""
 ) -> AuthorizationPolicy:
     """What enforces in place of a version that did not validate: `previous` (the last
-    good version) with the refusal noted, or else a fail-closed stand-in for its scope."""
+    good version) with the refusal noted, or else a fail-closed stand-in for its scope.
+    `where` is where the error is, `document` which document it is (see `document_key`)."""
     refusal = Refusal(error.field, error.reason, where)
     if isinstance(previous, AuthorizationPolicy) and not previous.fail_closed:
         return replace(previous, refused=refusal)
-    key = document_key(body, KIND, where)
+    key = document_key(body, KIND, document or where)
     b: dict[str, Any] = body if isinstance(body, dict) else {}
     meta = b.get("metadata")
     meta = meta if isinstance(meta, dict) else {}

@@ -202,13 +202,13 @@ POLICY_KINDS = (AUTHORIZATION_POLICY, "PeerAuthentication")
 """Kinds whose refused versions fail closed: absent, they would open what they close."""
 
 
-def refused_key(body: Any, where: str) -> ObjectKey | None:
+def refused_key(body: Any, document: str) -> ObjectKey | None:
     """The key of a document that did not validate, if one can be told: what it replaces.
     A policy always has one (see `document_key`); anything else needs a kind and a name."""
     if not isinstance(body, dict) or not isinstance(body.get("kind"), str):
         return None
     if body["kind"] in POLICY_KINDS:
-        return document_key(body, body["kind"], where)
+        return document_key(body, body["kind"], document)
     meta = body.get("metadata")
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
         return None
@@ -217,26 +217,27 @@ def refused_key(body: Any, where: str) -> ObjectKey | None:
 
 
 def refused_version(
-    body: Any, error: FieldError, previous: Resource | None, where: str = ""
+    body: Any, error: FieldError, previous: Resource | None, where: str = "", document: str = ""
 ) -> Resource | None:
     """What a source keeps for a document that did not validate, given the version it had
     (`previous`, or None): that version; for a policy, with the refusal noted, or without
-    one a stand-in that fails closed in the policy's scope. None: nothing to keep."""
+    one a stand-in that fails closed in the policy's scope. None: nothing to keep.
+    `where` locates the error; `document` names the document (for `refused_key`)."""
     kind = body.get("kind") if isinstance(body, dict) else None
     if kind == AUTHORIZATION_POLICY:
-        return refused_policy(body, error, previous, where)
+        return refused_policy(body, error, previous, where, document)
     if kind == "PeerAuthentication":
-        return _refused_peer_authentication(body, error, previous, where)
+        return _refused_peer_authentication(body, error, previous, where, document)
     return previous
 
 
 def _refused_peer_authentication(
-    body: dict[str, Any], error: FieldError, previous: Resource | None, where: str
+    body: dict[str, Any], error: FieldError, previous: Resource | None, where: str, document: str
 ) -> PeerAuthentication:
     refusal = Refusal(error.field, error.reason, where)
     if isinstance(previous, PeerAuthentication) and not previous.fail_closed:
         return replace(previous, refused=refusal)
-    key = document_key(body, "PeerAuthentication", where)
+    key = document_key(body, "PeerAuthentication", document or where)
     spec = body.get("spec")
     try:
         need(spec is None or isinstance(spec, dict), "spec", "is not a mapping")

@@ -96,16 +96,16 @@ class Refusal:
         return f"{self.field}: {self.reason}" if self.field else self.reason
 
 
-def document_key(body: Any, kind: str, where: str) -> ObjectKey:
+def document_key(body: Any, kind: str, document: str) -> ObjectKey:
     """The key of a document of `kind` that may not validate: to find the version it
     replaces, and to key what stands in for it. The namespace is "" when it cannot be read
     (a policy's stand-in then covers the whole mesh); a name that cannot be read is made
-    from where the document is."""
+    from `document`, which says which document this is (`file (document n)`)."""
     meta = body.get("metadata") if isinstance(body, dict) else None
     meta = meta if isinstance(meta, dict) else {}
     name = meta.get("name")
     if not (isinstance(name, str) and DNS_SUBDOMAIN.match(name)):
-        name = f"(unnamed: {where or 'no name'})"
+        name = f"(unnamed: {document or 'no name'})"
     if kind in CLUSTER_KINDS:
         return ObjectKey(kind, "", name)
     ns = meta.get("namespace") or "default"

@@ -194,8 +194,20 @@ def test_a_policy_without_a_name_still_fails_closed_in_its_namespace(agent):
         "metadata: {namespace: shop}\nspec: {rules: [{}]}\n",
     )
     d = agent.decide("shop/db")
-    assert not d.allow and "metadata.name" in d.reason and "p.yaml" in str(d.policy)
+    assert not d.allow and "metadata.name" in d.reason
+    assert d.policy == "shop/(unnamed: p.yaml (document 1))"
     assert allowed(agent, "billing/ledger")
+    # Another edit of the same document is the same object (keyed by which document it is).
+    agent.write(
+        "p.yaml",
+        "# edited\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        "metadata: {namespace: shop}\nspec: {rules: [{from: []}]}\n",
+    )
+    assert [o.key.name for o in agent.files.all_objects() if o.kind == "AuthorizationPolicy"] == [
+        "(unnamed: p.yaml (document 1))"
+    ]
+    agent.remove("p.yaml")
+    assert allowed(agent, "shop/db")
 
 
 def test_an_unknown_api_version_of_a_policy_fails_closed(agent):
