@@ -54,7 +54,7 @@ _ISTIO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _ISTIO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 """What Istio's strconv.ParseBool reads in its dry-run annotation."""
 
-SPEC_FIELDS = {"selector", "action", "rules", "provider", "targetRef", "targetRefs"}
+SPEC_FIELDS = frozenset({"selector", "action", "rules", "provider", "targetRef", "targetRefs"})
 MAX_RULES = 512
 MAX_FROM = 512
 MAX_SERVICE_ACCOUNTS = 16
@@ -84,6 +84,10 @@ WHEN_KEYS = (
     "destination.ip",
     "destination.port",
 )
+SOURCE_FIELDS = frozenset(SOURCE_L4 + SOURCE_L7)
+OPERATION_FIELDS = frozenset(OPERATION_L4 + OPERATION_L7)
+RULE_FIELDS = frozenset({"from", "to", "when"})
+CONDITION_FIELDS = frozenset({"key", "values", "notValues"})
 WHEN_L7_KEYS = (
     "remote.ip",
     "request.auth.principal",
@@ -298,7 +302,7 @@ def _a(word: str) -> str:
 
 def _rule(raw: Any, path: str, notes: _Notes) -> Rule:
     need(isinstance(raw, dict), path, "must be a mapping with from, to and when")
-    known_fields(raw, {"from", "to", "when"}, path)
+    known_fields(raw, RULE_FIELDS, path)
     for key, what in (("from", "source"), ("to", "operation")):
         # Istio's validator refuses these: read as "no `from`", an empty list would let any
         # source in (and an empty `to` any port).
@@ -329,8 +333,9 @@ def _rule(raw: Any, path: str, notes: _Notes) -> Rule:
 
 def _nothing_set(raw: Mapping[str, Any], fields: tuple[str, ...], path: str, what: str) -> None:
     """Refuse a source or operation whose lists are all absent or empty: it would match
-    everything. Name the empty list when there is one (`principals: []`)."""
-    if any(listing(raw, k, path) for k in fields):
+    everything. Name the empty list when there is one (`principals: []`). (Every key of
+    `raw` is one of `fields`: known_fields has checked.)"""
+    if any(listing(raw, k, path) for k in raw):
         return
     empty = [k for k in fields if k in raw]
     if empty:
@@ -343,7 +348,7 @@ def _nothing_set(raw: Mapping[str, Any], fields: tuple[str, ...], path: str, wha
 
 
 def _source(raw: Mapping[str, Any], path: str, l7: list[str], notes: _Notes) -> Source:
-    known_fields(raw, set(SOURCE_L4 + SOURCE_L7), path)
+    known_fields(raw, SOURCE_FIELDS, path)
     _nothing_set(raw, SOURCE_L4 + SOURCE_L7, path, "source")
     accounts = [k for k in SOURCE_ACCOUNTS if k in raw]
     identity = [k for k in SOURCE_IDENTITY if k in raw]
@@ -352,29 +357,19 @@ def _source(raw: Mapping[str, Any], path: str, l7: list[str], notes: _Notes) -> 
             f"{path}.{accounts[0]}",
             f"cannot be set with {identity[0]} (Istio refuses both together too)",
         )
-    for key in SOURCE_L7:
-        if listing(raw, key, path):
+    fields: dict[str, Any] = {}
+    for key in raw:  # only what is there: most sources name one or two fields
+        attr, read = _SOURCE_READERS[key]
+        value = read(raw, key, path, notes)
+        if attr:
+            fields[attr] = value
+        elif value:
             l7.append(f"{path}.{key}")
-            if key.endswith("IpBlocks"):
-                _networks(raw, key, path, notes)
-            else:
-                _strings(raw, key, path)
-    return Source(
-        principals=_matches(raw, "principals", path, principal=True),
-        not_principals=_matches(raw, "notPrincipals", path, principal=True),
-        namespaces=_matches(raw, "namespaces", path),
-        not_namespaces=_matches(raw, "notNamespaces", path),
-        ip_blocks=_networks(raw, "ipBlocks", path, notes),
-        not_ip_blocks=_networks(raw, "notIpBlocks", path, notes),
-        service_accounts=_service_accounts(raw, "serviceAccounts", path, notes),
-        not_service_accounts=_service_accounts(raw, "notServiceAccounts", path, notes),
-        trust_domains=_trust_domains(raw, "trustDomains", path),
-        not_trust_domains=_trust_domains(raw, "notTrustDomains", path),
-    )
+    return Source(**fields)
 
 
 def _operation(raw: Mapping[str, Any], path: str, l7: list[str]) -> Operation:
-    known_fields(raw, set(OPERATION_L4 + OPERATION_L7), path)
+    known_fields(raw, OPERATION_FIELDS, path)
     _nothing_set(raw, OPERATION_L4 + OPERATION_L7, path, "operation")
     for key in OPERATION_L7:
         if listing(raw, key, path):
@@ -390,7 +385,7 @@ def _operation(raw: Mapping[str, Any], path: str, l7: list[str]) -> Operation:
 
 def _condition(raw: Any, path: str, l7: list[str], notes: _Notes) -> Condition | None:
     need(isinstance(raw, dict), path, "must be a mapping with key and values")
-    known_fields(raw, {"key", "values", "notValues"}, path)
+    known_fields(raw, CONDITION_FIELDS, path)
     key = string(raw, "key", path, required=True)
     need(key != "", f"{path}.key", "must not be empty")
     if not (listing(raw, "values", path) or listing(raw, "notValues", path)):
@@ -590,6 +585,43 @@ def _path_template(path: str, where: str) -> None:
 
 _LITERAL = re.compile(r"[a-zA-Z0-9\-._~%!$&'()+,;:@=]+")
 """RFC 3986 pchar, as Istio checks the literal segments of a templated path."""
+
+
+def _read_principals(raw: Mapping[str, Any], key: str, path: str, notes: _Notes) -> Any:
+    return _matches(raw, key, path, principal=True)
+
+
+def _read_names(raw: Mapping[str, Any], key: str, path: str, notes: _Notes) -> Any:
+    return _matches(raw, key, path)
+
+
+def _read_domains(raw: Mapping[str, Any], key: str, path: str, notes: _Notes) -> Any:
+    return _trust_domains(raw, key, path)
+
+
+def _read_strings(raw: Mapping[str, Any], key: str, path: str, notes: _Notes) -> Any:
+    return _strings(raw, key, path)
+
+
+_Reader = Any  # (raw, key, path, notes) -> the field's value
+_SOURCE_READERS: dict[str, tuple[str, _Reader]] = {
+    "principals": ("principals", _read_principals),
+    "notPrincipals": ("not_principals", _read_principals),
+    "namespaces": ("namespaces", _read_names),
+    "notNamespaces": ("not_namespaces", _read_names),
+    "ipBlocks": ("ip_blocks", _networks),
+    "notIpBlocks": ("not_ip_blocks", _networks),
+    "serviceAccounts": ("service_accounts", _service_accounts),
+    "notServiceAccounts": ("not_service_accounts", _service_accounts),
+    "trustDomains": ("trust_domains", _read_domains),
+    "notTrustDomains": ("not_trust_domains", _read_domains),
+    # HTTP-only: validated, then noted in Rule.l7 (attribute "").
+    "requestPrincipals": ("", _read_strings),
+    "notRequestPrincipals": ("", _read_strings),
+    "remoteIpBlocks": ("", _networks),
+    "notRemoteIpBlocks": ("", _networks),
+}
+"""Each source field: the Source attribute it fills, and how it is read."""
 
 
 # ---------------------------------------------------------------- refused versions
