@@ -15,6 +15,11 @@ a rule that says nothing about identity lets plaintext in. HTTP fields cannot
 be seen at L4: an ALLOW or AUDIT rule using one matches nothing; in a DENY rule
 they are dropped and the rest applies (so it denies more, never less).
 
+A policy that did not validate never opens access (see state.authz): its last
+good version keeps deciding, or, without one, its fail-closed stand-in denies
+every connection in its scope before anything else is asked, naming the policy
+and the field ("denied: policy shop/x is invalid: spec.rules[0].from: ...").
+
 `Authorizer` keeps the compiled policies of each workload between snapshots
 and recompiles only what changed; `decide` is the hot path.
 """
@@ -94,7 +99,15 @@ _Net = tuple[int, int, int]
 class _Facts:
     """The peer's attributes, parsed once per decision."""
 
-    __slots__ = ("dst", "namespace", "port", "principal", "src")
+    __slots__ = (
+        "dst",
+        "namespace",
+        "port",
+        "principal",
+        "service_account",
+        "src",
+        "trust_domain",
+    )
 
     def __init__(self, peer: Peer) -> None:
         src, dst = ipaddress.ip_address(peer.src_ip), ipaddress.ip_address(peer.dst_ip)
@@ -102,11 +115,16 @@ class _Facts:
         self.dst = (dst.version, int(dst))
         self.port = peer.dst_port
         self.principal = peer.principal
+        # A principal not of the form td/ns/N/sa/S tells none of these: they are unknown, as
+        # for plaintext.
         self.namespace: str | None = None
+        self.trust_domain: str | None = None
+        self.service_account: tuple[str, str] | None = None
         if peer.principal:
             parts = peer.principal.split("/")
             if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa":
-                self.namespace = parts[2]
+                self.trust_domain, self.namespace = parts[0], parts[2]
+                self.service_account = (parts[2], parts[4])
 
 
 def _nets(networks: Iterable[Any]) -> tuple[_Net, ...]:
@@ -144,12 +162,36 @@ def _identity_pred(
             miss = _strings_pred(negative)
             out.append(lambda f: lenient if (v := f.principal) is None else not miss(v))
         return out
+    if attr == "namespace":
+        if positive:
+            hit_ns = _strings_pred(positive)
+            out.append(lambda f: (v := f.namespace) is not None and hit_ns(v))
+        if negative:
+            miss_ns = _strings_pred(negative)
+            out.append(lambda f: lenient if (v := f.namespace) is None else not miss_ns(v))
+        return out
+    assert attr == "trust_domain"
     if positive:
-        hit_ns = _strings_pred(positive)
-        out.append(lambda f: (v := f.namespace) is not None and hit_ns(v))
+        hit_td = _strings_pred(positive)
+        out.append(lambda f: (v := f.trust_domain) is not None and hit_td(v))
     if negative:
-        miss_ns = _strings_pred(negative)
-        out.append(lambda f: lenient if (v := f.namespace) is None else not miss_ns(v))
+        miss_td = _strings_pred(negative)
+        out.append(lambda f: lenient if (v := f.trust_domain) is None else not miss_td(v))
+    return out
+
+
+def _account_pred(
+    positive: Iterable[tuple[str, str]], negative: Iterable[tuple[str, str]], lenient: bool
+) -> list[Pred]:
+    """Service accounts, exact (namespace, name), in any trust domain (as ztunnel and Istio's
+    sidecars match them); unknown as for identities."""
+    out: list[Pred] = []
+    if positive:
+        accounts = frozenset(positive)
+        out.append(lambda f: f.service_account in accounts)
+    if negative:
+        not_accounts = frozenset(negative)
+        out.append(lambda f: lenient if (v := f.service_account) is None else v not in not_accounts)
     return out
 
 
@@ -197,6 +239,8 @@ def _source_pred(s: Source, lenient: bool) -> Pred:
     return _all(
         _identity_pred("principal", s.principals, s.not_principals, lenient)
         + _identity_pred("namespace", s.namespaces, s.not_namespaces, lenient)
+        + _account_pred(s.service_accounts, s.not_service_accounts, lenient)
+        + _identity_pred("trust_domain", s.trust_domains, s.not_trust_domains, lenient)
         + _addr_pred("src", s.ip_blocks, s.not_ip_blocks)
     )
 
@@ -206,7 +250,11 @@ def _condition_preds(c: Condition, lenient: bool) -> list[Pred]:
         return _addr_pred("src" if c.key == "source.ip" else "dst", c.values, c.not_values)
     if c.key == "destination.port":
         return _port_pred(c.values, c.not_values)
-    attr = "principal" if c.key == "source.principal" else "namespace"
+    if c.key == "source.serviceAccount":
+        return _account_pred(c.values, c.not_values, lenient)
+    attr = {"source.principal": "principal", "source.trustDomain": "trust_domain"}.get(
+        c.key, "namespace"
+    )
     return _identity_pred(attr, c.values, c.not_values, lenient)
 
 
@@ -307,11 +355,16 @@ class WorkloadPolicies:
     audit: _RuleSet
     allow_policies: list[str]
     """ALLOW policies that apply (even if none of their rules can match)."""
+    closed: tuple[AuthorizationPolicy, ...] = ()
+    """Fail-closed stand-ins of refused policies that apply: each denies everything."""
     dry: WorkloadPolicies | None = None
     """The same with dry-run policies included, when any applies."""
 
 
 def _verdict(wp: WorkloadPolicies, f: _Facts) -> Decision:
+    if wp.closed:
+        bad = wp.closed[0]
+        return Decision(False, bad.ref, None, f"denied: policy {bad.ref} is invalid: {bad.refused}")
     hit = wp.deny.first(f)
     if hit is not None:
         return Decision(
@@ -346,7 +399,7 @@ def evaluate(wp: WorkloadPolicies, peer: Peer) -> Decision:
 
 
 def compile_policy(policy: AuthorizationPolicy) -> list[_Compiled]:
-    name = f"{policy.meta.namespace}/{policy.meta.name}"
+    name = policy.ref
     lenient = policy.action == DENY
     return [
         _Compiled(name, i, i, rule, rule_predicate(rule, lenient))
@@ -362,6 +415,8 @@ def _workload(
     def build(chosen: list[AuthorizationPolicy]) -> WorkloadPolicies:
         rules: dict[str, list[_Compiled]] = {ALLOW: [], DENY: [], AUDIT: []}
         for n, p in enumerate(chosen):
+            if p.fail_closed:
+                continue
             for c in rules_of(p):
                 rules[p.action].append(
                     _Compiled(c.policy, c.index, n * 100_000 + c.index, c.rule, c.matches)
@@ -370,9 +425,8 @@ def _workload(
             deny=_RuleSet(rules[DENY]),
             allow=_RuleSet(rules[ALLOW]),
             audit=_RuleSet(rules[AUDIT]),
-            allow_policies=[
-                f"{p.meta.namespace}/{p.meta.name}" for p in chosen if p.action == ALLOW
-            ],
+            allow_policies=[p.ref for p in chosen if p.action == ALLOW],
+            closed=tuple(p for p in chosen if p.fail_closed),
         )
 
     enforced = build([p for p in policies if not p.dry_run])
@@ -418,8 +472,7 @@ class Authorizer:
             by_ns.setdefault(key.namespace, []).append(p)
             if old.get(key) is not p:
                 self._compiled.pop(key, None)
-                if p.l7_fields:
-                    _warn_l7(p)
+                _report(p, old.get(key))
         for key in old.keys() - new.keys():
             self._compiled.pop(key, None)
         self._by_key, self._by_ns = new, by_ns
@@ -430,7 +483,9 @@ class Authorizer:
     def applicable(self, pod: Pod) -> list[AuthorizationPolicy]:
         ns = pod.meta.namespace
         labels = pod.meta.labels
-        out = [
+        # "": stand-ins of refused policies whose namespace could not be read (the mesh).
+        out = list(self._by_ns.get("", ()))
+        out += [
             p
             for p in self._by_ns.get(self.root_namespace, ())
             if p.selector is None or selects(p.selector, labels)
@@ -463,27 +518,47 @@ class Authorizer:
         return evaluate(self.for_workload(snap, pod), peer)
 
     def status(self, snap: Snapshot) -> list[dict[str, Any]]:
-        """For /config_dump: every policy, its scope, and what L4 makes of it."""
+        """For /config_dump: every policy, its scope, what L4 makes of it, and whether it
+        was refused (with the version that enforces in its place)."""
         self.refresh(snap)
         out = []
         for ns in sorted(self._by_ns):
             for p in self._by_ns[ns]:
-                if ns == self.root_namespace:
+                if not ns:
+                    scope = "mesh (namespace unreadable)"
+                elif ns == self.root_namespace:
                     scope = "mesh" if p.selector is None else "mesh, selected pods"
                 else:
                     scope = "namespace" if p.selector is None else "selected pods"
                 entry: dict[str, Any] = {
-                    "name": f"{ns}/{p.meta.name}",
-                    "action": p.action,
+                    "name": p.ref,
+                    "action": p.action or None,
                     "scope": scope,
                     "selector": dict(p.selector) if p.selector else None,
                     "rules": len(p.rules),
                     "dryRun": p.dry_run,
+                    "state": _state(p),
                 }
-                if p.l7_fields:
-                    entry["warnings"] = [f"{path}: {_l7_effect(p.action)}" for path in p.l7_fields]
+                if p.refused is not None:
+                    entry["error"] = str(p.refused)
+                    entry["field"] = p.refused.field
+                    entry["source"] = p.refused.where
+                    if not p.fail_closed:
+                        entry["lastGood"] = dict(p.raw)
+                warnings = list(p.warnings)
+                warnings += [f"{path}: {_l7_effect(p.action)}" for path in p.l7_fields]
+                if warnings:
+                    entry["warnings"] = warnings
                 out.append(entry)
         return out
+
+
+def _state(p: AuthorizationPolicy) -> str:
+    if p.fail_closed:
+        return "refused: denies every connection in its scope"
+    if p.refused is not None:
+        return "newest version refused: the last good version enforces"
+    return "dry run" if p.dry_run else "enforced"
 
 
 def _l7_effect(action: str) -> str:
@@ -492,12 +567,29 @@ def _l7_effect(action: str) -> str:
     return "needs HTTP, not enforced at L4: this rule matches nothing"
 
 
-def _warn_l7(p: AuthorizationPolicy) -> None:
-    log.warning(
-        "policy uses fields L4 cannot enforce",
-        extra={
-            "policy": f"{p.meta.namespace}/{p.meta.name}",
-            "fields": list(p.l7_fields),
-            "effect": _l7_effect(p.action),
-        },
-    )
+def _report(p: AuthorizationPolicy, before: AuthorizationPolicy | None) -> None:
+    """Log what a new or changed policy needs a person to know, once per change."""
+    if p.refused is not None and (before is None or before.refused != p.refused):
+        log.error(
+            "authorization policy refused",
+            extra={
+                "policy": p.ref,
+                "field": p.refused.field,
+                "reason": p.refused.reason,
+                "source": p.refused.where,
+                "effect": _state(p),
+            },
+        )
+    if p.refused is None and before is not None and before.refused is not None:
+        log.warning("authorization policy valid again", extra={"policy": p.ref})
+    if p.refused is not None and before is not None and p.raw is before.raw:
+        return  # the same enforcing version: its warnings were logged when it came
+    if p.l7_fields:
+        log.warning(
+            "policy uses fields L4 cannot enforce",
+            extra={"policy": p.ref, "fields": list(p.l7_fields), "effect": _l7_effect(p.action)},
+        )
+    if p.warnings:
+        log.warning(
+            "policy read with warnings", extra={"policy": p.ref, "warnings": list(p.warnings)}
+        )

@@ -1,25 +1,37 @@
 """`slipstream policy check`: what the destination agent would decide for a connection, and why.
 
 It reads the same objects the agents read (a lab's, or manifests given with
--f), runs the agents' own evaluation, and names the policy and rule that
-decided. Exit status: 0 allowed, 3 denied, 1 the question could not be asked
-(no such pod, bad syntax), 2 bad usage.
+-f) through the same code (`ManifestSet`), runs the agents' own evaluation, and
+names the policy and rule that decided. A refused policy decides as it does on
+the agents: manifests given with -f are read in order, a later definition of an
+object being an update of an earlier one, so an invalid update keeps the last
+good version; one with no good version fails closed ("denied: policy shop/x is
+invalid: field: reason"). Reading a lab, the last good version of a refused
+policy is asked of the destination's agent, which holds it. Plaintext refused
+by a STRICT PeerAuthentication is denied before policy is asked, as on the
+agents. Exit status: 0 allowed, 3 denied, 1 the question could not be asked (no
+such pod, bad syntax), 2 bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FieldError, SlipstreamError
 from ..identity.certs import DEFAULT_TRUST_DOMAIN
-from ..manifest import load_paths
+from ..manifest import Document, load_paths
+from ..sources.manifest_set import ManifestSet
 from ..state import Snapshot, parse_object
+from ..state.authz import AuthorizationPolicy
 from ..state.objects import ObjectKey, Pod, Resource
 from .authz import Authorizer, Decision, Peer
-from .peerauth import ROOT_NAMESPACE
+from .peerauth import ROOT_NAMESPACE, STRICT, mode_for, plaintext_refusal
+
+if TYPE_CHECKING:
+    from ..lab.lab import Lab
 
 UNKNOWN_IP = "0.0.0.0"
 DENIED_STATUS = 3
@@ -76,6 +88,7 @@ class Check:
     decision: Decision
     applicable: list[str]
     rejected: list[str]
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +99,7 @@ class Check:
             **self.decision.as_dict(),
             "applicablePolicies": self.applicable,
             "rejectedObjects": self.rejected,
+            "notes": self.notes,
         }
 
     def text(self) -> str:
@@ -103,7 +117,8 @@ class Check:
         lines.append(
             f"  policies that apply to {self.destination}: {', '.join(self.applicable) or 'none'}"
         )
-        lines += [f"  ignored (invalid): {r}" for r in self.rejected]
+        lines += [f"  refused: {r}" for r in self.rejected]
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -140,8 +155,12 @@ def check(
     principal = None if plaintext else f"{trust_domain}/ns/{src_ns}/sa/{sa}"
     authz = Authorizer(root_namespace)
     authz.refresh(snap)
-    decision = authz.decide(snap, dst, Peer(ip, principal, dst.ip or UNKNOWN_IP, int(port_text)))
-    applicable = [f"{p.meta.namespace}/{p.meta.name} ({p.action})" for p in authz.applicable(dst)]
+    if plaintext and mode_for(snap, dst, dst_ns, root_namespace) == STRICT:
+        decision = Decision(False, None, None, plaintext_refusal(dst_ns))
+    else:
+        peer = Peer(ip, principal, dst.ip or UNKNOWN_IP, int(port_text))
+        decision = authz.decide(snap, dst, peer)
+    applicable = [f"{p.ref} ({_what(p)})" for p in authz.applicable(dst)]
     return Check(
         f"{src_ns}/{src_name}",
         principal,
@@ -154,25 +173,83 @@ def check(
     )
 
 
+def _what(p: AuthorizationPolicy) -> str:
+    if p.fail_closed:
+        return "refused, fails closed"
+    if p.refused is not None:
+        return f"{p.action}, last good version; newest refused"
+    return p.action + (", dry run" if p.dry_run else "")
+
+
 def read_objects(paths: list[str]) -> tuple[list[Resource], list[str]]:
-    """Objects that validate, and the errors of those that do not (the agents skip them)."""
-    objects, rejected = [], []
+    """What the agents would hold after reading `paths` in order, and the errors of the
+    documents they refuse (as the file source reads a directory)."""
+    mset = ManifestSet()
+    files: dict[str, list[Document]] = {}
+    order: list[str] = []
     for doc in load_paths(paths):
-        try:
-            objects.append(parse_object(doc.body))
-        except FieldError as exc:
-            rejected.append(str(doc.error(exc)))
-    return objects, rejected
+        if doc.source not in files:
+            files[doc.source] = []
+            order.append(doc.source)
+        files[doc.source].append(doc)
+    for source in order:
+        mset.update_file(source, files[source])
+    return list(mset.all_objects()), [str(e) for e in mset.errors()]
+
+
+def with_agents_last_good(
+    objects: list[Resource], lab: Lab, dest: str
+) -> tuple[list[Resource], list[str]]:
+    """Replace the fail-closed stand-ins of refused policies with the last good versions
+    the destination's agent holds (the objects directory has only the refused version)."""
+    if not any(isinstance(o, AuthorizationPolicy) and o.fail_closed for o in objects):
+        return objects, []
+    ns, _, rest = dest.partition("/")
+    key = ObjectKey("Pod", ns, rest.rpartition(":")[0])
+    pod = next((o for o in objects if isinstance(o, Pod) and o.key == key), None)
+    if pod is None or not pod.node_name:
+        return objects, []
+    held: list[dict[str, Any]] | None = None
+    try:
+        status, body = lab.node_http(pod.node_name, "http://127.0.0.1:15000/config_dump")
+        problem = f"HTTP {status}"
+        if status == 200:
+            held = json.loads(body)["authorizationPolicies"]
+    except (OSError, ValueError, KeyError, SlipstreamError) as exc:
+        problem = str(exc)
+    if held is None:
+        return objects, [
+            f"node {pod.node_name}'s agent did not answer ({problem}): a refused policy is shown"
+            " failing closed, though that agent may hold a last good version"
+        ]
+    last_good = {e["name"]: e["lastGood"] for e in held if "lastGood" in e}
+    out: list[Resource] = []
+    for o in objects:
+        if isinstance(o, AuthorizationPolicy) and o.fail_closed and o.ref in last_good:
+            try:
+                good = parse_object(last_good[o.ref])
+            except FieldError:
+                good = None
+            if isinstance(good, AuthorizationPolicy):
+                out.append(replace(good, refused=o.refused))
+                continue
+        out.append(o)
+    return out, []
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    lab = None
     if args.filename:
         paths = args.filename
     else:
         from ..lab.cli import resolve
 
-        paths = [resolve(args).objects_dir]
+        lab = resolve(args)
+        paths = [lab.objects_dir]
     objects, rejected = read_objects(paths)
+    notes: list[str] = []
+    if lab is not None:
+        objects, notes = with_agents_last_good(objects, lab, args.dest)
     result = check(
         objects,
         args.source,
@@ -183,6 +260,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         trust_domain=args.trust_domain,
         rejected=rejected,
     )
+    result.notes += notes
     if args.output == "json":
         print(json.dumps(result.as_dict(), indent=2))
     else:

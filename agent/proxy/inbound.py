@@ -17,7 +17,7 @@ from ..hbone.endpoint import H2Stream
 from ..hbone.protocol import BAD_REQUEST, DENIED, OK, UNAVAILABLE, ConnectRequest, target_refusal
 from ..hbone.server import HboneServerConnection
 from ..policy.authz import Decision, Peer
-from ..policy.peerauth import STRICT, mode_for
+from ..policy.peerauth import STRICT, mode_for, plaintext_refusal
 from ..state.objects import Pod
 from .accesslog import FlowRecord
 from .context import MeshContext
@@ -37,7 +37,7 @@ def plaintext_refused(mesh: MeshContext, pod: Pod) -> str | None:
         return None  # no mesh identities on this agent: nothing but plaintext exists
     snap = mesh.snapshot()
     if mode_for(snap, pod, pod.meta.namespace, mesh.root_namespace) == STRICT:
-        return f"plaintext refused: {pod.meta.namespace} requires mTLS (PeerAuthentication STRICT)"
+        return plaintext_refusal(pod.meta.namespace)
     return None
 
 

@@ -81,7 +81,8 @@ class FileSource:
             part = self._set.update_file(path, docs)
             for err in self._set.files[path].errors:
                 log.warning(
-                    "manifest rejected, last good version kept",
+                    "manifest rejected: its objects keep their last good version"
+                    " (a policy without one fails closed)",
                     extra={"file": err.source, "line": err.line, "error": str(err)},
                 )
             change.upserts += part.upserts

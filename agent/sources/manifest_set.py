@@ -1,18 +1,27 @@
 """What a directory of manifests currently says, file by file (sans-IO).
 
-The file source feeds it parse results; it answers with the upserts and
-deletions to hand to the state updater. A broken file or object keeps the last
-good version of what it defined, so one typo never empties the mesh.
+The file source (and `slipstream policy check`) feeds it parse results; it
+answers with the upserts and deletions to hand to the state updater. A broken
+file or object keeps the last good version of what it defined, so one typo
+never empties the mesh; a broken policy with no good version to keep fails
+closed instead of being absent (`objects.refused_version`).
+
+A later definition of an object is an update of the earlier one, whichever
+file holds it: the newest file to define a key wins, and a refused version
+keeps the last good version from any file.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..errors import FieldError, ManifestError
 from ..manifest import Document
-from ..state.objects import ObjectKey, Resource, parse_object
+from ..state.objects import ObjectKey, Resource, parse_object, refused_key, refused_version
+
+log = logging.getLogger("agent.source")
 
 
 @dataclass
@@ -30,16 +39,26 @@ class Change:
         return bool(self.upserts or self.deletes)
 
 
-def _key_of(doc: Document) -> ObjectKey | None:
-    """Identity of a document that may not validate, to keep its last good version."""
-    b = doc.body
-    if not isinstance(b, dict) or not isinstance(b.get("kind"), str):
-        return None
-    meta = b.get("metadata")
-    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
-        return None
-    ns = meta.get("namespace", "default")
-    return ObjectKey.parse(b["kind"], meta["name"], ns if isinstance(ns, str) else "default")
+def _where(doc: Document, field: str) -> str:
+    """Where a field of a document is, for a refusal."""
+    return f"{doc.source}:{doc.line_of(field)} (document {doc.index})"
+
+
+def _document(doc: Document) -> str:
+    """Which document this is, whatever its lines say (it names an unnamed policy)."""
+    return f"{doc.source} (document {doc.index})"
+
+
+def _parse(doc: Document) -> Resource:
+    """`parse_object`, where a bug in a parser refuses the document (so a policy fails
+    closed) instead of stopping the source: what a control plane sends must not crash it."""
+    try:
+        return parse_object(doc.body)
+    except FieldError:
+        raise
+    except Exception as exc:
+        log.exception("validating a document failed unexpectedly", extra={"file": doc.source})
+        raise FieldError("", f"could not be validated ({type(exc).__name__}: {exc})") from exc
 
 
 class ManifestSet:
@@ -61,12 +80,19 @@ class ManifestSet:
         view = FileView()
         for doc in docs:
             try:
-                obj = parse_object(doc.body)
+                obj = _parse(doc)
             except FieldError as exc:
                 view.errors.append(doc.error(exc))
-                key = _key_of(doc)
-                if key is not None and key in old.objects:
-                    view.objects[key] = old.objects[key]
+                key = refused_key(doc.body, _document(doc))
+                if key is None:
+                    continue
+                previous = old.objects.get(key) or self.current(key)
+                # Keyed as refused_key keyed it (the same document name): kept.key == key.
+                kept = refused_version(
+                    doc.body, exc, previous, _where(doc, exc.field), _document(doc)
+                )
+                if kept is not None:
+                    view.objects[key] = kept
                 continue
             if obj.key in view.objects:
                 view.errors.append(
@@ -108,6 +134,11 @@ class ManifestSet:
             if before.get(key) != obj:
                 change.upserts.append(obj)
         return change
+
+    def current(self, key: ObjectKey) -> Resource | None:
+        """The version of `key` in force: the newest file's."""
+        owners = self._owners.get(key)
+        return self.files[owners[-1]].objects[key] if owners else None
 
     def all_objects(self) -> Iterable[Resource]:
         for key, owners in self._owners.items():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .objects import Pod, Service
+from .authz import AuthorizationPolicy
+from .objects import PeerAuthentication, Pod, Resource, Service
 from .store import Snapshot
 
 
@@ -98,14 +99,28 @@ def snapshot_json(snap: Snapshot) -> dict[str, Any]:
         "pods": [pod_json(p) for p in snap.pods()],
         "services": [service_json(s, snap) for s in snap.services()],
         "objects": [
-            {
-                "kind": o.kind,
-                "apiVersion": o.api_version,
-                "namespace": o.meta.namespace,
-                "name": o.meta.name,
-            }
+            object_json(o)
             for kind, objs in sorted(snap.by_kind.items())
             if kind not in typed
             for o in objs
         ],
     }
+
+
+def object_json(o: Resource) -> dict[str, Any]:
+    """An object's identity, and for a policy whose newest version was refused, why and
+    what enforces instead (what the Kubernetes source will write to its status)."""
+    out: dict[str, Any] = {
+        "kind": o.kind,
+        "apiVersion": o.api_version,
+        "namespace": o.meta.namespace,
+        "name": o.meta.name,
+    }
+    if isinstance(o, AuthorizationPolicy | PeerAuthentication) and o.refused is not None:
+        out["refused"] = {
+            "field": o.refused.field,
+            "reason": o.refused.reason,
+            "source": o.refused.where,
+            "enforcing": "fail-closed stand-in" if o.fail_closed else "last good version",
+        }
+    return out

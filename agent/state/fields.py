@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any
 
 from ..errors import FieldError
@@ -95,11 +95,14 @@ def valid_label_key(key: str) -> bool:
     return bool(LABEL_NAME.match(name))
 
 
-def known_fields(obj: Mapping[str, Any], allowed: set[str], path: str) -> None:
-    unknown = sorted(set(obj) - allowed)
-    if unknown:
-        where = f"{path}.{unknown[0]}" if path else unknown[0]
-        raise FieldError(where, f"unknown field (known: {', '.join(sorted(allowed))})")
+def known_fields(obj: Mapping[Any, Any], allowed: Set[str], path: str) -> None:
+    if all(k in allowed for k in obj):
+        return
+    # YAML keys need not be strings (`1: x`, `null: x`): they are unknown fields too, and
+    # sorting must not compare them with strings.
+    first = min(str(k) for k in obj if k not in allowed)
+    where = f"{path}.{first}" if path else first
+    raise FieldError(where, f"unknown field (known: {', '.join(sorted(allowed))})")
 
 
 def match_labels(spec: Mapping[str, Any]) -> dict[str, str] | None:

@@ -3,6 +3,8 @@
 The lab, the agent's store and the gateway all read manifests through
 `parse_object`, so a field means the same thing everywhere. Parsing raises
 `FieldError` naming the field path; `manifest.Document.error` adds file and line.
+Sources keep `refused_version` of a document that does not validate: the last
+good version, and for a policy without one a stand-in that fails closed.
 Objects are immutable: the store shares them between snapshots.
 """
 
@@ -11,11 +13,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import FieldError
-from .authz import parse_authorization_policy
+from .authz import KIND as AUTHORIZATION_POLICY
+from .authz import parse_authorization_policy, refused_policy
 from .fields import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
@@ -38,8 +41,10 @@ from .resource import (
     POLICY_APIS,
     Meta,
     ObjectKey,
+    Refusal,
     Resource,
     canonical_kind,
+    document_key,
     parse_meta,
 )
 
@@ -53,6 +58,7 @@ __all__ = [
     "POLICY_APIS",
     "Meta",
     "ObjectKey",
+    "Refusal",
     "Resource",
     "canonical_kind",
     "parse_meta",
@@ -138,6 +144,12 @@ class PeerAuthentication(Resource):
     selector: Mapping[str, str] | None
     """matchLabels; None applies to the whole namespace (or mesh, in the root namespace)."""
     mode: str
+    refused: Refusal | None = None
+    """Set when the newest version did not validate; without `fail_closed` this is the last
+    good version, which keeps deciding."""
+    fail_closed: bool = False
+    """No good version exists: STRICT for every workload in its scope, whatever any other
+    PeerAuthentication says, until it is fixed or deleted."""
 
 
 FIELD_REFS = {
@@ -184,6 +196,65 @@ def parse_object(body: Any) -> Resource:
             return parse_authorization_policy(api_version, meta, body)
         return _parse_peer_authentication(api_version, meta, body)
     return Resource(api_version, kind, meta, body)
+
+
+POLICY_KINDS = (AUTHORIZATION_POLICY, "PeerAuthentication")
+"""Kinds whose refused versions fail closed: absent, they would open what they close."""
+
+
+def refused_key(body: Any, document: str) -> ObjectKey | None:
+    """The key of a document that did not validate, if one can be told: what it replaces.
+    A policy always has one (see `document_key`); anything else needs a kind and a name."""
+    if not isinstance(body, dict) or not isinstance(body.get("kind"), str):
+        return None
+    if body["kind"] in POLICY_KINDS:
+        return document_key(body, body["kind"], document)
+    meta = body.get("metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        return None
+    ns = meta.get("namespace", "default")
+    return ObjectKey.parse(body["kind"], meta["name"], ns if isinstance(ns, str) else "default")
+
+
+def refused_version(
+    body: Any, error: FieldError, previous: Resource | None, where: str = "", document: str = ""
+) -> Resource | None:
+    """What a source keeps for a document that did not validate, given the version it had
+    (`previous`, or None): that version; for a policy, with the refusal noted, or without
+    one a stand-in that fails closed in the policy's scope. None: nothing to keep.
+    `where` locates the error; `document` names the document (for `refused_key`)."""
+    kind = body.get("kind") if isinstance(body, dict) else None
+    if kind == AUTHORIZATION_POLICY:
+        return refused_policy(body, error, previous, where, document)
+    if kind == "PeerAuthentication":
+        return _refused_peer_authentication(body, error, previous, where, document)
+    return previous
+
+
+def _refused_peer_authentication(
+    body: dict[str, Any], error: FieldError, previous: Resource | None, where: str, document: str
+) -> PeerAuthentication:
+    refusal = Refusal(error.field, error.reason, where)
+    if isinstance(previous, PeerAuthentication) and not previous.fail_closed:
+        return replace(previous, refused=refusal)
+    key = document_key(body, "PeerAuthentication", document or where)
+    spec = body.get("spec")
+    try:
+        need(spec is None or isinstance(spec, dict), "spec", "is not a mapping")
+        selector = match_labels(spec or {})
+    except FieldError:
+        selector = None  # cannot tell which workloads: all of the namespace
+    api_version = body.get("apiVersion")
+    return PeerAuthentication(
+        api_version if isinstance(api_version, str) else "",
+        "PeerAuthentication",
+        Meta(key.name, key.namespace, {}, {}),
+        body,
+        selector,
+        "STRICT",
+        refused=refusal,
+        fail_closed=True,
+    )
 
 
 def _parse_peer_authentication(

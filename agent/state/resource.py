@@ -1,7 +1,8 @@
 """The parts every object shares: its kind and key, its metadata, the manifest as written.
 
 `ObjectKey` names an object everywhere (store, lab, sources); `Resource` is the
-base of every typed object in `objects` and `authz`.
+base of every typed object in `objects` and `authz`; `Refusal` is why a source
+refused an object's newest version (policies carry it: see `authz.refused_policy`).
 """
 
 from __future__ import annotations
@@ -74,6 +75,43 @@ class Resource:
     @property
     def key(self) -> ObjectKey:
         return ObjectKey(self.kind, self.meta.namespace, self.meta.name)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the newest version of an object did not validate.
+
+    Policies keep it in the store beside what enforces in its place, so that
+    /config_dump and `slipstream policy check` show it, and the Kubernetes
+    source can write it to the object's status (condition Accepted=False,
+    reason Invalid, with this message)."""
+
+    field: str
+    """The field path that is wrong (`spec.rules[0].from`), or empty for the whole object."""
+    reason: str
+    where: str = ""
+    """Where the refused version was read (`file:line (document n)`), when the source knows."""
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}" if self.field else self.reason
+
+
+def document_key(body: Any, kind: str, document: str) -> ObjectKey:
+    """The key of a document of `kind` that may not validate: to find the version it
+    replaces, and to key what stands in for it. The namespace is "" when it cannot be read
+    (a policy's stand-in then covers the whole mesh); a name that cannot be read is made
+    from `document`, which says which document this is (`file (document n)`)."""
+    meta = body.get("metadata") if isinstance(body, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    name = meta.get("name")
+    if not (isinstance(name, str) and DNS_SUBDOMAIN.match(name)):
+        name = f"(unnamed: {document or 'no name'})"
+    if kind in CLUSTER_KINDS:
+        return ObjectKey(kind, "", name)
+    ns = meta.get("namespace") or "default"
+    if not (isinstance(ns, str) and DNS_LABEL.match(ns)):
+        ns = ""
+    return ObjectKey(kind, ns, name)
 
 
 def canonical_kind(kind: str) -> str:

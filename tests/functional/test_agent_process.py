@@ -109,7 +109,7 @@ def test_config_dump_shows_policies_their_scope_and_what_l4_makes_of_them(agent)
         }
 
     deadline = time.monotonic() + 5
-    while len(policies()) < 2:
+    while len(policies()) < 3:
         assert time.monotonic() < deadline, "policies never showed up"
         time.sleep(0.05)
     found = policies()
@@ -117,7 +117,11 @@ def test_config_dump_shows_policies_their_scope_and_what_l4_makes_of_them(agent)
     assert found["shop/no-admin"]["scope"] == "namespace"
     (warning,) = found["shop/no-admin"]["warnings"]
     assert warning.startswith("spec.rules[0].to[0].operation.paths: needs HTTP")
-    assert "shop/broken" not in found
+    # A refused policy is listed, failing closed, with its error (see test_authz_fail_closed).
+    broken = found["shop/broken"]
+    assert broken["state"] == "refused: denies every connection in its scope"
+    assert broken["field"] == "spec.rules[0].from[0].source.ipBlocks[0]"
+    assert "policies.yaml:" in broken["source"]
     errors = json.loads(get(f"{admin}/config_dump")[1])["sources"][0]["errors"]
     assert any("policies.yaml" in e and "ipBlocks[0]" in e for e in errors), errors
     assert proc.poll() is None

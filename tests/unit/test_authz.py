@@ -161,8 +161,13 @@ def test_empty_rules():
     assert not decide([policy(None)]).allow, "ALLOW without rules: allow nothing"
     assert not decide([policy([])]).allow
     assert decide([policy([{}])]).allow, "one empty rule: allow everything"
-    assert decide([policy(None, action="DENY")]).allow, "DENY without rules denies nothing"
     assert not decide([policy([{}], action="DENY")]).allow
+    assert decide([policy(None, action="AUDIT")]).allow
+    for rules in (None, []):
+        # Istio's validation refuses a DENY without rules (it would never match).
+        with pytest.raises(FieldError) as exc:
+            policy(rules, action="DENY")
+        assert exc.value.field == "spec.rules" and "rules: [{}]" in exc.value.reason
 
 
 def test_audit_reports_and_decides_nothing():
@@ -230,7 +235,9 @@ def test_http_fields_in_allow_match_nothing_and_in_deny_are_dropped(caplog):
     assert not decide([deny_l7_only], API).allow, "nothing left but an empty source: deny all"
     when_l7 = policy([{"when": [{"key": "request.headers[x-id]", "values": ["1"]}]}])
     assert not decide([when_l7], WEB).allow
-    warned = {r.__dict__["policy"]: r.__dict__["fields"] for r in caplog.records}
+    warned = {
+        r.__dict__["policy"]: r.__dict__["fields"] for r in caplog.records if "fields" in r.__dict__
+    }
     assert warned["shop/allow-get"] == ["spec.rules[0].to[0].operation.methods"]
     assert warned["shop/deny-admin"] == ["spec.rules[0].to[0].operation.paths"]
     authz = Authorizer()
@@ -277,30 +284,132 @@ def test_policies_are_recompiled_only_when_they_change():
     assert authz.decide(snap3, target, Peer("10.244.1.5", WEB, "10.244.2.9", 1)).allow
 
 
+def rule_with(**parts) -> dict:
+    return {"rules": [parts]}
+
+
+def op(**fields) -> dict:
+    return rule_with(to=[{"operation": fields}])
+
+
+def cond(**fields) -> dict:
+    return rule_with(when=[fields])
+
+
+# What Istio refuses (pkg/config/validation ValidateAuthorizationPolicy, pkg/config/security,
+# the CRD's limits), and our few deliberate refusals; each names its field.
 BAD = [
     ({"action": "REJECT"}, "spec.action", "'REJECT' is not one of ALLOW, DENY, AUDIT"),
+    ({"action": "CUSTOM", "provider": {"name": "x"}}, "spec.action", "CUSTOM"),
+    ({"provider": {"name": "x"}}, "spec.provider", "only for action CUSTOM"),
+    ({"targetRefs": [{"kind": "Gateway", "name": "w"}]}, "spec.targetRefs", "waypoint"),
+    ({"targetRef": {"kind": "Service", "name": "w"}}, "spec.targetRef", "waypoint"),
+    ({"action": "DENY"}, "spec.rules", "DENY policy without rules"),
+    ({"action": "DENY", "rules": []}, "spec.rules", "DENY policy without rules"),
+    ({"rules": [{}] * 513}, "spec.rules", "more than 512"),
+    ({"rules": [None]}, "spec.rules[0]", "must be a mapping"),
+    # Empty lists: refused where they would widen a rule.
+    (rule_with(**{"from": []}), "spec.rules[0].from", "must not be empty"),
+    (rule_with(to=[]), "spec.rules[0].to", "must not be empty"),
+    (rule_with(**{"from": [{}]}), "spec.rules[0].from[0].source", "is empty"),
+    (rule_with(**{"from": [{"source": None}]}), "spec.rules[0].from[0].source", "is empty"),
+    (rule_with(**{"from": [None]}), "spec.rules[0].from[0]", "must be a mapping"),
+    (
+        {"rules": source(principals=[])},
+        "spec.rules[0].from[0].source.principals",
+        "is empty",
+    ),
+    ({"rules": source(namespaces=[])}, "spec.rules[0].from[0].source.namespaces", "is empty"),
+    (
+        {"rules": source(ipBlocks=[], notIpBlocks=[])},
+        "spec.rules[0].from[0].source.ipBlocks",
+        "is empty",
+    ),
+    ({"rules": source(notPrincipals=[])}, "spec.rules[0].from[0].source.notPrincipals", "is empty"),
+    (
+        {"rules": source(serviceAccounts=[])},
+        "spec.rules[0].from[0].source.serviceAccounts",
+        "is empty",
+    ),
+    (
+        {"rules": source(requestPrincipals=[])},
+        "spec.rules[0].from[0].source.requestPrincipals",
+        "is empty",
+    ),
+    (op(ports=[]), "spec.rules[0].to[0].operation.ports", "is empty"),
+    (op(notPorts=[], methods=[]), "spec.rules[0].to[0].operation.notPorts", "is empty"),
+    (op(), "spec.rules[0].to[0].operation", "is empty"),
+    (cond(key="source.ip", values=[]), "spec.rules[0].when[0].values", "needs values or notValues"),
+    (cond(key="source.ip", notValues=[]), "spec.rules[0].when[0].notValues", "needs values"),
+    (
+        cond(key="source.ip", values=[], notValues=[]),
+        "spec.rules[0].when[0].values",
+        "needs values",
+    ),
+    ({"rules": [{"when": [{"key": "source.ip"}]}]}, "spec.rules[0].when[0]", "needs values"),
+    # Values.
     (
         {"rules": source(ipBlocks=["10.0.0.300/24"])},
         "spec.rules[0].from[0].source.ipBlocks[0]",
         "is not an IP address or CIDR block",
     ),
     (
-        {"rules": source(notIpBlocks=["10.1.2.3/8"])},
-        "spec.rules[0].from[0].source.notIpBlocks[0]",
-        "host bits set (the block is 10.0.0.0/8)",
+        {"rules": source(ipBlocks=["10.0.0.0/33"])},
+        "spec.rules[0].from[0].source.ipBlocks[0]",
+        "is not an IP address",
     ),
     (
-        {"rules": [{"to": [{"operation": {"ports": [70000]}}]}]},
-        "spec.rules[0].to[0].operation.ports[0]",
-        "70000 is not a port number",
+        {"rules": source(ipBlocks=["10.0.0.0/024"])},
+        "spec.rules[0].from[0].source.ipBlocks[0]",
+        "is not an IP address",
     ),
     (
-        {"rules": [{"to": [{"operation": {"ports": ["http"]}}]}]},
-        "spec.rules[0].to[0].operation.ports[0]",
-        "'http' is not a port number",
+        {"rules": source(ipBlocks=["10.0.0.0/255.0.0.0"])},
+        "spec.rules[0].from[0].source.ipBlocks[0]",
+        "is not an IP address",
     ),
+    (
+        {"rules": source(ipBlocks=["fe80::1%eth0/64"])},
+        "spec.rules[0].from[0].source.ipBlocks[0]",
+        "is not an IP address",
+    ),
+    (
+        {"rules": source(ipBlocks=[""])},
+        "spec.rules[0].from[0].source.ipBlocks[0]",
+        "must not be empty",
+    ),
+    (
+        {"rules": source(remoteIpBlocks=["nope"])},
+        "spec.rules[0].from[0].source.remoteIpBlocks[0]",
+        "is not an IP address",
+    ),
+    (op(ports=[70000]), "spec.rules[0].to[0].operation.ports[0]", "70000 is not a port number"),
+    (op(ports=["http"]), "spec.rules[0].to[0].operation.ports[0]", "'http' is not a port number"),
+    (op(ports=["+80"]), "spec.rules[0].to[0].operation.ports[0]", "'+80' is not a port number"),
+    (op(ports=["-1"]), "spec.rules[0].to[0].operation.ports[0]", "is not a port number"),
+    (op(notPorts=[True]), "spec.rules[0].to[0].operation.notPorts[0]", "is not a port number"),
+    (op(methods=[""]), "spec.rules[0].to[0].operation.methods[0]", "must not be empty"),
+    (
+        op(paths=["/a/{**}/b/{*}"]),
+        "spec.rules[0].to[0].operation.paths[0]",
+        "{**} must be the last",
+    ),
+    (op(paths=["/a/{x}"]), "spec.rules[0].to[0].operation.paths[0]", "outside a template"),
     ({"rules": source(principal=[WEB])}, "spec.rules[0].from[0].source.principal", "unknown field"),
     ({"rulez": []}, "spec.rulez", "unknown field"),
+    # YAML keys need not be strings: found by fuzzing, they crashed the parser (TypeError).
+    ({1: "x", "z": "y", "rules": [{}]}, "spec.1", "unknown field"),
+    ({None: "x", "other": 1, "action": "ALLOW"}, "spec.None", "unknown field"),
+    (
+        {"rules": [{True: [], "x": [], "from": [{"source": {"namespaces": ["a"]}}]}]},
+        "spec.rules[0].True",
+        "unknown field",
+    ),
+    (
+        {"rules": [{"from": [{"source": {"namespaces": ["a"], 2.5: [], "b": 1}}]}]},
+        "spec.rules[0].from[0].source.2.5",
+        "unknown field",
+    ),
     (
         {"rules": source(principals=[f"spiffe://{WEB}"])},
         "spec.rules[0].from[0].source.principals[0]",
@@ -312,12 +421,97 @@ BAD = [
         "wildcard may only stand at one end",
     ),
     (
-        {"rules": [{"when": [{"key": "source.user", "values": ["x"]}]}]},
+        {"rules": source(namespaces=["**"])},
+        "spec.rules[0].from[0].source.namespaces[0]",
+        "wildcard",
+    ),
+    # serviceAccounts: Istio's CheckServiceAccount and the rule that excludes principals.
+    (
+        {"rules": source(serviceAccounts=["web"], principals=[WEB])},
+        "spec.rules[0].from[0].source.serviceAccounts",
+        "cannot be set with principals",
+    ),
+    (
+        {"rules": source(notServiceAccounts=["web"], namespaces=["shop"])},
+        "spec.rules[0].from[0].source.notServiceAccounts",
+        "cannot be set with namespaces",
+    ),
+    (
+        {"rules": source(serviceAccounts=["web*"])},
+        "spec.rules[0].from[0].source.serviceAccounts[0]",
+        "no wildcard",
+    ),
+    (
+        {"rules": source(serviceAccounts=["a/b/c"])},
+        "spec.rules[0].from[0].source.serviceAccounts[0]",
+        "is not SERVICEACCOUNT",
+    ),
+    (
+        {"rules": source(serviceAccounts=["/web"])},
+        "spec.rules[0].from[0].source.serviceAccounts[0]",
+        "is not SERVICEACCOUNT",
+    ),
+    (
+        {"rules": source(serviceAccounts=["shop/"])},
+        "spec.rules[0].from[0].source.serviceAccounts[0]",
+        "is not SERVICEACCOUNT",
+    ),
+    (
+        {"rules": source(serviceAccounts=["x" * 321])},
+        "spec.rules[0].from[0].source.serviceAccounts[0]",
+        "longer than 320",
+    ),
+    (
+        {"rules": source(serviceAccounts=[f"s{i}" for i in range(17)])},
+        "spec.rules[0].from[0].source.serviceAccounts",
+        "more than 16",
+    ),
+    (
+        {"rules": source(trustDomains=["a/b"])},
+        "spec.rules[0].from[0].source.trustDomains[0]",
+        "has no '/'",
+    ),
+    (
+        {"rules": source(trustDomains=["a*b"])},
+        "spec.rules[0].from[0].source.trustDomains[0]",
+        "wildcard",
+    ),
+    # Condition keys.
+    (
+        cond(key="source.user", values=["x"]),
         "spec.rules[0].when[0].key",
         "'source.user' is not a condition key",
     ),
-    ({"rules": [{"when": [{"key": "source.ip"}]}]}, "spec.rules[0].when[0]", "needs values"),
-    ({"rules": [{"from": [{"source": {}}]}]}, "spec.rules[0].from[0].source", "is empty"),
+    (cond(key="remote.port", values=["1"]), "spec.rules[0].when[0].key", "is not a condition key"),
+    (cond(key="", values=["x"]), "spec.rules[0].when[0].key", "must not be empty"),
+    (
+        cond(key="destination.namespace", values=["x"]),
+        "spec.rules[0].when[0].key",
+        "metadata.namespace",
+    ),
+    (
+        cond(key="destination.labels[app]", values=["x"]),
+        "spec.rules[0].when[0].key",
+        "the selector",
+    ),
+    (cond(key="destination.user", values=["x"]), "spec.rules[0].when[0].key", "v1alpha1"),
+    (
+        cond(key="request.headers", values=["x"]),
+        "spec.rules[0].when[0].key",
+        "request.headers[x-user]",
+    ),
+    (cond(key="request.auth.claims[]", values=["x"]), "spec.rules[0].when[0].key", "must name"),
+    (
+        cond(key="destination.port", values=["99999"]),
+        "spec.rules[0].when[0].values[0]",
+        "not a port number",
+    ),
+    (
+        cond(key="source.serviceAccount", values=["a/*"]),
+        "spec.rules[0].when[0].values[0]",
+        "no wildcard",
+    ),
+    (cond(key="remote.ip", notValues=["1.2.3"]), "spec.rules[0].when[0].notValues[0]", "not an IP"),
 ]
 
 
@@ -381,7 +575,7 @@ spec:
 apiVersion: slipstream.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: {name: broken, namespace: shop}
-spec: {action: MAYBE}
+spec: {action: MAYBE, selector: {matchLabels: {app: cache}}}
 """
 
 
@@ -393,7 +587,7 @@ def test_policy_check_names_the_deciding_policy_and_rule(tmp_path):
     assert r.decision.allow and (r.decision.policy, r.decision.rule) == ("shop/db-from-web", 0)
     assert (r.principal, r.source_ip) == ("cluster.local/ns/shop/sa/web", "10.244.1.7")
     assert r.applicable == ["shop/db-from-web (ALLOW)"]
-    assert "ALLOW  shop/web-1" in r.text() and "ignored (invalid)" in r.text()
+    assert "ALLOW  shop/web-1" in r.text() and "refused: " in r.text()
     assert not check(objects, "shop/web-1", "shop/db:22").decision.allow
     as_sa = check(objects, "shop/web", "shop/db:5432")
     assert as_sa.decision.allow and as_sa.source_ip == "0.0.0.0", "a service account, no pod"
@@ -417,3 +611,118 @@ def test_policy_check_explains_bad_questions(tmp_path, source, dest, message):
     with pytest.raises(SlipstreamError) as exc:
         check(objects, source, dest)
     assert message in str(exc.value)
+
+
+# What Istio accepts is accepted (each would be refused, and so fail closed, if it were not).
+GOOD = [
+    ("serviceAccounts", {"rules": source(serviceAccounts=["web", "billing/api"])}),
+    ("notServiceAccounts", {"rules": source(notServiceAccounts=["web"], ipBlocks=["10.0.0.0/8"])}),
+    ("trustDomains", {"rules": source(trustDomains=["cluster.local", "*.example.org", "*"])}),
+    ("host bits", {"rules": source(ipBlocks=["10.0.0.7/24"], notIpBlocks=["10.9.9.9/8"])}),
+    ("IPv6", {"rules": source(ipBlocks=["2001:db8::1/32", "fe80::1%eth0"])}),
+    ("port 0 and numbers", {"rules": [{"to": [{"operation": {"ports": ["0", 80, "00443"]}}]}]}),
+    ("an empty list beside a value", {"rules": source(principals=[], namespaces=["shop"])}),
+    (
+        "values empty, notValues not",
+        {"rules": [{"when": [{"key": "source.ip", "values": [], "notValues": ["10.0.0.1"]}]}]},
+    ),
+    ("empty when", {"rules": [{"from": [{"source": {"namespaces": ["a"]}}], "when": []}]}),
+    (
+        "HTTP-only operation",
+        {"rules": [{"to": [{"operation": {"ports": [], "methods": ["GET"]}}]}]},
+    ),
+    ("path templates", {"rules": [{"to": [{"operation": {"paths": ["/a/{*}/b/{**}"]}}]}]}),
+    ("request.headers", {"rules": [{"when": [{"key": "request.headers[x-id]", "values": ["1"]}]}]}),
+    (
+        "experimental",
+        {"rules": [{"when": [{"key": "experimental.envoy.filters.a.b[c]", "values": ["1"]}]}]},
+    ),
+    ("remote.ip", {"rules": [{"when": [{"key": "remote.ip", "values": ["10.0.0.0/8"]}]}]}),
+    (
+        "source.serviceAccount",
+        {"rules": [{"when": [{"key": "source.serviceAccount", "values": ["web", "a/b"]}]}]},
+    ),
+    (
+        "source.trustDomain",
+        {"rules": [{"when": [{"key": "source.trustDomain", "notValues": ["td*"]}]}]},
+    ),
+    ("AUDIT without rules", {"action": "AUDIT"}),
+    ("an empty selector", {"selector": {"matchLabels": {}}, "rules": [{}]}),
+    ("DENY with one empty rule", {"action": "DENY", "rules": [{}]}),
+    ("512 rules", {"rules": [{}] * 512}),
+]
+
+
+@pytest.mark.parametrize("spec", [g[1] for g in GOOD], ids=[g[0] for g in GOOD])
+def test_what_istio_accepts_is_accepted(spec):
+    for api in ("security.istio.io/v1", "security.istio.io/v1beta1", "slipstream.dev/v1alpha1"):
+        body = {
+            "apiVersion": api,
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "p"},
+            "spec": spec,
+        }
+        assert isinstance(parse_object(body), AuthorizationPolicy)
+
+
+def test_service_accounts_host_bits_and_their_warnings():
+    p = policy(source(serviceAccounts=["web", "billing/api"]), ns="shop")
+    assert p.rules[0].sources[0].service_accounts == (("shop", "web"), ("billing", "api"))
+    assert decide([p], WEB).allow and decide([p], f"{TD}/ns/billing/sa/api").allow
+    assert decide([p], "other.td/ns/shop/sa/web").allow, "any trust domain, as in Istio"
+    assert not decide([p], API).allow and not decide([p], None).allow
+    masked = policy(source(ipBlocks=["10.244.1.77/24"]))
+    assert str(masked.rules[0].sources[0].ip_blocks[0]) == "10.244.1.0/24"
+    assert masked.warnings == (
+        "spec.rules[0].from[0].source.ipBlocks[0]: '10.244.1.77/24' has host bits set:"
+        " read as 10.244.1.0/24",
+    )
+    assert decide([masked], WEB, src="10.244.1.200").allow
+    assert not decide([masked], WEB, src="10.244.2.1").allow
+    status = Authorizer().status(Snapshot.build(1, {masked.key: masked}))
+    assert "host bits" in status[0]["warnings"][0]
+
+
+def _annotated(annotations: dict) -> AuthorizationPolicy:
+    obj = parse_object(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "trial", "namespace": "shop", "annotations": annotations},
+            "spec": {"action": "DENY", "rules": [{}]},
+        }
+    )
+    assert isinstance(obj, AuthorizationPolicy)
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("annotations", "dry"),
+    [
+        ({"istio.io/dry-run": "true"}, True),
+        ({"istio.io/dry-run": "True"}, True),
+        ({"istio.io/dry-run": "1"}, True),
+        ({"istio.io/dry-run": "t"}, True),
+        ({"istio.io/dry-run": "false"}, False),
+        ({"istio.io/dry-run": "0"}, False),
+        ({"istio.io/dry-run": ""}, False),
+        ({"istio.io/dry-run": "yes"}, False),  # not a boolean to Istio: enforced, with a warning
+        ({"slipstream.dev/dry-run": "true"}, True),
+        ({"slipstream.dev/dry-run": "true", "istio.io/dry-run": "1"}, True),
+        ({"slipstream.dev/dry-run": "false", "istio.io/dry-run": "false"}, False),
+    ],
+)
+def test_dry_run_annotations(annotations, dry):
+    p = _annotated(annotations)
+    assert p.dry_run is dry
+    d = decide([p], WEB)
+    assert d.allow is dry, "a dry-run DENY decides nothing; an enforced one denies"
+    if dry:
+        assert d.dry_run is not None and not d.dry_run.allow
+    assert bool(p.warnings) is (annotations.get("istio.io/dry-run") == "yes")
+
+
+def test_dry_run_annotations_that_disagree_are_refused():
+    with pytest.raises(FieldError) as exc:
+        _annotated({"slipstream.dev/dry-run": "true", "istio.io/dry-run": "false"})
+    assert exc.value.field == "metadata.annotations" and "disagree" in exc.value.reason

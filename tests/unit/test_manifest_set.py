@@ -58,3 +58,36 @@ def test_an_object_in_two_files_survives_removal_from_one():
     assert c.deletes == [] and c.upserts[0].meta.labels == {"from": "a"}
     c = s.remove_file("a.yaml")
     assert c.deletes == [ObjectKey("Namespace", "", "x")]
+
+
+POLICY = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: shop}
+spec: {rules: [{from: [{source: {namespaces: [shop], 1: x, z: y}}]}]}
+"""
+
+
+def test_a_key_that_is_not_a_string_is_refused_and_the_policy_fails_closed():
+    # Found by tests/fuzz/fuzz_policy.py: sorting the unknown keys raised TypeError, which
+    # would have stopped the file source.
+    s = ManifestSet()
+    s.update_file("p.yaml", load_text(POLICY, "p.yaml"))
+    (err,) = s.errors()
+    assert err.field == "spec.rules[0].from[0].source.1" and "unknown field" in err.reason
+    (p,) = s.all_objects()
+    assert p.fail_closed and p.refused.field == err.field
+
+
+def test_a_parser_bug_refuses_the_document_instead_of_stopping_the_source(monkeypatch, caplog):
+    import agent.sources.manifest_set as manifest_set
+
+    def broken(body):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(manifest_set, "parse_object", broken)
+    s = ManifestSet()
+    s.update_file("p.yaml", load_text(POLICY + "---\n" + ns_doc("x"), "p.yaml"))
+    assert [e.reason for e in s.errors()] == ["could not be validated (RuntimeError: a bug)"] * 2
+    (p,) = s.all_objects()
+    assert p.key == ObjectKey("AuthorizationPolicy", "shop", "p") and p.fail_closed
+    assert "validating a document failed unexpectedly" in caplog.text
