@@ -8,11 +8,15 @@
  * replies to the agent's outbound sockets by their exact tuples.
  *
  * Fail closed: while the agent is down an inbound SYN is dropped, so no
- * plaintext connection reaches the app around the mesh.
+ * plaintext connection reaches the app around the mesh. So is what could be
+ * TCP that capture cannot read whole (mesh_parse: IPv4 fragments, truncated
+ * headers, VLAN-tagged frames, IPv6 TCP): the kernel would deliver it after
+ * this program, a SYN included, without a tag.
  *
  * Maps: reads mesh_config, mesh_pods, mesh_listeners; writes mesh_captured,
  * mesh_counters.
- * Returns: TC_ACT_OK (pass), TC_ACT_SHOT (agent not listening).
+ * Returns: TC_ACT_OK (pass), TC_ACT_SHOT (agent not listening, or dropped
+ * unreadable, counted by reason).
  */
 #include "mesh.h"
 
@@ -25,10 +29,16 @@ int capture_ingress(struct __sk_buff *skb)
 	struct mesh_pod *pod;
 	struct bpf_sock *sk = NULL;
 	__u32 slot;
+	int kind;
 
-	if (!cfg || mesh_parse(skb, &pkt) < 0)
+	if (!cfg)
 		return TC_ACT_OK;
-	if (!pkt.syn || pkt.tuple.dport == bpf_htons(cfg->hbone_port))
+	kind = mesh_parse(skb, &pkt);
+	if (kind == MESH_DROP) {
+		mesh_count_drop(mesh_counters.lookup(&zero), pkt.drop);
+		return TC_ACT_SHOT;
+	}
+	if (kind != MESH_TCP || !pkt.syn || pkt.tuple.dport == bpf_htons(cfg->hbone_port))
 		return TC_ACT_OK;
 	cnt = mesh_counters.lookup(&zero);
 	pod = mesh_pods.lookup(&pkt.tuple.daddr);
