@@ -26,7 +26,7 @@ import pytest
 from agent.lab import model
 from agent.lab.lab import Lab
 from agent.manifest import load_text
-from tests.lab.labkit import access_log, config_dump, new_lab_name, wait_until
+from tests.lab.labkit import access_log, config_dump, new_lab_name, wait_until, workload
 
 RAWTCP = str(Path(__file__).parent / "rawtcp.py")
 DEFAULT_CAPS = (
@@ -63,6 +63,7 @@ CLUSTER = (
     "---\napiVersion: slipstream.dev/v1alpha1\nkind: PeerAuthentication\n"
     "metadata: {name: default, namespace: mesh}\nspec: {mtls: {mode: STRICT}}\n"
     + pod("attacker", "mesh", "n1", SLEEP)
+    + pod("tools", "mesh", "n1", SLEEP, "securityContext: {capabilities: {add: [NET_ADMIN]}}")
     + pod("server", "mesh", "n2", ECHO)
     + pod("outsider", "plain", "n1", SLEEP)
     + pod("visitor", "plain", "n1", SLEEP)
@@ -407,3 +408,21 @@ def test_ipv6_tcp_is_dropped_both_ways(lab):
         text=True,
     ).stdout
     assert "lladdr" in neigh, neigh
+
+
+# ------------------------------------------------------------------------------------- status
+
+
+def test_pods_that_can_remove_their_own_capture_are_shown_and_warned_about(lab):
+    """A container with NET_ADMIN (or privileged) can remove the programs in its own namespace:
+    /config_dump, `lab status` and the agent's log say so; an ordinary pod carries nothing."""
+    tools = workload(lab, "n1", "mesh", "tools")
+    assert tools["state"] == "enrolled"
+    assert "main (NET_ADMIN)" in tools["warning"], tools
+    assert workload(lab, "n1", "mesh", "attacker")["warning"] == ""
+    pods = {(p["namespace"], p["name"]): p for p in lab.status()["pods"]}
+    assert "main (NET_ADMIN)" in pods["mesh", "tools"]["warning"]
+    assert "warning" not in pods["mesh", "attacker"]
+    with open(lab.agent_log_path("n1")) as f:
+        warned = [json.loads(line) for line in f if "can remove or bypass capture" in line]
+    assert [w["pod"] for w in warned if w["level"] == "warning"] == ["mesh/tools"], warned
