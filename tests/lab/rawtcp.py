@@ -1,6 +1,7 @@
 """An attacker's tools for lab tests, run inside a pod: TCP by hand with scapy.
 
     python rawtcp.py handshake DST PORT SPORT MARKER [--fragment N] [--reverse] [--shadow]
+                                                     [--ip-options]
     python rawtcp.py frame IFACE DST PORT SPORT --tags none|one|qinq|adq [--bypass]
     python rawtcp.py mark DST PORT MARKER
     python rawtcp.py udp DST PORT MARKER
@@ -9,7 +10,8 @@ Each prints one JSON line: what came back, and the capabilities it ran with (the
 it as root and under Docker's default set, which has CAP_NET_RAW but not CAP_NET_ADMIN).
 
 `handshake` opens a TCP connection from raw IP packets (optionally each split into IP
-fragments of N bytes of payload, sent last fragment first with --reverse) and sends
+fragments of N bytes of payload, sent last fragment first with --reverse; with 40 bytes of
+IP options, IHL 15, with --ip-options) and sends
 `GET /MARKER`; the kernel's own reply to the SYN-ACK would be a reset, so the caller either
 drops resets in its namespace (root outside the mesh) or, with --shadow, first opens an
 ordinary connection on the same ports through the mesh: the pod's own stack then answers the
@@ -29,7 +31,7 @@ import subprocess
 import sys
 import time
 
-from scapy.all import IP, TCP, Dot1AD, Dot1Q, Ether, IPv6, fragment, raw
+from scapy.all import IP, TCP, Dot1AD, Dot1Q, Ether, IPOption_RR, IPv6, fragment, raw
 
 AGENT_MARK = 0x539
 SOL_PACKET = 263
@@ -89,6 +91,8 @@ def handshake(args: argparse.Namespace) -> dict:
 
     def send(pkt) -> None:
         pkt[IP].id = random.randint(1, 65535)
+        if args.ip_options:  # a Record Route option with room for 9 hops: IHL 15
+            pkt[IP].options = [IPOption_RR(routers=["0.0.0.0"] * 9)]
         parts = fragment(pkt, fragsize=args.fragment) if args.fragment else [pkt]
         for part in reversed(parts) if args.reverse else parts:
             out.sendto(raw(part), (dst, 0))
@@ -199,6 +203,7 @@ def main() -> None:
     h.add_argument("--fragment", type=int, default=0)
     h.add_argument("--reverse", action="store_true")
     h.add_argument("--shadow", action="store_true")
+    h.add_argument("--ip-options", action="store_true")
     h.add_argument("--timeout", type=float, default=2.0)
     f = sub.add_parser("frame")
     f.add_argument("iface")

@@ -197,6 +197,28 @@ def test_fragmented_tcp_from_outside_the_mesh_never_reaches_a_strict_app(lab, sp
     assert rec["direction"] == "inbound" and rec["outcome"] == "refused_plaintext", rec
 
 
+def test_ip_options_do_not_hide_a_syn_from_capture(lab):
+    """40 bytes of IP options (IHL 15) move the TCP header: the pod outside the mesh serves
+    such a connection, and at the STRICT pod capture still finds the SYN and hands it to
+    the agent, which refuses plaintext."""
+    control = marker()
+    got = attack(lab, "outsider", "handshake", ip(lab, "web"), 8080, sport(), control,
+                 "--ip-options")  # fmt: skip
+    assert got["reply"].startswith("HTTP/1.1 200") and app_saw(lab, "web", f"GET /{control} ")
+    port, since, secret = sport(), time.time(), marker()
+    got = attack(lab, "outsider", "handshake", ip(lab, "server"), 8080, port, secret,
+                 "--ip-options")  # fmt: skip
+    assert got["synack"], got
+    src = f"{ip(lab, 'outsider')}:{port}"
+    (rec,) = wait_until(
+        lambda: [r for r in access_log(lab, "n2", since) if r["src"] == src],
+        5,
+        "the agent's record of the connection with IP options",
+    )
+    assert rec["outcome"] == "refused_plaintext", rec
+    assert not app_saw(lab, "server", secret)
+
+
 def test_a_fragmented_syn_sent_with_default_capabilities_gets_no_answer_from_a_strict_pod(lab):
     """The SYN alone, from a container with the default capabilities: the app outside the
     mesh answers it; the STRICT pod's app (the only one that could, the agent answers no
