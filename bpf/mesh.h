@@ -12,7 +12,8 @@
  *                     what it cannot read whole it drops, both ways on eth0;
  *   ip rule           routes marked packets to table 100: local delivery;
  *   tc ingress (lo)   tags each captured outbound SYN's tuple in mesh_captured;
- *   tc ingress (eth0) tags each new inbound SYN the same way;
+ *   tc ingress (eth0) tags each new inbound SYN the same way (and any packet
+ *                     that only a listener would take: a SYN cookie's ACK);
  *   sk_lookup         the kernel's listener lookup asks capture_lookup, which
  *                     gives a tagged tuple the agent listener its tag names
  *                     (15001 outbound, 15006 inbound) from mesh_listeners.

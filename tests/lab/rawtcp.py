@@ -4,6 +4,7 @@
                                                      [--ip-options]
     python rawtcp.py frame IFACE DST PORT SPORT --tags none|one|qinq|adq [--bypass]
     python rawtcp.py mark DST PORT MARKER
+    python rawtcp.py flood DST PORT COUNT [--src IP]
     python rawtcp.py udp DST PORT MARKER
 
 Each prints one JSON line: what came back, and the capabilities it ran with (the tests run
@@ -18,6 +19,8 @@ ordinary connection on the same ports through the mesh: the pod's own stack then
 real server's packets with ACKs that capture takes back to the agent, and only the raw
 fragments go out. `frame` sends one SYN as an Ethernet frame through a packet socket, with
 802.1Q/802.1ad tags as asked (--bypass: PACKET_QDISC_BYPASS, which skips tc egress).
+`flood` sends COUNT SYNs from as many ports and never completes them, filling a listener's
+queue of half-open connections until it answers with SYN cookies.
 """
 
 from __future__ import annotations
@@ -186,6 +189,16 @@ def mark(args: argparse.Namespace) -> dict:
     return {"mark_set": True, "reply": reply.split(b"\r\n", 1)[0].decode()}
 
 
+def flood(args: argparse.Namespace) -> dict:
+    src = args.src or own_ip(args.dst)
+    out = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    base = random.randint(10000, 60000 - args.count)
+    for i in range(args.count):
+        syn = TCP(sport=base + i, dport=args.port, flags="S", seq=random.randint(0, 2**31))
+        out.sendto(raw(IP(src=src, dst=args.dst, id=i + 1) / syn), (args.dst, 0))
+    return {"sent": args.count}
+
+
 def udp(args: argparse.Namespace) -> dict:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(args.marker.encode(), (args.dst, args.port))
@@ -219,12 +232,18 @@ def main() -> None:
     m.add_argument("port", type=int)
     m.add_argument("marker")
     m.add_argument("--timeout", type=float, default=3.0)
+    fl = sub.add_parser("flood")
+    fl.add_argument("dst")
+    fl.add_argument("port", type=int)
+    fl.add_argument("count", type=int)
+    fl.add_argument("--src", default="")
     u = sub.add_parser("udp")
     u.add_argument("dst")
     u.add_argument("port", type=int)
     u.add_argument("marker")
     args = p.parse_args()
-    result = {"handshake": handshake, "frame": frame, "mark": mark, "udp": udp}[args.cmd](args)
+    commands = {"handshake": handshake, "frame": frame, "mark": mark, "flood": flood, "udp": udp}
+    result = commands[args.cmd](args)
     print(json.dumps({"caps": capabilities(), **result}), flush=True)
 
 

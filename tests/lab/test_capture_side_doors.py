@@ -263,6 +263,40 @@ def test_fragmented_tcp_never_leaves_an_enrolled_pod(lab, tmp_path, caps):
     assert counter(lab, "n1", "drop_fragment") > before
 
 
+def syncookies(lab: Lab, name: str, counter: str) -> int:
+    """TcpExtSyncookiesSent or TcpExtSyncookiesRecv (cookies validated) of a pod's stack."""
+    res = lab.exec(name, ["nstat", "-az", f"TcpExtSyncookies{counter}"], namespace="mesh")
+    return int(res.stdout.split()[-2]) if f"TcpExtSyncookies{counter}" in res.stdout else 0
+
+
+def test_a_syn_cookie_minted_by_the_agent_does_not_open_the_app(lab):
+    """A SYN cookie is valid for any listener of its tuple. An attacker outside the mesh
+    fills the agent's inbound queue until it answers with cookies, then sends the ACK: no
+    SYN tags it, so without more the kernel asks the pod's own listener, which accepts a
+    cookie whenever its own queue overflowed in the last two minutes (an app under load;
+    here, half-open SYNs sent to it from inside its pod). It must reach the agent instead."""
+    server = ip(lab, "server")
+    sent = syncookies(lab, "server", "Sent")
+    attack(lab, "server", "flood", server, 8080, 40, "--src", "10.99.0.1")  # the app overflows
+    wait_until(lambda: syncookies(lab, "server", "Sent") > sent, 5, "the app to send cookies")
+    sent = syncookies(lab, "server", "Sent")
+    attack(lab, "outsider", "flood", server, 8080, 1100)  # so does the agent's listener
+    wait_until(lambda: syncookies(lab, "server", "Sent") > sent, 5, "the agent to send cookies")
+    cookies = syncookies(lab, "server", "Recv")
+    port, since, secret = sport(), time.time(), marker()
+    got = attack(lab, "outsider", "handshake", server, 8080, port, secret)
+    assert got["synack"], got
+    src = f"{ip(lab, 'outsider')}:{port}"
+    recs = wait_until(
+        lambda: [r for r in access_log(lab, "n2", since) if r["src"] == src],
+        5,
+        "the agent to accept the cookie",
+    )
+    assert {r["outcome"] for r in recs} == {"refused_plaintext"}, recs
+    assert syncookies(lab, "server", "Recv") > cookies, "the handshake went through a cookie"
+    assert not app_saw(lab, "server", secret), "the app accepted the agent's cookie"
+
+
 # ---------------------------------------------------------------------------- the agent's mark
 
 
