@@ -3,7 +3,8 @@
 The programs are compiled once per agent start from bpf/*.c, the mirror in
 abi.py is checked against the compiled map types, and mesh_config is filled.
 This module also owns every later touch of the programs' maps (which pods are
-enrolled, where their listeners are) and the sk_lookup links into pods.
+enrolled, where their listeners are, which sockets are the agent's own) and the
+sk_lookup links into pods.
 Attaching the tc programs to pods is pod.py's job.
 """
 

@@ -479,6 +479,15 @@ def test_pods_that_can_remove_their_own_capture_are_shown_and_warned_about(lab):
     pods = {(p["namespace"], p["name"]): p for p in lab.status()["pods"]}
     assert "main (NET_ADMIN)" in pods["mesh", "tools"]["warning"]
     assert "warning" not in pods["mesh", "attacker"]
+    text = subprocess.run(
+        [sys.executable, "-m", "agent", "lab", "status", "--name", lab.name],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    assert [ln.split(":")[1].strip() for ln in text.splitlines() if ln.startswith("warning:")] == [
+        "mesh/tools"
+    ], text
     with open(lab.agent_log_path("n1")) as f:
         warned = [json.loads(line) for line in f if "can remove or bypass capture" in line]
     assert [w["pod"] for w in warned if w["level"] == "warning"] == ["mesh/tools"], warned

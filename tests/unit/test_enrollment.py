@@ -29,7 +29,10 @@ def pod(*security: dict) -> object:
         ({"capabilities": {"add": ["NET_ADMIN"]}}, "c0 (NET_ADMIN)"),
         ({"capabilities": {"add": ["CAP_SYS_ADMIN"]}}, "c0 (SYS_ADMIN)"),
         ({"capabilities": {"add": ["all"]}}, "c0 (ALL)"),
-        ({"privileged": True, "capabilities": {"add": ["NET_ADMIN"]}}, "c0 (privileged, NET_ADMIN)"),
+        (
+            {"privileged": True, "capabilities": {"add": ["NET_ADMIN"]}},
+            "c0 (privileged, NET_ADMIN)",
+        ),
     ],
 )
 def test_containers_that_can_remove_capture_are_named(security, named):
