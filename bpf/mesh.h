@@ -163,49 +163,86 @@ static __always_inline int mesh_parse6(struct __sk_buff *skb, struct mesh_packet
 	return mesh_drop(pkt, MESH_WHY_IPV6);
 }
 
+/* An IPv4 header's verdict: MESH_PASS, MESH_DROP (pkt->drop says why), or MESH_TCP: then
+ * the TCP header starts *ihl bytes after the IP header and must be read. */
+static __always_inline int mesh_ipv4(const struct iphdr *ip, struct mesh_packet *pkt, __u32 *ihl)
+{
+	/* The kernel reassembles only fragments of one protocol, so no fragment of another
+	 * protocol can become TCP. */
+	if (ip->protocol != IPPROTO_TCP)
+		return MESH_PASS;
+	if (ip->frag_off & bpf_htons(0x3fff))    /* more fragments, or not the first */
+		return mesh_drop(pkt, MESH_WHY_FRAGMENT);
+	*ihl = ip->ihl * 4;
+	if (*ihl < sizeof(*ip) || bpf_ntohs(ip->tot_len) < *ihl + sizeof(struct tcphdr))
+		return mesh_drop(pkt, MESH_WHY_MALFORMED);
+	return MESH_TCP;
+}
+
+static __always_inline int mesh_tcp(const struct iphdr *ip, const struct tcphdr *tcp,
+				    struct mesh_packet *pkt)
+{
+	pkt->tuple.saddr = ip->saddr;
+	pkt->tuple.daddr = ip->daddr;
+	pkt->tuple.sport = tcp->source;
+	pkt->tuple.dport = tcp->dest;
+	pkt->syn = tcp->syn && !tcp->ack;
+	return MESH_TCP;
+}
+
 /* Classify a frame at a pod's eth0 (either way) as the kernel will read it.
  *
  * Capture must see every TCP packet the pod's stack (or its peer's) will act on, so what
  * could be TCP but cannot be read whole is dropped, never passed: IPv4 fragments (tc runs
  * before reassembly, and a first fragment can stop before the TCP flags), headers that do
  * not fit the packet, frames still tagged 802.1Q/802.1ad (a priority tag, VLAN 0, is
- * stripped by the receiver and the packet delivered as untagged), and IPv6 TCP. Headers
- * are copied with bpf_skb_load_bytes, so IPv4 options (IHL > 5) and headers outside the
- * linear part of the packet are read like any other. */
+ * stripped by the receiver and the packet delivered as untagged), and IPv6 TCP.
+ *
+ * IPv4 headers in the linear part of the packet (nearly always) are read in place; anything
+ * else is copied with bpf_skb_load_bytes, so IPv4 options (IHL > 5) and headers outside the
+ * linear part are read like any other, and only a packet too short for them is "cannot". */
 static __always_inline int mesh_parse(struct __sk_buff *skb, struct mesh_packet *pkt)
 {
-	struct ethhdr eth;
-	struct iphdr ip;
-	struct tcphdr tcp;
-	__u32 ihl;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct ethhdr ethc;
+	struct iphdr ipc;
+	struct tcphdr tcpc;
+	__u32 ihl = 0;
+	int kind;
 
-	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
+	if ((void *)(ip + 1) <= end && eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct tcphdr *tcp;
+
+		kind = mesh_ipv4(ip, pkt, &ihl);
+		if (kind != MESH_TCP)
+			return kind;
+		ihl &= 0x3c;              /* bounds the offset for the verifier (it is <= 60) */
+		tcp = (void *)ip + ihl;
+		if ((void *)(tcp + 1) <= end)
+			return mesh_tcp(ip, tcp, pkt);
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + ihl, &tcpc, sizeof(tcpc)) < 0)
+			return mesh_drop(pkt, MESH_WHY_MALFORMED);
+		return mesh_tcp(ip, &tcpc, pkt);
+	}
+	if (bpf_skb_load_bytes(skb, 0, &ethc, sizeof(ethc)) < 0)
 		return MESH_PASS;         /* shorter than an Ethernet header: nothing to deliver */
-	if (eth.h_proto == bpf_htons(ETH_P_8021Q) || eth.h_proto == bpf_htons(ETH_P_8021AD))
+	if (ethc.h_proto == bpf_htons(ETH_P_8021Q) || ethc.h_proto == bpf_htons(ETH_P_8021AD))
 		return mesh_drop(pkt, MESH_WHY_VLAN);
-	if (eth.h_proto == bpf_htons(ETH_P_IPV6))
+	if (ethc.h_proto == bpf_htons(ETH_P_IPV6))
 		return mesh_parse6(skb, pkt);
-	if (eth.h_proto != bpf_htons(ETH_P_IP))
+	if (ethc.h_proto != bpf_htons(ETH_P_IP))
 		return MESH_PASS;
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ipc, sizeof(ipc)) < 0)
 		return mesh_drop(pkt, MESH_WHY_MALFORMED);
-	/* The kernel reassembles only fragments of one protocol, so no fragment of another
-	 * protocol can become TCP. */
-	if (ip.protocol != IPPROTO_TCP)
-		return MESH_PASS;
-	if (ip.frag_off & bpf_htons(0x3fff))    /* more fragments, or not the first */
-		return mesh_drop(pkt, MESH_WHY_FRAGMENT);
-	ihl = ip.ihl * 4;
-	if (ihl < sizeof(ip) || bpf_ntohs(ip.tot_len) < ihl + sizeof(tcp))
+	kind = mesh_ipv4(&ipc, pkt, &ihl);
+	if (kind != MESH_TCP)
+		return kind;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + ihl, &tcpc, sizeof(tcpc)) < 0)
 		return mesh_drop(pkt, MESH_WHY_MALFORMED);
-	if (bpf_skb_load_bytes(skb, ETH_HLEN + ihl, &tcp, sizeof(tcp)) < 0)
-		return mesh_drop(pkt, MESH_WHY_MALFORMED);
-	pkt->tuple.saddr = ip.saddr;
-	pkt->tuple.daddr = ip.daddr;
-	pkt->tuple.sport = tcp.source;
-	pkt->tuple.dport = tcp.dest;
-	pkt->syn = tcp.syn && !tcp.ack;
-	return MESH_TCP;
+	return mesh_tcp(&ipc, &tcpc, pkt);
 }
 
 /* Count a MESH_DROP by its reason. */
