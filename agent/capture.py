@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from dataclasses import dataclass
 
 from .datapath import abi, iptables, pod
@@ -56,7 +57,21 @@ class EbpfCapture:
         self._slots = SlotPool(abi.LISTENER_SLOTS)
 
     def make_proxy(self, pod: Pod, ns: Netns) -> PodProxy:
-        return PodProxy(pod, ns, self.mesh, original_dst=original_dst_from_sockname)
+        def outbound_socket() -> socket.socket:
+            sock = ns.socket()
+            try:
+                return self.programs.own(sock)
+            except OSError:
+                sock.close()
+                raise
+
+        return PodProxy(
+            pod,
+            ns,
+            self.mesh,
+            original_dst=original_dst_from_sockname,
+            outbound_socket=outbound_socket,
+        )
 
     def bind(self, pod: Pod, ns: Netns, proxy: PodProxy) -> Binding:
         binding = Binding(pod.ip)

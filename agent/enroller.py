@@ -33,6 +33,7 @@ from .enrollment import (
     NOT_ENROLLED,
     PENDING,
     WorkloadStatus,
+    capture_warning,
     decide,
 )
 from .errors import SlipstreamError
@@ -153,7 +154,12 @@ class Enroller:
                 desired[key] = pod
             else:
                 self.status[key] = WorkloadStatus(
-                    pod.meta.namespace, pod.meta.name, pod.ip, NOT_ENROLLED, decision.reason
+                    pod.meta.namespace,
+                    pod.meta.name,
+                    pod.ip,
+                    NOT_ENROLLED,
+                    decision.reason,
+                    warning=capture_warning(pod),
                 )
                 if not self._swept:
                     await self._sweep(pod)
@@ -216,8 +222,14 @@ class Enroller:
             decide(pod, self.store.snapshot.namespace(ref.namespace)).reason,
             netns=path,
             since=time.time(),
+            warning=capture_warning(pod),
         )
         log.info("pod enrolled", extra={"pod": str(ref), "ip": ref.ip, "netns": path})
+        if self.status[key].warning:
+            log.warning(
+                "enrolled pod can remove or bypass capture",
+                extra={"pod": str(ref), "warning": self.status[key].warning},
+            )
 
     async def _unenroll(self, key: ObjectKey, reason: str) -> None:
         active = self.active.pop(key)
@@ -259,7 +271,9 @@ class Enroller:
         key = pod.key
         _, backoff = self._failures.get(key, (0.0, RETRY_START))
         self._failures[key] = (time.monotonic() + backoff, min(backoff * 2, RETRY_MAX))
-        self.status[key] = WorkloadStatus(pod.meta.namespace, pod.meta.name, pod.ip, state, reason)
+        self.status[key] = WorkloadStatus(
+            pod.meta.namespace, pod.meta.name, pod.ip, state, reason, warning=capture_warning(pod)
+        )
         log.warning(
             "pod enrollment failed, will retry",
             extra={"pod": str(key), "error": reason, "retry_in_s": backoff},

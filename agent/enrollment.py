@@ -16,6 +16,11 @@ LABEL_DATAPLANE = "slipstream.dev/dataplane-mode"
 ANNOTATION_NETNS = "slipstream.dev/netns"
 """Set by the lab (the lab's stand-in for the CNI plugin): the pod's network namespace."""
 
+CAPTURE_CAPABILITIES = ("NET_ADMIN", "SYS_ADMIN", "ALL")
+"""Capabilities that let a container remove or bypass capture in its own network namespace:
+NET_ADMIN changes tc filters, routes and rules; SYS_ADMIN reaches the programs' links and
+maps; ALL holds both."""
+
 ENROLLED = "enrolled"
 PENDING = "pending"
 FAILED = "failed"
@@ -41,6 +46,24 @@ def decide(pod: Pod, namespace: Namespace | None) -> Decision:
     return Decision(False, "namespace is not in the mesh")
 
 
+def capture_warning(pod: Pod) -> str:
+    """Why capture cannot bind this pod, as Istio's in-pod rules cannot bind such a pod:
+    empty when no container is privileged or adds a capability in CAPTURE_CAPABILITIES."""
+    holders = []
+    for c in pod.containers:
+        held = (["privileged"] if c.privileged else []) + [
+            a for a in c.capabilities_add if a in CAPTURE_CAPABILITIES
+        ]
+        if held:
+            holders.append(f"{c.name} ({', '.join(held)})")
+    if not holders:
+        return ""
+    return (
+        f"container {', '.join(holders)} can remove or bypass capture in the pod's own "
+        "network namespace: the mesh does not bind this pod's own traffic"
+    )
+
+
 @dataclass
 class WorkloadStatus:
     """What /config_dump says of one pod on this node."""
@@ -53,3 +76,5 @@ class WorkloadStatus:
     netns: str = ""
     since: float = 0.0
     connections: int = 0
+    warning: str = ""
+    """capture_warning: a container of the pod can remove or bypass capture."""

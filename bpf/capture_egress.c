@@ -7,12 +7,17 @@
  *
  * Captured: every SYN that opens a connection, and every other packet of a
  * connection whose far end is an agent socket (the reverse tuple finds it).
- * Not captured: packets with agent_mark (the agent's own sockets), non-TCP,
- * and packets of connections opened before the pod was enrolled, which run
- * to their end as they began.
+ * Not captured: the agent's own packets (agent_mark on a socket the agent
+ * registered in mesh_own_socks: any container with CAP_NET_RAW may set the
+ * mark), non-TCP, and packets of connections opened before the pod was
+ * enrolled, which run to their end as they began.
+ * Dropped: what could be TCP that capture cannot read whole (mesh_parse: IPv4
+ * fragments, truncated headers, VLAN-tagged frames, IPv6 TCP), so it never
+ * leaves the pod around the mesh.
  *
- * Maps: reads mesh_config; writes mesh_counters.
- * Returns: TC_ACT_OK (leave the packet alone) or the bpf_redirect verdict.
+ * Maps: reads mesh_config, mesh_own_socks; writes mesh_counters.
+ * Returns: TC_ACT_OK (leave the packet alone), TC_ACT_SHOT (dropped, counted
+ * by reason), or the bpf_redirect verdict.
  */
 #include "mesh.h"
 
@@ -23,11 +28,31 @@ int capture_egress(struct __sk_buff *skb)
 	struct mesh_counters *cnt;
 	struct mesh_packet pkt = {};
 	__u8 zero_mac[ETH_ALEN] = {};
+	int kind;
 
-	if (!cfg || skb->mark == cfg->agent_mark)
+	if (!cfg)
 		return TC_ACT_OK;
-	if (mesh_parse(skb, &pkt) < 0)
+	kind = mesh_parse(skb, &pkt);
+	if (kind == MESH_DROP) {
+		mesh_count_drop(mesh_counters.lookup(&zero), pkt.drop);
+		return TC_ACT_SHOT;
+	}
+	if (kind != MESH_TCP)
 		return TC_ACT_OK;
+	if (skb->mark == cfg->agent_mark) {
+		__u64 cookie = bpf_get_socket_cookie(skb);
+
+		if (cookie && mesh_own_socks.lookup(&cookie))
+			return TC_ACT_OK;
+		/* Any socket may carry the mark: one the agent did not register is treated
+		 * as the pod's own below (the agent's accepted sockets, never registered, are
+		 * found to be no captured connection's and pass). */
+		if (pkt.syn) {
+			cnt = mesh_counters.lookup(&zero);
+			if (cnt)
+				__sync_fetch_and_add(&cnt->forged_mark, 1);
+		}
+	}
 	if (!pkt.syn) {
 		struct bpf_sock_tuple t = {};
 		struct bpf_sock *sk;

@@ -28,7 +28,7 @@ int capture_lo_ingress(struct __sk_buff *skb)
 
 	if (!cfg || skb->mark != cfg->capture_mark)
 		return TC_ACT_OK;
-	if (mesh_parse(skb, &pkt) < 0 || !pkt.syn)
+	if (mesh_parse(skb, &pkt) != MESH_TCP || !pkt.syn)
 		return TC_ACT_OK;
 	pod = mesh_pods.lookup(&pkt.tuple.saddr);
 	sk = NULL;

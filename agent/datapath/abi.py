@@ -17,6 +17,7 @@ COUNTERS_MAP = "mesh_counters"
 PODS_MAP = "mesh_pods"
 CAPTURED_MAP = "mesh_captured"
 LISTENERS_MAP = "mesh_listeners"
+OWN_SOCKS_MAP = "mesh_own_socks"
 TC_PROGRAMS = ("capture_egress", "capture_lo_ingress", "capture_ingress")
 LOOKUP_PROGRAM = "capture_lookup"
 PROGRAMS = (*TC_PROGRAMS, LOOKUP_PROGRAM)
@@ -53,6 +54,11 @@ class MeshCounters(ctypes.Structure):
         ("inbound_new", ctypes.c_uint64),
         ("no_listener", ctypes.c_uint64),
         ("assigned", ctypes.c_uint64),
+        ("drop_fragment", ctypes.c_uint64),
+        ("drop_malformed", ctypes.c_uint64),
+        ("drop_vlan", ctypes.c_uint64),
+        ("drop_ipv6", ctypes.c_uint64),
+        ("forged_mark", ctypes.c_uint64),
     ]
 
 

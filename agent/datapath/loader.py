@@ -3,7 +3,8 @@
 The programs are compiled once per agent start from bpf/*.c, the mirror in
 abi.py is checked against the compiled map types, and mesh_config is filled.
 This module also owns every later touch of the programs' maps (which pods are
-enrolled, where their listeners are) and the sk_lookup links into pods.
+enrolled, where their listeners are, which sockets are the agent's own) and the
+sk_lookup links into pods.
 Attaching the tc programs to pods is pod.py's job.
 """
 
@@ -14,6 +15,7 @@ import ctypes
 import logging
 import os
 import socket
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +30,7 @@ BPF_PROG_TYPE_SK_LOOKUP = 30
 BPF_SK_LOOKUP = 36
 BPF_LINK_CREATE = 28
 SYS_BPF = 321  # x86_64
+SO_COOKIE = 57  # asm-generic/socket.h; the socket module does not name it
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -104,11 +107,16 @@ class Programs:
             except Exception as exc:
                 raise DatapathError(f"the kernel refused program {name}: {exc}") from exc
             self.programs[name] = Program(name, fn.fd)
-        self._listeners_fd = lib.bpf_table_fd(self._bpf.module, abi.LISTENERS_MAP.encode())
-        if self._listeners_fd < 0:
-            raise DatapathError(f"map {abi.LISTENERS_MAP} is missing from the compiled programs")
+        self._listeners_fd = self._map_fd(abi.LISTENERS_MAP)
+        self._own_fd = self._map_fd(abi.OWN_SOCKS_MAP)
         self.write_config(abi.default_config())
         log.info("capture programs loaded", extra={"programs": ",".join(self.programs)})
+
+    def _map_fd(self, name: str) -> int:
+        fd = int(self._lib.bpf_table_fd(self._bpf.module, name.encode()))
+        if fd < 0:
+            raise DatapathError(f"map {name} is missing from the compiled programs")
+        return fd
 
     def check_abi(self) -> None:
         for (map_name, part), mirror in abi.MIRRORS.items():
@@ -166,6 +174,17 @@ class Programs:
         ):
             err = ctypes.get_errno()
             raise DatapathError(f"adding a listener to {abi.LISTENERS_MAP}: {os.strerror(err)}")
+
+    def own(self, sock: socket.socket) -> socket.socket:
+        """Register one of the agent's own sockets in a pod, before it connects: its SYN,
+        marked agent_mark, then leaves the pod uncaptured (a marked SYN from any other
+        socket is captured). Raises OSError, as making the socket would."""
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8)
+        key, value = ctypes.c_uint64(struct.unpack("=Q", raw)[0]), ctypes.c_uint8(1)
+        if self._lib.bpf_update_elem(self._own_fd, ctypes.byref(key), ctypes.byref(value), 0):
+            err = ctypes.get_errno()
+            raise OSError(err, f"registering an agent socket in {abi.OWN_SOCKS_MAP}")
+        return sock
 
     def del_listener(self, slot: int) -> None:
         key = ctypes.c_uint32(slot)

@@ -11,7 +11,6 @@ be absent (RFC 9113 8.5). Wire-compatible with Istio's HBONE.
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
 
 from ..errors import SlipstreamError
@@ -52,14 +51,19 @@ class BadRequest(TunnelError):
 class ConnectRequest:
     destination: tuple[str, int]
     client: tuple[str, int] | None
-    """From Forwarded: the address of the workload that opened the connection."""
+    """What Forwarded `for=` claims is the client's address: the peer's word, not a fact.
+    The destination believes only what the connection proves (agent/proxy/source.py)."""
     traceparent: str | None = None
     baggage: str | None = None
+    forwarded: str | None = None
+    """Every Forwarded header of the request, joined as one list (RFC 7239 section 4)."""
 
 
 def _addr(value: str, what: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
+    # ASCII digits, and few: isdigit() passes "²", which int() refuses, and int() refuses
+    # 4,301 digits; either would raise ValueError, not BadRequest, out of a peer's header.
+    if not sep or not (port.isascii() and port.isdigit()) or len(port) > 5:
         raise BadRequest(f"{what} {value!r} is not ip:port")
     try:
         ip = ipaddress.IPv4Address(host)
@@ -71,15 +75,24 @@ def _addr(value: str, what: str) -> tuple[str, int]:
     return str(ip), number
 
 
-_FORWARDED_FOR = re.compile(r'(?:^|[;,\s])for="?([^";,\s]+)"?', re.I)
-
-
 def parse_forwarded(value: str) -> tuple[str, int] | None:
-    m = _FORWARDED_FOR.search(value)
-    if not m:
+    """The `for=` node of a Forwarded value (RFC 7239) when there is exactly one and it is an
+    IPv4 ip:port, else None: a list of several (a chain of proxies) is ambiguous, and
+    `unknown`, obfuscated names and IPv6 are not addresses we could check."""
+    nodes = [
+        node.strip()
+        for element in value.split(",")
+        for pair in element.split(";")
+        for name, sep, node in [pair.partition("=")]
+        if sep and name.strip().lower() == "for"
+    ]
+    if len(nodes) != 1:
         return None
+    node = nodes[0]
+    if len(node) >= 2 and node[0] == node[-1] == '"':
+        node = node[1:-1]
     try:
-        return _addr(m.group(1), "forwarded for")
+        return _addr(node, "forwarded for")
     except BadRequest:
         return None
 
@@ -104,12 +117,14 @@ def parse_connect(headers: list[tuple[str, str]]) -> ConnectRequest:
     if not authority:
         raise BadRequest("CONNECT without :authority")
     destination = _addr(authority, ":authority")
-    forwarded = regular.get("forwarded")
+    # Several Forwarded fields are one list (RFC 7239 section 4), not "the last one wins".
+    forwarded = ", ".join(v for n, v in headers if n.lower() == "forwarded") or None
     return ConnectRequest(
         destination,
         parse_forwarded(forwarded) if forwarded else None,
         regular.get("traceparent"),
         regular.get("baggage"),
+        forwarded,
     )
 
 

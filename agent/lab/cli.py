@@ -324,6 +324,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             + [[p["namespace"], p["name"], p["phase"], p["ip"], p["node"]] for p in st["pods"]]
         )
     )
+    for p in st["pods"]:
+        if p.get("warning"):
+            print(f"warning: {p['namespace']}/{p['name']}: {p['warning']}")
     if st["processes"]:
         print()
         print(

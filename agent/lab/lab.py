@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..enrollment import decide
+from ..enrollment import capture_warning, decide
 from ..errors import FieldError, LabError, ManifestError, SlipstreamError
 from ..manifest import Document
 from ..state.dump import endpoints_objects
@@ -548,6 +548,7 @@ class Lab:
                     "ip": p.ip,
                     "netns": p.netns,
                     "phase": self.pod_status(p)["phase"],
+                    **self._capture_warning(state, p),
                 }
                 for p in state.pods.values()
             ],
@@ -563,6 +564,12 @@ class Lab:
                 for r in state.processes.values()
             ],
         }
+
+    def _capture_warning(self, state: LabState, rec: PodRecord) -> dict[str, str]:
+        body = state.object(ObjectKey("Pod", rec.namespace, rec.name))
+        pod = parse_object(body) if body else None
+        warning = capture_warning(pod) if isinstance(pod, Pod) else ""
+        return {"warning": warning} if warning else {}
 
     def exec_argv(
         self,

@@ -18,7 +18,7 @@ class FlowRecord:
     direction: str
     """outbound (captured leaving a pod) or inbound (captured arriving at one)."""
     src: str
-    """Client address as ip:port."""
+    """Client address as ip:port: what the connection proves (for HBONE, see proxy/source.py)."""
     dst: str
     """The original destination as ip:port."""
     node: str
@@ -34,6 +34,8 @@ class FlowRecord:
     """SPIFFE ID of the client workload (from its certificate, on the inbound side)."""
     dst_identity: str | None = None
     """SPIFFE ID of the destination workload."""
+    src_claim: str | None = None
+    """An HBONE peer's Forwarded claim of another client address, ignored, and why."""
     traceparent: str | None = None
     authz: dict[str, object] | None = None
     """The destination's authorization decision: decision, policy, rule, reason (audit, dryRun)."""

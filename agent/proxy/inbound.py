@@ -1,7 +1,8 @@
 """Connections arriving at an enrolled pod: captured plaintext (15006) and HBONE (15008).
 
 Both end at the app, from the original client's address (bound transparently
-inside the pod), so the app sees the real client IP. Plaintext is accepted in
+inside the pod), so the app sees the real client IP: for HBONE, the address the
+connection proves (source.py), which policy sees too. Plaintext is accepted in
 PERMISSIVE mode and refused in STRICT mode. An HBONE stream must name this
 pod's own address as its :authority, and authorization policy must allow its
 client; it is answered 200 once the app accepted the connection, 400 for a
@@ -22,6 +23,7 @@ from ..state.objects import Pod
 from .accesslog import FlowRecord
 from .context import MeshContext
 from .outbound import Attempt, addr
+from .source import hbone_source
 from .splice import End, Splice
 
 log = logging.getLogger("agent.proxy")
@@ -72,7 +74,12 @@ class HboneInbound:
         self, stream: H2Stream, request: ConnectRequest, conn: HboneServerConnection
     ) -> None:
         peer = conn.transport.get_extra_info("peername") if conn.transport else None
-        client = request.client or (tuple(peer[:2]) if peer else ("0.0.0.0", 0))
+        if not peer:
+            conn.respond(stream, BAD_REQUEST)  # the connection is already gone
+            return
+        # The app and policy see what the connection proves, never the peer's Forwarded word.
+        source = hbone_source((peer[0], peer[1]), request)
+        client = source.addr
         record = FlowRecord(
             direction="inbound",
             src=addr(client),
@@ -81,6 +88,7 @@ class HboneInbound:
             transport="hbone",
             src_identity=conn.peer_identity,
             dst_identity=str(self.mesh.identity(self.pod)),
+            src_claim=source.ignored,
             traceparent=request.traceparent,
         )
         snap = self.mesh.snapshot()

@@ -49,10 +49,19 @@ class Attempt(Exception):
 
 
 class Outbound:
-    def __init__(self, pod: Pod, ns: Netns, mesh: MeshContext) -> None:
+    def __init__(
+        self,
+        pod: Pod,
+        ns: Netns,
+        mesh: MeshContext,
+        make_socket: Callable[[], socket.socket] | None = None,
+    ) -> None:
         self.pod = pod
         self.ns = ns
         self.mesh = mesh
+        self.make_socket = make_socket or ns.socket
+        """Sockets in the pod for connections out of it (with eBPF capture, registered so
+        capture lets their SYNs pass)."""
 
     async def forward(self, splice: Splice, client: TcpEnd, src: Addr, dst: Addr) -> None:
         snap = self.mesh.snapshot()
@@ -117,7 +126,7 @@ class Outbound:
 
         async def dial() -> hbone.HboneClientConnection:
             return await hbone.connect(
-                self.ns.socket,
+                self.make_socket,
                 (ep.ip, HBONE_PORT),
                 cert.client_ctx,
                 str(dst_id),
@@ -128,6 +137,8 @@ class Outbound:
 
         try:
             stream = await self.mesh.pool.stream(key, connect_headers((ep.ip, ep.port), src), dial)
+        except OSError as exc:  # no socket to dial from
+            raise Attempt("hbone_error", str(exc)) from exc
         except TunnelError as exc:
             if exc.status == DENIED:
                 raise Attempt(
@@ -163,7 +174,7 @@ class Outbound:
                 "mTLS (PeerAuthentication STRICT)",
                 retry=True,
             )
-        await connect_plain(splice, client, self.ns.socket, ep, self.mesh.connect_timeout)
+        await connect_plain(splice, client, self.make_socket, ep, self.mesh.connect_timeout)
 
 
 async def connect_plain(
@@ -177,7 +188,10 @@ async def connect_plain(
     """Connect (marked, optionally from a transparent address) and splice. The agent makes the
     socket inside the pod, so it leaves from the pod or, with `bind`, from the real client."""
     loop = asyncio.get_running_loop()
-    sock = make_socket()
+    try:
+        sock = make_socket()
+    except OSError as exc:
+        raise Attempt("upstream_error", f"no socket to connect from: {exc}") from exc
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, abi.AGENT_MARK)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if bind is not None:

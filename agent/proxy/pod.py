@@ -83,6 +83,7 @@ class PodProxy:
         *,
         original_dst: Callable[[Any], tuple[str, int]] = original_dst_from_sockname,
         transparent_outbound: bool = True,
+        outbound_socket: Callable[[], socket.socket] | None = None,
     ) -> None:
         self.pod = pod
         self.ref = PodRef(pod.meta.namespace, pod.meta.name, pod.ip)
@@ -95,7 +96,7 @@ class PodProxy:
         self._splices: set[Splice] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._hbone_conns: set[hbone_server.HboneServerConnection] = set()
-        self._outbound = Outbound(pod, ns, mesh)
+        self._outbound = Outbound(pod, ns, mesh, outbound_socket or ns.socket)
         self._hbone = HboneInbound(pod, mesh, self._dial_app, self._new_splice, self._authorize)
         self._watched: dict[Splice, Peer] = {}
         """Open inbound connections, checked again when policy changes."""

@@ -94,6 +94,10 @@ class Container:
     args: tuple[str, ...]
     env: tuple[EnvVar, ...]
     ports: tuple[ContainerPort, ...]
+    privileged: bool = False
+    """securityContext.privileged (the lab runs every container as root, whatever it says)."""
+    capabilities_add: tuple[str, ...] = ()
+    """securityContext.capabilities.add, upper case, without a CAP_ prefix."""
 
 
 @dataclass(frozen=True)
@@ -327,7 +331,24 @@ def _parse_container(c: Any, path: str) -> Container:
                 protocol,
             )
         )
-    return Container(name, command, args, _parse_env(c, path), tuple(ports))
+    security = mapping(c, "securityContext", path)
+    privileged = security.get("privileged", False)
+    need(
+        isinstance(privileged, bool),
+        f"{path}.securityContext.privileged",
+        f"must be true or false, not {type(privileged).__name__}",
+    )
+    caps = mapping(security, "capabilities", f"{path}.securityContext")
+    add = strings(caps, "add", f"{path}.securityContext.capabilities")
+    return Container(
+        name,
+        command,
+        args,
+        _parse_env(c, path),
+        tuple(ports),
+        privileged,
+        tuple(a.upper().removeprefix("CAP_") for a in add),
+    )
 
 
 def _parse_pod(api_version: str, meta: Meta, body: Mapping[str, Any]) -> Pod:

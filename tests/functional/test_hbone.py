@@ -39,7 +39,14 @@ TD = "cluster.local"
 WEB = SpiffeId(TD, "shop", "web")
 DB = SpiffeId(TD, "shop", "db")
 APP_CLIENT = ("127.0.0.5", 40000)
-"""What Forwarded says the client is; the app must see this address."""
+"""The address the client connects from and names in Forwarded; the app must see it."""
+
+
+def client_socket() -> socket.socket:
+    """The client's HBONE socket, from APP_CLIENT's address (loopback: any 127/8 is ours)."""
+    sock = socket.socket()
+    sock.bind((APP_CLIENT[0], 0))
+    return sock
 
 
 def authority(path) -> Authority:
@@ -190,7 +197,7 @@ class Server:
     async def connect(self, ctx: ssl.SSLContext | None = None, expected: SpiffeId = DB):
         key = hbone.PoolKey("127.0.0.5", str(WEB), str(expected), ("127.0.0.1", self.port))
         conn = await hbone.connect(
-            socket.socket,
+            client_socket,
             ("127.0.0.1", self.port),
             ctx or self.client_context(),
             str(expected),
@@ -224,7 +231,7 @@ async def test_a_stream_reaches_the_app_as_the_real_client(server, caplog):
     caplog.set_level(logging.INFO, logger="access")
     conn = await server.connect()
     assert await echo_once(conn, server, b"hello mesh") == b"hello mesh"
-    assert server.app_peers[-1][0] == APP_CLIENT[0], "the app sees the client from Forwarded"
+    assert server.app_peers[-1][0] == APP_CLIENT[0], "the app sees the client's own address"
     await asyncio.sleep(0.05)
     (rec,) = server.records
     assert (rec.src_identity, rec.dst_identity) == (f"spiffe://{WEB.principal}", str(DB))
@@ -372,6 +379,94 @@ async def test_a_stream_policy_denies_gets_401_and_the_connection_serves_on(serv
         "rule": None,
         "reason": "allowed: no ALLOW policy applies",
     }
+
+
+def ip_policy(action: str, field: str, cidr: str) -> object:
+    """An AuthorizationPolicy on shop/db deciding by the client's IP (`ipBlocks` or
+    `source.ip`)."""
+    rule: dict = (
+        {"from": [{"source": {"ipBlocks": [cidr]}}]}
+        if field == "ipBlocks"
+        else {"when": [{"key": "source.ip", "values": [cidr]}]}
+    )
+    return parse_object(
+        {
+            "apiVersion": "slipstream.dev/v1alpha1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": f"by-ip-{action.lower()}", "namespace": "shop"},
+            "spec": {"action": action, "rules": [rule]},
+        }
+    )
+
+
+async def wait_records(server, n: int) -> list[FlowRecord]:
+    for _ in range(500):
+        if len(server.records) >= n:
+            return server.records
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"waited for {n} access records, have {len(server.records)}")
+
+
+CLAIMS = [
+    'for="127.0.0.1:80"',
+    'for="127.0.0.1:{app}"',  # the destination pod's own address (loopback stands in for it)
+    'for="10.244.1.3:80"',
+    'for="169.254.169.254:80"',
+    'for="[::1]:80"',
+    'for="[::ffff:127.0.0.9]:80"',
+    "for=unknown",
+    'for="127.0.0.9:80", for="127.0.0.5:1"',
+    "for=127.0.0.9:\u00b2",
+]
+
+
+@pytest.mark.parametrize("claim", CLAIMS)
+async def test_a_forwarded_claim_of_another_address_is_ignored(server, claim):
+    """The client connects from 127.0.0.5 and claims anything else: the app sees 127.0.0.5,
+    the record says what was claimed, and the stream is served (a claim is not an error)."""
+    conn = await server.connect()
+    headers = [
+        (":method", "CONNECT"),
+        (":authority", f"127.0.0.1:{server.app_port}"),
+        ("forwarded", claim.format(app=server.app_port)),
+    ]
+    stream = await conn.open_stream(headers)
+    out = pipe(stream)
+    stream.write(b"hi")
+    stream.write_eof()
+    await asyncio.wait_for(out.eof.wait(), 10)
+    assert bytes(out.data) == b"hi"
+    assert server.app_peers[-1][0] == APP_CLIENT[0]
+    (rec,) = await wait_records(server, 1)
+    assert rec.src.split(":")[0] == APP_CLIENT[0] and rec.outcome == "ok"
+    assert rec.src_claim is not None and "ignored" in rec.src_claim
+
+
+@pytest.mark.parametrize("field", ["ipBlocks", "source.ip"])
+async def test_ip_rules_decide_on_the_address_the_connection_proves(server, field):
+    """A DENY of the real address holds whatever the client claims; an ALLOW of a claimed
+    address lets nobody in on the claim's word."""
+    conn = await server.connect()  # from 127.0.0.5
+
+    def claiming(ip: str) -> list[tuple[str, str]]:
+        return connect_headers(("127.0.0.1", server.app_port), (ip, 40000))
+
+    deny = ip_policy("DENY", field, "127.0.0.5/32")
+    server.updater.apply([deny])
+    for ip in ("127.0.0.9", "127.0.0.1", "10.244.1.3"):
+        with pytest.raises(TunnelError) as exc:
+            await conn.open_stream(claiming(ip))
+        assert exc.value.status == 401, ip
+    server.updater.apply([ip_policy("ALLOW", field, "127.0.0.9/32")], deletes=[deny.key])
+    with pytest.raises(TunnelError) as exc:
+        await conn.open_stream(claiming("127.0.0.9"))
+    assert exc.value.status == 401
+    records = await wait_records(server, 4)
+    assert all(r.outcome == "denied" and r.src.startswith("127.0.0.5:") for r in records)
+    assert server.app_peers == []
+    # Positive control: the proven address itself is allowed by an ALLOW of it.
+    server.updater.apply([ip_policy("ALLOW", field, "127.0.0.5/32")])
+    assert await echo_once(conn, server, b"proven") == b"proven"
 
 
 @pytest.mark.parametrize("case", ["other CA", "other trust domain", "expired", "not a workload ID"])

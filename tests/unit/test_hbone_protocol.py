@@ -17,7 +17,10 @@ def test_our_own_headers_parse_back():
         ("10.244.2.2", 8080), ("10.244.1.2", 41000), traceparent="00-ab-cd-01"
     )
     assert parse_connect(headers) == ConnectRequest(
-        ("10.244.2.2", 8080), ("10.244.1.2", 41000), "00-ab-cd-01"
+        ("10.244.2.2", 8080),
+        ("10.244.1.2", 41000),
+        "00-ab-cd-01",
+        forwarded='for="10.244.1.2:41000"',
     )
 
 
@@ -37,6 +40,11 @@ def test_our_own_headers_parse_back():
         ([(":method", "CONNECT"), (":authority", "example.com:80")], "not an IPv4 address"),
         ([(":method", "CONNECT"), (":authority", "1.2.3.4")], "not ip:port"),
         ([(":method", "CONNECT"), (":authority", "1.2.3.4:0")], "port out of range"),
+        # Digits int() refuses (or takes for others) are named, never a ValueError.
+        ([(":method", "CONNECT"), (":authority", "1.2.3.4:\u00b2")], "not ip:port"),
+        ([(":method", "CONNECT"), (":authority", "1.2.3.4:\uff18\uff10")], "not ip:port"),
+        ([(":method", "CONNECT"), (":authority", "1.2.3.4:" + "1" * 5000)], "not ip:port"),
+        ([(":method", "CONNECT"), (":authority", "1.2.3.4:080080")], "not ip:port"),
         (
             [(":method", "CONNECT"), (":method", "CONNECT"), (":authority", "1.2.3.4:1")],
             "appears twice",
@@ -55,8 +63,21 @@ def test_bad_requests_say_why(headers, reason):
         ('for="10.0.0.1:5"', ("10.0.0.1", 5)),
         ("for=10.0.0.1:5", ("10.0.0.1", 5)),
         ('proto=https;for="10.0.0.1:5";by=x', ("10.0.0.1", 5)),
+        ('For="10.0.0.1:5"', ("10.0.0.1", 5)),
         ("for=unknown", None),
+        ('for="_hidden"', None),
         ("by=x", None),
+        ("for=10.0.0.1", None),  # no port
+        ('for="[::1]:80"', None),
+        ('for="[::ffff:127.0.0.1]:80"', None),  # never read as 127.0.0.1
+        ("for=::ffff:127.0.0.1:80", None),
+        ('for="10.0.0.1:5", for="10.0.0.2:6"', None),  # a chain of proxies: whose?
+        ('for="10.0.0.1:5";for="10.0.0.2:6"', None),
+        ("for=10.0.0.1:\u00b2", None),
+        ("for=10.0.0.1:" + "9" * 5000, None),
+        ("for=010.0.0.1:80", None),
+        ('for="10.0.0.1:5', None),
+        ("", None),
     ],
 )
 def test_forwarded(value, expected):
@@ -76,3 +97,18 @@ def test_forwarded(value, expected):
 def test_a_connect_reaches_only_the_pods_own_app_ports(destination, reason):
     got = target_refusal(destination, "10.244.2.2")
     assert got == reason if reason is None else reason in got
+
+
+def test_several_forwarded_fields_are_one_list():
+    """RFC 7239 section 4: two Forwarded fields are two elements, so the claim is ambiguous
+    (the last one no longer wins), and both are kept for the access record."""
+    request = parse_connect(
+        [
+            (":method", "CONNECT"),
+            (":authority", "10.244.2.2:8080"),
+            ("forwarded", 'for="10.244.1.2:41000"'),
+            ("forwarded", 'for="127.0.0.1:80"'),
+        ]
+    )
+    assert request.client is None
+    assert request.forwarded == 'for="10.244.1.2:41000", for="127.0.0.1:80"'

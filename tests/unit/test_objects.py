@@ -52,6 +52,17 @@ def test_pod_parses_with_defaults():
     ]
 
 
+def test_container_security_context_is_read():
+    body = _with(
+        POD,
+        ("spec", "containers", 0, "securityContext"),
+        {"privileged": True, "capabilities": {"add": ["cap_net_admin", "NET_RAW"]}},
+    )
+    c = parse_object(body).containers[0]
+    assert c.privileged and c.capabilities_add == ("NET_ADMIN", "NET_RAW")
+    assert not parse_object(POD).containers[0].privileged
+
+
 def test_service_parses_named_target_port():
     svc = parse_object(SERVICE)
     assert isinstance(svc, Service)
@@ -127,6 +138,20 @@ BAD = [
         "is not one of",
     ),
     (POD, ("spec", "restartPolicy"), "Sometimes", "spec.restartPolicy", "is not one of"),
+    (
+        POD,
+        ("spec", "containers", 0, "securityContext"),
+        {"privileged": "yes"},
+        "spec.containers[0].securityContext.privileged",
+        "must be true or false",
+    ),
+    (
+        POD,
+        ("spec", "containers", 0, "securityContext"),
+        {"capabilities": {"add": "NET_ADMIN"}},
+        "spec.containers[0].securityContext.capabilities.add",
+        "must be a list",
+    ),
     (SERVICE, ("spec", "ports", 0, "port"), 70000, "spec.ports[0].port", "not a port number"),
     (
         SERVICE,
