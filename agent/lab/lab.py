@@ -588,7 +588,12 @@ class Lab:
             # Join the pod's network, mount (its /etc/hosts, /proc...), UTS, IPC and PID
             # namespaces. As `kubectl debug` rather than `exec`: the command keeps every
             # capability (tests and benchmarks tune the pod's network with it).
-            return ["nsenter", "-t", str(sup), "-n", "-m", "-u", "-i", "-p", "--", *argv]
+            # With -p nsenter forks the command into the PID namespace: the command must die
+            # with nsenter (a timeout kills nsenter), or its pipes outlive whoever waits on them.
+            return [
+                "nsenter", "-t", str(sup), "-n", "-m", "-u", "-i", "-p", "--",
+                "setpriv", "--pdeathsig", "KILL", "--", *argv,
+            ]  # fmt: skip
         return ["ip", "netns", "exec", rec.netns, *argv]
 
     def exec(
