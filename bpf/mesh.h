@@ -1,11 +1,12 @@
 /* Everything the capture programs share with each other and with Python.
  *
- * The one Python mirror is agent/datapath/abi.py; the agent compares it with the
+ * The one Python mirror is agent/node/datapath/abi.py; the agent compares it with the
  * compiled program's types at load and refuses to run on any difference, so a
  * field added here must be added there too (same name, same order).
  *
  * Values (ports, marks) are not compiled in: Python writes them into
- * mesh_config at load, so they have a single definition, on the Python side.
+ * mesh_config at load, so they have a single definition, on the Python side
+ * (the ports in agent/common/constants.py, the marks in abi.py).
  *
  * How a captured connection reaches the agent, without NAT:
  *   tc egress (eth0)  marks outbound TCP and redirects it to lo ingress;

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from .config import BackendSpec, EndpointSpec
 from .http.message import Request
-from .http.upstream import Endpoint, Pool
+from .http.upstream import Pool, UpstreamEndpoint
 
 log = logging.getLogger("gateway.backends")
 
@@ -95,7 +95,7 @@ class Backend:
 
     # ------------------------------------------------------------ choosing
 
-    def pick(self, req: Request, exclude: set[Endpoint]) -> EndpointState | None:
+    def pick(self, req: Request, exclude: set[UpstreamEndpoint]) -> EndpointState | None:
         now = time.monotonic()
         if len(self.endpoints) == 1:
             only = self.endpoints[0]
@@ -202,7 +202,7 @@ def _hash(text: str) -> int:
 
 
 async def probe(
-    endpoint: Endpoint, path: str, timeout: float, statuses: tuple[tuple[int, int], ...]
+    endpoint: UpstreamEndpoint, path: str, timeout: float, statuses: tuple[tuple[int, int], ...]
 ) -> bool:
     """One active health check: GET path on a fresh connection; a status in range is healthy."""
     try:
@@ -230,11 +230,11 @@ async def probe(
 class PoolRegistry:
     """Connection pools by endpoint, kept across configuration reloads (warm connections)."""
 
-    def __init__(self, make: Callable[[Endpoint, BackendSpec], Pool]) -> None:
+    def __init__(self, make: Callable[[UpstreamEndpoint, BackendSpec], Pool]) -> None:
         self._make = make
-        self.pools: dict[tuple[Endpoint, float], Pool] = {}
+        self.pools: dict[tuple[UpstreamEndpoint, float], Pool] = {}
 
-    def get(self, endpoint: Endpoint, spec: BackendSpec) -> Pool:
+    def get(self, endpoint: UpstreamEndpoint, spec: BackendSpec) -> Pool:
         key = (endpoint, spec.connect_timeout)
         pool = self.pools.get(key)
         if pool is None or pool.closed:

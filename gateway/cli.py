@@ -7,7 +7,8 @@ import os
 
 import uvloop
 
-from agent.admin import parse_addr
+from agent.common.constants import DEFAULT_TRUST_DOMAIN
+from agent.common.units import parse_address
 
 from .errors import GatewayError
 from .master import Master
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
                    help="the gateway's own credential for the CA")  # fmt: skip
     m.add_argument("--identity", default=env("SLIPSTREAM_IDENTITY"), metavar="SPIFFE_ID",
                    help="the gateway's SPIFFE ID (spiffe://TD/ns/NS/sa/SA)")  # fmt: skip
-    m.add_argument("--trust-domain", default=env("SLIPSTREAM_TRUST_DOMAIN", "cluster.local"))
+    m.add_argument("--trust-domain", default=env("SLIPSTREAM_TRUST_DOMAIN", DEFAULT_TRUST_DOMAIN))
     p.add_argument("--workers", type=int, help="worker processes (overrides the file)")
     p.add_argument("--admin", metavar="ADDR", help="admin API address (overrides the file)")
     p.set_defaults(func=run)
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         source=args.source,
         mesh=mesh,
         workers=args.workers,
-        admin=parse_addr(args.admin, "127.0.0.1") if args.admin else None,
+        admin=parse_address(args.admin, "127.0.0.1") if args.admin else None,
         log_format=args.log_format,
         log_level=args.log_level,
     )

@@ -31,14 +31,13 @@ from typing import Any
 
 from aiohttp import web
 
-from agent.errors import FieldError, ManifestError, SlipstreamError
-from agent.manifest import load_file
+from agent.common.errors import FieldError, ManifestError, SlipstreamError
+from agent.common.manifest import load_file
 
 from . import metrics
-from .config import GatewayConfig, parse_config
+from .config import ClusterSource, GatewayConfig, parse_config, uses_services
 from .control import Channel, ChannelClosed
 from .errors import ConfigError, GatewayError
-from .gatewayapi import ClusterSource, uses_services
 from .mesh import MeshSettings
 from .tls import CertificateSet
 

@@ -24,17 +24,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from agent.admin import parse_addr
-from agent.ca.authority import ca_identity
+from agent.common.constants import DEFAULT_TRUST_DOMAIN, HBONE_PORT
+from agent.common.units import parse_address
 from agent.hbone import client as hbone
-from agent.hbone.endpoint import H2Stream
-from agent.hbone.protocol import HBONE_PORT, TunnelError, connect_headers
+from agent.hbone.protocol import TunnelError, connect_headers
+from agent.hbone.stream import StreamTransport
 from agent.identity.caclient import CAClient, TokenFile
-from agent.identity.certs import IdentityError, SpiffeId, load_certs
+from agent.identity.certs import IdentityError, SpiffeId, ca_identity, load_certs
 from agent.identity.manager import CertManager, NoCertificate
 
-from .errors import GatewayError, UpstreamError
-from .http.upstream import Endpoint
+from .errors import GatewayError
+from .http.errors import UpstreamError
+from .http.upstream import UpstreamEndpoint
 
 log = logging.getLogger("gateway.mesh")
 
@@ -51,7 +52,7 @@ class MeshSettings:
     ca_token_file: str
     """The gateway's own credential (its service account's), never a node's."""
     identity: str
-    trust_domain: str = "cluster.local"
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
 
     def check(self) -> None:
         """Fail at start, naming what is wrong, rather than in a worker later."""
@@ -62,7 +63,7 @@ class MeshSettings:
             with open(self.ca_token_file) as f:
                 if not f.read().strip():
                     raise GatewayError(f"{self.ca_token_file} is empty")
-            parse_addr(self.ca, "127.0.0.1")
+            parse_address(self.ca, "127.0.0.1")
         except IdentityError as exc:
             raise GatewayError(f"mesh identity: {exc}") from exc
         except OSError as exc:
@@ -76,74 +77,6 @@ class MeshSettings:
 
     def for_workers(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class StreamTransport(asyncio.Transport):
-    """An HBONE stream presented as a transport, so the HTTP client runs over it unchanged."""
-
-    def __init__(self, stream: H2Stream, protocol: asyncio.Protocol) -> None:
-        super().__init__()
-        self._stream = stream
-        self._protocol = protocol
-        self._closing = False
-        self._lost = False
-        protocol.connection_made(self)
-        stream.attach(self)
-
-    # ---------------------------------------------------------------- transport
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._closing:
-            self._stream.write(bytes(data))
-
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def close(self) -> None:
-        if not self._closing:
-            self._closing = True
-            self._stream.reset()  # an HTTP client closes a connection it will not reuse
-            asyncio.get_running_loop().call_soon(self._connection_lost, None)  # as asyncio does
-
-    def abort(self) -> None:
-        self.close()
-
-    def pause_reading(self) -> None:
-        self._stream.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._stream.resume_reading()
-
-    def is_reading(self) -> bool:
-        return True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    # ---------------------------------------------------------------- stream peer
-    def on_data(self, end: object, data: bytes) -> None:
-        if not self._lost:
-            self._protocol.data_received(data)
-
-    def on_eof(self, end: object) -> None:
-        if not self._lost:
-            self._protocol.eof_received()
-            self._closing = True
-            self._stream.close()
-
-    def on_closed(self, end: object, exc: Exception | None) -> None:
-        self._closing = True
-        self._connection_lost(exc)
-
-    def on_pause(self, end: object) -> None:
-        self._protocol.pause_writing()
-
-    def on_resume(self, end: object) -> None:
-        self._protocol.resume_writing()
-
-    def _connection_lost(self, exc: Exception | None) -> None:
-        if not self._lost:
-            self._lost = True
-            self._protocol.connection_lost(exc)
 
 
 class MeshDial:
@@ -171,7 +104,7 @@ class MeshDial:
         with open(settings.ca_root) as f:
             bundle = f.read()
         client = CAClient(
-            parse_addr(settings.ca, "127.0.0.1"),
+            parse_address(settings.ca, "127.0.0.1"),
             TokenFile(settings.ca_token_file),
             ca_identity(settings.trust_domain),
         )
@@ -180,7 +113,9 @@ class MeshDial:
         self._drain = asyncio.Event()
         self._task = asyncio.ensure_future(self.certs.run(self._drain))
 
-    async def dial(self, endpoint: Endpoint, factory: Callable[[], asyncio.Protocol]) -> Any:
+    async def dial(
+        self, endpoint: UpstreamEndpoint, factory: Callable[[], asyncio.Protocol]
+    ) -> Any:
         """Open an HBONE stream to `endpoint` and run `factory()`'s protocol over it."""
         if self.certs is None or self.identity is None or endpoint.identity is None:
             raise UpstreamError("connect", f"{endpoint}: the gateway has no mesh identity")

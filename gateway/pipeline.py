@@ -27,12 +27,12 @@ import time
 from collections.abc import Callable
 
 from .accesslog import AccessLog
-from .errors import UpstreamError
 from .filters import modify_headers, new_path, redirect
 from .http import proxy
+from .http.errors import UpstreamError
 from .http.message import Headers, Request, Response
 from .http.server import Exchange
-from .http.upstream import Endpoint
+from .http.upstream import UpstreamEndpoint
 from .metrics import Metrics
 from .plugins.base import Context, Plugin
 from .routing import Candidate
@@ -211,11 +211,11 @@ class Gateway:
 
     async def _forward(
         self, rt: Runtime, plan: RoutePlan, req: Request, up: Headers
-    ) -> tuple[proxy.Attempt, str] | Response:
+    ) -> tuple[proxy.UpstreamAttempt, str] | Response:
         route = plan.route
         retry = route.retry
         deadline = req.received + route.request_timeout
-        tried: set[Endpoint] = set()
+        tried: set[UpstreamEndpoint] = set()
         failure: UpstreamError | None = None
         for n in range(retry.attempts):
             last = n + 1 == retry.attempts

@@ -9,9 +9,9 @@ started with. What must survive a reload lives outside it: connection pools
 from __future__ import annotations
 
 from .backends import Backend, PoolRegistry, smooth_pick
-from .config import BackendRef, GatewayConfig, PluginSpec, RouteSpec
+from .config import BackendRef, GatewayConfig, RouteSpec
 from .plugins import CLASSES
-from .plugins.base import PHASE_AUTH, Plugin, Shared
+from .plugins.base import PHASE_AUTH, Plugin, PluginSpec, Shared
 from .routing import Router
 
 

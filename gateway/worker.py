@@ -23,7 +23,7 @@ from typing import Any
 
 import uvloop
 
-from agent import log as logsetup
+from agent.common import log as logsetup
 
 from .accesslog import AccessLog
 from .backends import PoolRegistry
@@ -32,7 +32,7 @@ from .control import Channel, ChannelClosed
 from .errors import GatewayError
 from .http.deadlines import Sweeper
 from .http.server import ServerConnection
-from .http.upstream import Endpoint, Pool
+from .http.upstream import Pool, UpstreamEndpoint
 from .mesh import MeshDial
 from .metrics import Metrics
 from .pipeline import Gateway
@@ -64,7 +64,7 @@ class Worker:
         self.mesh = MeshDial()
         """Opens HBONE streams to mesh endpoints, once the master sends the gateway's identity."""
 
-    def _make_pool(self, endpoint: Endpoint, spec: BackendSpec) -> Pool:
+    def _make_pool(self, endpoint: UpstreamEndpoint, spec: BackendSpec) -> Pool:
         dial = self.mesh.dial if endpoint.identity else None
         return Pool(endpoint, connect_timeout=spec.connect_timeout, dial=dial)
 

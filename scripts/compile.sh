@@ -52,6 +52,7 @@ STAGE=build/stage
 mkdir -p "$STAGE"
 ln -sfn "$ROOT/gateway" "$STAGE/gateway"
 ln -sfn "$ROOT/agent" "$STAGE/agent"
+ln -sfn "$ROOT/bpf" "$STAGE/bpf"
 LOG=$(mktemp)
 # shellcheck disable=SC2086
 if ! (cd "$STAGE" && "$ROOT/$VENV/bin/mypyc" $MODULES) > "$LOG" 2>&1; then

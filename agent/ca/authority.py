@@ -23,23 +23,23 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID
 
-from ..errors import SlipstreamError
-from ..identity.certs import (
+from agent.common.errors import SlipstreamError
+from agent.identity.certs import (
     SpiffeId,
+    ca_identity,
     cert_pem,
     generate_key,
     issue,
     key_pem,
     self_signed_root,
 )
-from ..state import Snapshot
-from ..state.store import TERMINATED_PHASES
+from agent.state import Snapshot
+from agent.state.store import TERMINATED_PHASES
+
 from .credentials import NODE, WORKLOAD, Caller
 
 ACTIVE = "active"
 TRUSTED = "trusted"
-CA_SERVICE_ACCOUNT = "slipstream-ca"
-CA_NAMESPACE = "slipstream-system"
 MAX_CSR_CHARS = 8192
 """A P-256 CSR is about 500 characters of PEM."""
 MAX_REQUEST_TTL_S = 366 * 86400
@@ -339,7 +339,7 @@ class Authority:
         """The CA's own serving certificate, a SPIFFE ID like any workload's."""
         now = _utcnow()
         root = self.roots.active
-        ident = SpiffeId(self.trust_domain, CA_NAMESPACE, CA_SERVICE_ACCOUNT)
+        ident = ca_identity(self.trust_domain)
         return issue(
             issuer_key=root.key,
             issuer_cert=root.cert,
@@ -348,7 +348,3 @@ class Authority:
             not_before=now - dt.timedelta(minutes=1),
             not_after=now + dt.timedelta(days=365),
         )
-
-
-def ca_identity(trust_domain: str) -> SpiffeId:
-    return SpiffeId(trust_domain, CA_NAMESPACE, CA_SERVICE_ACCOUNT)

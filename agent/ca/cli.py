@@ -6,12 +6,13 @@ import argparse
 import datetime as dt
 import os
 
-from ..admin import parse_addr
-from ..errors import SlipstreamError
-from ..identity.certs import DEFAULT_TRUST_DOMAIN, parse_duration
-from ..runtime import run_main, serve
-from ..sources.file import FileSource
-from ..state import StateStore, StateUpdater
+from agent.common.constants import DEFAULT_TRUST_DOMAIN
+from agent.common.errors import SlipstreamError
+from agent.common.runtime import run_main, serve
+from agent.common.units import parse_address, parse_duration, parse_timedelta
+from agent.sources.file import FileSource
+from agent.state import StateStore, StateUpdater
+
 from . import credentials
 from .authority import Authority, RootStore
 from .credentials import ADMIN, NODE, WORKLOAD, CredentialFile
@@ -152,7 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     roots = RootStore(args.root_dir)
     roots.load()
-    authority = Authority(roots, args.trust_domain, parse_duration(args.max_ttl))
+    authority = Authority(roots, args.trust_domain, parse_timedelta(args.max_ttl))
     store = StateStore()
     source = FileSource(directory, StateUpdater(store))
     creds = CredentialFile(args.credentials)
@@ -161,7 +162,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         limiter = IssueLimiter(args.issue_burst, args.issue_rate)
     except ValueError as exc:
         raise SlipstreamError(f"--issue-burst/--issue-rate: {exc}") from exc
-    timeout = parse_duration(args.request_timeout).total_seconds()
+    timeout = parse_duration(args.request_timeout)
     if timeout <= 0:
         raise SlipstreamError(f"--request-timeout {args.request_timeout!r} must be positive")
     for flag in ("max_connections", "max_connections_per_peer"):
@@ -171,7 +172,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         authority,
         [creds],
         store,
-        parse_addr(args.listen, "0.0.0.0"),
+        parse_address(args.listen, "0.0.0.0"),
         limiter=limiter,
         request_timeout=timeout,
         max_connections=args.max_connections,
@@ -200,7 +201,7 @@ def cmd_roots(args: argparse.Namespace) -> int:
 def parse_ttl(text: str) -> dt.timedelta | None:
     if text.strip() == "never":
         return None
-    ttl = parse_duration(text)
+    ttl = parse_timedelta(text)
     if ttl.total_seconds() <= 0:
         raise SlipstreamError(f"--ttl {text!r} must be positive (or 'never')")
     return ttl

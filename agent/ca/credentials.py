@@ -45,8 +45,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..errors import SlipstreamError
-from ..state.objects import DNS_LABEL, DNS_SUBDOMAIN
+from agent.common.errors import SlipstreamError
+from agent.state.objects import DNS_LABEL, DNS_SUBDOMAIN
 
 log = logging.getLogger("ca")
 

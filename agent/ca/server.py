@@ -36,9 +36,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from ..identity import tls
-from ..identity.certs import IdentityError, SpiffeId, cert_pem, generate_key
-from ..state import StateStore
+from agent.identity import tls
+from agent.identity.certs import IdentityError, SpiffeId, cert_pem, generate_key
+from agent.state import StateStore
+
 from .authority import Authority, CAError, authorize, check_ttl
 from .credentials import ADMIN, NODE, TOKEN, Authenticator, Caller, Unauthenticated
 from .limits import IssueLimiter

@@ -18,7 +18,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ..datapath import abi
 from . import codec
 from .endpoint import H2Endpoint, H2Stream
 from .limits import HboneGuard
@@ -86,7 +85,7 @@ async def connect(
     expected: str,
     key: PoolKey,
     timeout: float = CONNECT_TIMEOUT,
-    mark: int | None = abi.AGENT_MARK,
+    mark: int | None = None,
     guard: HboneGuard | None = None,
 ) -> HboneClientConnection:
     """An mTLS HTTP/2 connection to a destination's :15008. `make_socket` gives the socket;

@@ -1,7 +1,7 @@
 """One HTTP/2 connection of HBONE over an asyncio transport, and its streams.
 
 The codec (codec.py) is the protocol, sans-IO; this module feeds it bytes and
-turns its events into stream callbacks. Each stream is an `End` of a Splice, so
+turns its events into stream callbacks. Each stream is an `End` (stream.py), so
 a stream and a TCP connection are spliced alike. Backpressure: a paused stream
 stops acknowledging received data, so the peer runs out of window and stops
 sending; outgoing data waits in the stream's buffer for window, and a full
@@ -15,11 +15,12 @@ import collections
 import logging
 from typing import cast
 
-from ..identity import tls
-from ..proxy.splice import Peer
+from agent.identity import tls
+
 from . import codec, protocol
 from .limits import HboneGuard
 from .protocol import TunnelError
+from .stream import EndListener
 
 log = logging.getLogger("agent.hbone")
 
@@ -33,7 +34,7 @@ class H2Stream:
     def __init__(self, endpoint: H2Endpoint, stream_id: int) -> None:
         self.endpoint = endpoint
         self.id = stream_id
-        self.splice: Peer | None = None
+        self.listener: EndListener | None = None
         self.closed = False
         self.response: asyncio.Future[list[tuple[str, str]]] = (
             asyncio.get_running_loop().create_future()
@@ -50,16 +51,17 @@ class H2Stream:
         self._early_eof = False
         self._told_pause = False
 
-    def attach(self, splice: Peer) -> None:
-        """Join a splice; what arrived before is handed over now."""
-        self.splice = splice
+    def attach(self, listener: EndListener) -> None:
+        """Report to `listener` (a Splice, a StreamTransport); what arrived before is handed
+        over now."""
+        self.listener = listener
         early, self._early = self._early, []
         for data in early:
-            splice.on_data(self, data)
+            listener.on_data(self, data)
         if self._early_eof:
-            splice.on_eof(self)
+            listener.on_eof(self)
         if self.closed:
-            splice.on_closed(self, None)
+            listener.on_closed(self, None)
 
     # ------------------------------------------------------------ End (called by the splice)
 
@@ -69,9 +71,9 @@ class H2Stream:
         self._out.append(data)
         self._out_len += len(data)
         self.endpoint.pump(self)
-        if self._out_len > SEND_HIGH_WATER and not self._told_pause and self.splice:
+        if self._out_len > SEND_HIGH_WATER and not self._told_pause and self.listener:
             self._told_pause = True
-            self.splice.on_pause(self)
+            self.listener.on_pause(self)
 
     def write_eof(self) -> None:
         if not self.closed and not self._out_eof:
@@ -118,17 +120,17 @@ class H2Stream:
                     size = limit
             chunk = b"".join(parts)
         self._out_len -= len(chunk)
-        if self._told_pause and self._out_len < SEND_LOW_WATER and self.splice:
+        if self._told_pause and self._out_len < SEND_LOW_WATER and self.listener:
             self._told_pause = False
-            self.splice.on_resume(self)
+            self.listener.on_resume(self)
         return chunk
 
     def wants_eof(self) -> bool:
         return self._out_eof and not self._out_len and not self.sent_eof
 
     def on_data(self, data: bytes, flow_len: int) -> None:
-        if self.splice is not None:
-            self.splice.on_data(self, data)
+        if self.listener is not None:
+            self.listener.on_data(self, data)
         else:
             self._early.append(data)
         if self._recv_paused:
@@ -138,8 +140,8 @@ class H2Stream:
 
     def on_end(self) -> None:
         self.remote_ended = True
-        if self.splice is not None:
-            self.splice.on_eof(self)
+        if self.listener is not None:
+            self.listener.on_eof(self)
         else:
             self._early_eof = True
         self.maybe_closed()
@@ -159,8 +161,8 @@ class H2Stream:
             return
         self.closed = True
         self.endpoint.forget(self)
-        if self.splice is not None:
-            self.splice.on_closed(self, exc)
+        if self.listener is not None:
+            self.listener.on_closed(self, exc)
 
 
 class H2Endpoint(asyncio.Protocol):

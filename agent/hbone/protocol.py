@@ -13,9 +13,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from ..errors import SlipstreamError
+from agent.common.constants import MESH_PORTS
+from agent.common.errors import SlipstreamError, UnitError
+from agent.common.units import parse_port
 
-HBONE_PORT = 15008
 STREAM_WINDOW = 4 << 20
 """Per-stream receive window: large, so one bulk transfer is not starved."""
 CONNECTION_WINDOW = 64 << 20
@@ -26,11 +27,6 @@ pool opens at most 100). Other bounds on a peer: limits.py."""
 MAX_HEADER_LIST_SIZE = 16 << 10
 
 OK, BAD_REQUEST, DENIED, UNAVAILABLE = 200, 400, 401, 503
-
-MESH_PORTS = range(15000, 15022)
-"""Ports the mesh reserves in a pod (the agent listens on 15001, 15006 and 15008 there; as in
-Istio, 15000-15021 are not for apps). HBONE never carries a connection to them: it would
-only reach the agent itself."""
 
 
 class TunnelError(SlipstreamError):
@@ -52,7 +48,7 @@ class ConnectRequest:
     destination: tuple[str, int]
     client: tuple[str, int] | None
     """What Forwarded `for=` claims is the client's address: the peer's word, not a fact.
-    The destination believes only what the connection proves (agent/proxy/source.py)."""
+    The destination believes only what the connection proves (agent/node/proxy/source.py)."""
     traceparent: str | None = None
     baggage: str | None = None
     forwarded: str | None = None
@@ -61,18 +57,17 @@ class ConnectRequest:
 
 def _addr(value: str, what: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    # ASCII digits, and few: isdigit() passes "²", which int() refuses, and int() refuses
-    # 4,301 digits; either would raise ValueError, not BadRequest, out of a peer's header.
-    if not sep or not (port.isascii() and port.isdigit()) or len(port) > 5:
+    if not sep:
         raise BadRequest(f"{what} {value!r} is not ip:port")
     try:
         ip = ipaddress.IPv4Address(host)
     except ValueError as exc:
         raise BadRequest(f"{what} {value!r}: {host!r} is not an IPv4 address") from exc
-    number = int(port)
-    if not 1 <= number <= 65535:
-        raise BadRequest(f"{what} {value!r}: port out of range")
-    return str(ip), number
+    try:
+        # A peer's header: whatever it holds is a BadRequest, never a ValueError out of int().
+        return str(ip), parse_port(port)
+    except UnitError as exc:
+        raise BadRequest(f"{what} {value!r}: {exc}") from exc
 
 
 def parse_forwarded(value: str) -> tuple[str, int] | None:

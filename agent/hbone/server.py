@@ -23,8 +23,9 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 
-from ..errors import SlipstreamError
-from ..identity.certs import IdentityError, SpiffeId
+from agent.common.errors import SlipstreamError
+from agent.identity.certs import IdentityError, SpiffeId
+
 from . import codec
 from .endpoint import H2Endpoint, H2Stream
 from .limits import HboneGuard

@@ -18,7 +18,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import SlipstreamError
+from agent.common.errors import SlipstreamError
+
 from . import tls
 from .certs import SpiffeId
 

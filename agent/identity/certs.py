@@ -15,11 +15,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ..errors import SlipstreamError
+from agent.common.errors import SlipstreamError
 
-DEFAULT_TRUST_DOMAIN = "cluster.local"
 _SEGMENT = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9._]{0,253}[a-z0-9])?$")
+
+
+CA_NAMESPACE = "slipstream-system"
+CA_SERVICE_ACCOUNT = "slipstream-ca"
+"""The CA's own identity is a workload's: every client checks the CA presents it."""
 
 
 class IdentityError(SlipstreamError):
@@ -54,6 +58,11 @@ class SpiffeId:
             if not _SEGMENT.match(part):
                 raise IdentityError(f"{uri!r}: {part!r} is not a Kubernetes name")
         return cls(td, ns, sa)
+
+
+def ca_identity(trust_domain: str) -> SpiffeId:
+    """The SPIFFE ID the mesh CA serves with, which agents and the gateway insist on."""
+    return SpiffeId(trust_domain, CA_NAMESPACE, CA_SERVICE_ACCOUNT)
 
 
 def generate_key() -> ec.EllipticCurvePrivateKey:
@@ -197,13 +206,3 @@ def self_signed_root(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-
-
-def parse_duration(text: str) -> dt.timedelta:
-    """`90s`, `15m`, `24h`, `7d`, or a number of seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*", text)
-    if not m:
-        raise IdentityError(f"{text!r} is not a duration (like 30s, 15m, 24h)")
-    value = float(m.group(1))
-    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
-    return dt.timedelta(seconds=value * unit)

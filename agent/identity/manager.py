@@ -23,7 +23,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..errors import SlipstreamError
+from agent.common.errors import SlipstreamError
+
 from . import tls
 from .caclient import CAClient, CARefused, CAUnavailable
 from .certs import IdentityError, SpiffeId, generate_key, load_certs, make_csr

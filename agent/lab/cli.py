@@ -11,9 +11,10 @@ from typing import Any
 
 import yaml
 
-from ..errors import LabError
-from ..manifest import load_paths
-from ..state.objects import canonical_kind
+from agent.common.manifest import load_paths
+from agent.state.objects import canonical_kind
+
+from .errors import LabError
 from .lab import DEFAULT_ROOT, Lab
 
 

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..manifest import load_paths, load_text
+from agent.common.manifest import load_paths, load_text
+
 from .cli import cmd_status, table
 from .lab import Lab
 from .mesh import workloads

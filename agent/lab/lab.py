@@ -25,11 +25,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..enrollment import capture_warning, decide
-from ..errors import FieldError, LabError, ManifestError, SlipstreamError
-from ..manifest import Document
-from ..state.dump import endpoints_objects
-from ..state.objects import (
+from agent.common.errors import FieldError, ManifestError, SlipstreamError
+from agent.common.manifest import Document
+from agent.state.dump import endpoints_objects
+from agent.state.enrollment import capture_warning, decide
+from agent.state.objects import (
     Namespace,
     ObjectKey,
     Pod,
@@ -38,8 +38,10 @@ from ..state.objects import (
     canonical_kind,
     parse_object,
 )
-from ..state.store import Snapshot
+from agent.state.store import Snapshot
+
 from . import mesh, model, net, pods
+from .errors import LabError
 from .model import LabSpec, LabState, NodeRecord, PodRecord
 
 log = logging.getLogger("agent.lab")

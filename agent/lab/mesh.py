@@ -22,19 +22,21 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
 
-from .. import netns
-from ..ca import credentials
-from ..ca.authority import RootStore
-from ..ca.credentials import NODE
-from ..enrollment import ENROLLED
-from ..errors import LabError, SlipstreamError
+from agent.ca import credentials
+from agent.ca.authority import RootStore
+from agent.ca.credentials import NODE
+from agent.common import constants, netns
+from agent.common.errors import SlipstreamError
+from agent.state.enrollment import ENROLLED
+
 from . import model, net, pods
+from .errors import LabError
 from .model import LabDirs, LabState, NodeRecord, PodRecord, ProcessRecord
 
 READY_TIMEOUT = 30.0
 ENROLL_TIMEOUT = 15.0
-ADMIN = "http://127.0.0.1:15000"
-READY = "http://127.0.0.1:15021/healthz/ready"
+ADMIN = f"http://127.0.0.1:{constants.ADMIN_PORT}"
+READY = f"http://127.0.0.1:{constants.READY_PORT}/healthz/ready"
 
 
 def http_get(netns_name: str, url: str, timeout: float = 2.0) -> tuple[int, str]:

@@ -20,9 +20,21 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..enrollment import ANNOTATION_NETNS
-from ..errors import FieldError
-from ..state.objects import MESH_API, SERVICE_CIDR, ObjectKey
+from agent.common import constants
+from agent.common.errors import FieldError, SlipstreamError
+from agent.common.units import parse_duration
+from agent.state.enrollment import ANNOTATION_NETNS
+from agent.state.objects import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    MESH_API,
+    SERVICE_CIDR,
+    ObjectKey,
+    Service,
+    parse_meta,
+    parse_object,
+    selects,
+)
 
 LAB_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,22}[a-z0-9])?$")
 NETNS_PREFIX = "ss_"
@@ -44,7 +56,7 @@ class LabSpec:
     """The agents' capture: ebpf, or iptables (the pre-eBPF baseline, for benchmarks)."""
     certificate_ttl: str = "24h"
     """Life of workload certificates (short in tests, to see renewals)."""
-    trust_domain: str = "cluster.local"
+    trust_domain: str = constants.DEFAULT_TRUST_DOMAIN
     bundle_refresh: str = "10s"
     """How often agents fetch the trust bundle from the CA."""
     agent_args: tuple[str, ...] = ()
@@ -52,10 +64,6 @@ class LabSpec:
 
 
 def parse_lab_spec(body: Mapping[str, Any]) -> LabSpec:
-    from ..errors import SlipstreamError
-    from ..identity.certs import parse_duration
-    from ..state.objects import DNS_LABEL, DNS_SUBDOMAIN, parse_meta
-
     if body.get("apiVersion") != MESH_API:
         raise FieldError("apiVersion", f"a Lab must have apiVersion {MESH_API}")
     meta = parse_meta(body, "Lab")
@@ -95,7 +103,7 @@ def parse_lab_spec(body: Mapping[str, Any]) -> LabSpec:
         except SlipstreamError as exc:
             raise FieldError(f"spec.mesh.{field_name}", str(exc)) from exc
         durations[field_name] = str(value)
-    trust_domain = mesh.get("trustDomain", "cluster.local")
+    trust_domain = mesh.get("trustDomain", constants.DEFAULT_TRUST_DOMAIN)
     if not isinstance(trust_domain, str) or not DNS_SUBDOMAIN.match(trust_domain):
         raise FieldError("spec.mesh.trustDomain", f"{trust_domain!r} is not a trust domain")
     agent_args = mesh.get("agentArgs", [])
@@ -143,7 +151,7 @@ def control_plane_netns(lab: str) -> str:
 
 CONTROL_PLANE_INDEX = 250
 """The control plane's host number on the bridge: 172.30.0.250."""
-CA_PORT = 15012
+CA_PORT = constants.CA_PORT
 MESH_CREDENTIALS = "slipstream.dev/mesh-credentials"
 """Pod annotation: "true" hands the pod what a mesh client needs (the gateway): the CA's
 address and roots, a credential of its own that gets only its own SPIFFE ID, that ID,
@@ -453,8 +461,6 @@ def hosts_file(state: LabState, pod: PodRecord) -> str:
     `<svc>.<ns>` and, within the pod's own namespace, `<svc>`: to the cluster
     IP, or to the ready pod IPs for a headless Service (clusterIP: None).
     """
-    from ..state.objects import Service, parse_object, selects
-
     lines = [
         "127.0.0.1\tlocalhost",
         "::1\tlocalhost ip6-localhost ip6-loopback",

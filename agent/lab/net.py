@@ -14,8 +14,9 @@ import subprocess
 import time
 from collections.abc import Iterable
 
-from .. import netns
-from ..errors import NetnsError
+from agent.common import netns
+from agent.common.errors import NetnsError
+
 from . import model
 from .model import NodeRecord, PodRecord
 

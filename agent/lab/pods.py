@@ -22,12 +22,14 @@ import sys
 import time
 from typing import Any
 
-from .. import netns
-from ..ca import credentials
-from ..ca.credentials import WORKLOAD
-from ..errors import LabError, SlipstreamError
-from ..state.objects import Container, Pod
+from agent.ca import credentials
+from agent.ca.credentials import WORKLOAD
+from agent.common import netns
+from agent.common.errors import SlipstreamError
+from agent.state.objects import Container, Pod
+
 from . import model, net
+from .errors import LabError
 from .model import LabDirs, LabState, PodRecord
 
 log = logging.getLogger("agent.lab")

@@ -32,9 +32,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..state import Snapshot
-from ..state.authz import AuthorizationPolicy, Condition, Rule, Source, StringMatch
-from ..state.objects import ObjectKey, Pod, selects
+from agent.state import Snapshot
+from agent.state.authz import AuthorizationPolicy, Condition, Rule, Source, StringMatch
+from agent.state.objects import ObjectKey, Pod, selects
+
 from .peerauth import ROOT_NAMESPACE
 
 log = logging.getLogger("agent.policy")
@@ -44,7 +45,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
-class Peer:
+class PolicyPeer:
     """A connection as policy sees it."""
 
     src_ip: str
@@ -54,7 +55,9 @@ class Peer:
     dst_port: int
 
     @classmethod
-    def from_spiffe(cls, src_ip: str, spiffe_id: str | None, dst_ip: str, dst_port: int) -> Peer:
+    def from_spiffe(
+        cls, src_ip: str, spiffe_id: str | None, dst_ip: str, dst_port: int
+    ) -> PolicyPeer:
         principal = spiffe_id.removeprefix("spiffe://") if spiffe_id else None
         return cls(src_ip, principal, dst_ip, dst_port)
 
@@ -109,7 +112,7 @@ class _Facts:
         "trust_domain",
     )
 
-    def __init__(self, peer: Peer) -> None:
+    def __init__(self, peer: PolicyPeer) -> None:
         src, dst = ipaddress.ip_address(peer.src_ip), ipaddress.ip_address(peer.dst_ip)
         self.src = (src.version, int(src))
         self.dst = (dst.version, int(dst))
@@ -385,7 +388,7 @@ def _verdict(wp: WorkloadPolicies, f: _Facts) -> Decision:
     )
 
 
-def evaluate(wp: WorkloadPolicies, peer: Peer) -> Decision:
+def evaluate(wp: WorkloadPolicies, peer: PolicyPeer) -> Decision:
     f = _Facts(peer)
     d = _verdict(wp, f)
     audit = tuple(c.label for c in wp.audit.all(f)) if wp.audit else ()
@@ -514,7 +517,7 @@ class Authorizer:
             rules = self._compiled[policy.key] = compile_policy(policy)
         return rules
 
-    def decide(self, snap: Snapshot, pod: Pod, peer: Peer) -> Decision:
+    def decide(self, snap: Snapshot, pod: Pod, peer: PolicyPeer) -> Decision:
         return evaluate(self.for_workload(snap, pod), peer)
 
     def status(self, snap: Snapshot) -> list[dict[str, Any]]:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..state import Snapshot
-from ..state.objects import PeerAuthentication, Pod, selects
+from agent.state import Snapshot
+from agent.state.objects import PeerAuthentication, Pod, selects
 
 STRICT = "STRICT"
 PERMISSIVE = "PERMISSIVE"

@@ -16,10 +16,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ManifestError, SlipstreamError
-from ..manifest import load_file
-from ..state import StateUpdater
-from .inotify import DirectoryWatch
+from agent.common.errors import ManifestError, SlipstreamError
+from agent.common.manifest import load_file
+from agent.common.watch import DirectoryWatch
+from agent.state import StateUpdater
+
 from .manifest_set import Change, ManifestSet
 
 log = logging.getLogger("agent.source.file")

@@ -17,9 +17,9 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..errors import FieldError, ManifestError
-from ..manifest import Document
-from ..state.objects import ObjectKey, Resource, parse_object, refused_key, refused_version
+from agent.common.errors import FieldError, ManifestError
+from agent.common.manifest import Document
+from agent.state.objects import ObjectKey, Resource, parse_object, refused_key, refused_version
 
 log = logging.getLogger("agent.source")
 

@@ -34,16 +34,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..errors import FieldError
-from .fields import (
-    known_fields,
-    listing,
-    mapping,
-    match_labels,
-    need,
-    string,
-    string_map,
-)
+from agent.common.errors import FieldError
+
+from .fields import known_fields, listing, mapping, match_labels, need, string, string_map
 from .resource import Meta, Refusal, Resource, document_key
 
 KIND = "AuthorizationPolicy"

@@ -1,7 +1,9 @@
 """Reading manifest fields: each reader checks a type or format and names the field it rejects.
 
-Every parser of objects (Kubernetes kinds, mesh policies) uses these, so an
-error always reads `spec.ports[0].port: 70000 is not a port number (1-65535)`.
+Every parser of objects (Kubernetes kinds, mesh policies, the gateway's
+configuration and its plugins) uses these, so an error always reads
+`spec.ports[0].port: 70000 is not a port number (1-65535)`. Units (durations,
+sizes, addresses) are read by agent/common/units.py, the one parser of each.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import re
 from collections.abc import Mapping, Set
 from typing import Any
 
-from ..errors import FieldError
+from agent.common import units
+from agent.common.errors import FieldError, UnitError
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -118,3 +121,48 @@ def ipv4(value: str, where: str) -> ipaddress.IPv4Address:
         return ipaddress.IPv4Address(value)
     except ValueError as exc:
         raise FieldError(where, f"{value!r} is not an IPv4 address") from exc
+
+
+# ---------------------------------------------------------------- scalars with units
+
+
+def duration(value: Any, where: str) -> float:
+    """Seconds, from `250ms`, `5s`, `2m`, `1h`, `1d` or a plain number of seconds."""
+    try:
+        return units.parse_duration(value)
+    except UnitError as exc:
+        raise FieldError(where, str(exc)) from exc
+
+
+def size(value: Any, where: str) -> int:
+    """Bytes, from `512`, `64KiB`, `10MiB`, `1GiB` (or KB, MB, GB: powers of ten)."""
+    try:
+        return units.parse_size(value)
+    except UnitError as exc:
+        raise FieldError(where, str(exc)) from exc
+
+
+def address(value: Any, where: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
+    """(host, port) from `HOST:PORT` or a port."""
+    try:
+        return units.parse_address(value, default_host)
+    except UnitError as exc:
+        raise FieldError(where, str(exc)) from exc
+
+
+def integer(value: Any, where: str, lo: int = 0, hi: int = 1 << 62) -> int:
+    need(isinstance(value, int) and not isinstance(value, bool), where, "must be a whole number")
+    need(lo <= value <= hi, where, f"{value} is out of range ({lo}-{hi})")
+    return int(value)
+
+
+def boolean(value: Any, where: str) -> bool:
+    need(isinstance(value, bool), where, "must be true or false")
+    return bool(value)
+
+
+def opt(obj: Mapping[str, Any], key: str, path: str, read: Any, default: Any) -> Any:
+    """`read(obj[key], path.key)` if the key is there, else `default`."""
+    if obj.get(key) is None:
+        return default
+    return read(obj[key], f"{path}.{key}" if path else key)

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..errors import FieldError
+from agent.common.errors import FieldError
+
 from .authz import KIND as AUTHORIZATION_POLICY
 from .authz import parse_authorization_policy, refused_policy
 from .fields import (

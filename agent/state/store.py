@@ -19,7 +19,7 @@ TERMINATED_PHASES = {"Succeeded", "Failed"}
 
 
 @dataclass(frozen=True)
-class Endpoint:
+class ServiceEndpoint:
     pod: Pod
     ip: str
     port: int
@@ -31,7 +31,7 @@ class ServiceBinding:
 
     service: Service
     port: ServicePort
-    endpoints: tuple[Endpoint, ...]
+    endpoints: tuple[ServiceEndpoint, ...]
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ class Snapshot:
                 if sp.protocol != "TCP":
                     continue
                 eps = tuple(
-                    Endpoint(p, p.ip, port)
+                    ServiceEndpoint(p, p.ip, port)
                     for p in candidates
                     if (port := _target_port(p, sp)) is not None
                 )

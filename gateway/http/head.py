@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-from ..errors import HttpError
+from .errors import HttpError
 from .message import HOP_BY_HOP, Headers, Request
 from .uri import PathRules, normalize_authority, parse_target, split_authority
 

@@ -2,7 +2,7 @@
 
 `send` picks a pooled connection, writes the request and waits (bounded by
 the attempt's timeout) for the response head; nothing reaches the client
-yet, so the caller may still retry elsewhere or change the head. `Attempt.pipe`
+yet, so the caller may still retry elsewhere or change the head. `UpstreamAttempt.pipe`
 then streams the body to the client as it arrives: the client's backpressure
 pauses the upstream, an error mid-body closes the client connection (the
 only honest signal once a status has been sent), and a 101 turns both
@@ -15,8 +15,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from ..errors import UpstreamError
 from .deadlines import Sweeper
+from .errors import UpstreamError
 from .message import HOP_BY_HOP, Headers, Request
 from .server import Exchange
 from .upstream import Pool, UpstreamConnection
@@ -25,7 +25,7 @@ HEAD_DEADLINES = Sweeper(0.05)
 """Response-head timeouts of the attempts in flight, to within 50 ms."""
 
 
-class Attempt:
+class UpstreamAttempt:
     """The response of one upstream attempt, as the upstream connection reports it."""
 
     def __init__(self, conn: UpstreamConnection) -> None:
@@ -202,10 +202,10 @@ def encode_request(req: Request, headers: Headers, default_host: bytes) -> bytes
     return b"".join(out)
 
 
-async def send(pool: Pool, req: Request, headers: Headers, timeout: float) -> Attempt:
+async def send(pool: Pool, req: Request, headers: Headers, timeout: float) -> UpstreamAttempt:
     """One attempt: the response head within `timeout`, or UpstreamError."""
     conn = pool.take() or await pool.acquire()
-    attempt = Attempt(conn)
+    attempt = UpstreamAttempt(conn)
     data = encode_request(req, headers, str(pool.endpoint).encode())
     conn.send(data, attempt, head_only=req.method == "HEAD", upgrade=bool(req.upgrade))
     attempt.timeout = timeout

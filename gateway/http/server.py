@@ -31,8 +31,8 @@ from typing import cast
 
 import httptools
 
-from ..errors import HttpError
 from .deadlines import Sweeper
+from .errors import HttpError
 from .head import HeadRules, read_head
 from .message import HOP_BY_HOP, Headers, Request, Response, status_line
 

@@ -21,12 +21,12 @@ from typing import Protocol, cast
 
 import httptools
 
-from ..errors import UpstreamError
+from .errors import UpstreamError
 from .message import Headers
 
 
 @dataclass(frozen=True)
-class Endpoint:
+class UpstreamEndpoint:
     host: str
     port: int
     tls: bool = False
@@ -44,7 +44,7 @@ class ResponseSink(Protocol):
     def error(self, exc: UpstreamError) -> None: ...
 
 
-Dial = Callable[[Endpoint, Callable[[], asyncio.Protocol]], Awaitable[asyncio.Protocol]]
+Dial = Callable[[UpstreamEndpoint, Callable[[], asyncio.Protocol]], Awaitable[asyncio.Protocol]]
 """Open a transport to an endpoint running the protocol the factory makes; return it."""
 
 
@@ -185,7 +185,7 @@ class UpstreamConnection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if status == 101:
             # Switched: the connection stays lent to this exchange (relayed raw, or dropped
-            # by Attempt.discard); never back in the pool, where another request could be
+            # by UpstreamAttempt.discard); never back in the pool, where another request could be
             # written into someone's WebSocket.
             self._done = True
             return
@@ -243,7 +243,7 @@ def _without_connection_named(fields: list[tuple[bytes, bytes]]) -> Headers:
 
 
 async def tcp_dial(
-    endpoint: Endpoint,
+    endpoint: UpstreamEndpoint,
     factory: Callable[[], asyncio.Protocol],
     ssl_context: ssl.SSLContext | None = None,
 ) -> asyncio.Protocol:
@@ -263,7 +263,7 @@ class Pool:
 
     def __init__(
         self,
-        endpoint: Endpoint,
+        endpoint: UpstreamEndpoint,
         *,
         connect_timeout: float = 5.0,
         max_idle: int = 256,

@@ -35,7 +35,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Final
 
-from ..errors import HttpError
+from .errors import HttpError
 
 ESCAPED_SLASHES: Final = ("reject", "keep", "decode")
 """What `%2F`, `%5C` and `\\` in a path mean: refused (400), kept encoded, or `/`."""

@@ -5,6 +5,10 @@ A plugin is built once per configuration (per scope) from its typed config.
 401, a 429, a cache hit, a preflight). `response(ctx, status, headers)` runs on
 the response head before it is sent, in reverse order. Plugins keep their
 state (counters, caches, key sets) in the instance or in `Shared`.
+
+`PluginSpec` and `Consumer` are configuration, defined here rather than in
+gateway/config so that the dependency runs one way: the configuration parser
+imports the plugins (to parse their `config`), the plugins never import it.
 """
 
 from __future__ import annotations
@@ -13,10 +17,31 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..config import Consumer
 from ..http.message import Headers, Request, Response
 
 S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """One plugin configured in one scope (global, a route, a consumer)."""
+
+    name: str
+    config: Any
+    """The plugin's own typed configuration (plugins/<name>.py parses it)."""
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """Who a request's credentials prove is asking (key-auth, jwt), with their own plugins."""
+
+    name: str
+    groups: frozenset[str] = frozenset()
+    api_keys: tuple[str, ...] = ()
+    jwt_subjects: tuple[str, ...] = ()
+    plugins: tuple[PluginSpec, ...] = ()
+
 
 # Order of the request hooks; response hooks run in reverse.
 PHASE_CORS = 10

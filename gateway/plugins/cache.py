@@ -34,9 +34,18 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from agent.state.fields import known_fields, listing, need, string, strings
+from agent.state.fields import (
+    duration,
+    integer,
+    known_fields,
+    listing,
+    need,
+    opt,
+    size,
+    string,
+    strings,
+)
 
-from ..config import duration, integer, opt, size
 from ..http.message import Headers, Response
 from .base import PHASE_CACHE, Context, Plugin, Shared
 

@@ -13,9 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from agent.state.fields import known_fields, need, strings
+from agent.state.fields import boolean, duration, known_fields, need, opt, strings
 
-from ..config import boolean, duration, opt
 from ..http.message import Headers, Response
 from .base import PHASE_CORS, Context, Plugin, Shared
 

@@ -36,9 +36,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from agent.state.fields import known_fields, need, string, strings
+from agent.state.fields import boolean, duration, known_fields, need, opt, string, strings
 
-from ..config import boolean, duration, opt
 from ..http.message import Headers, Response
 from .base import PHASE_AUTH, Context, Plugin, Shared
 

@@ -13,9 +13,8 @@ import hmac
 from dataclasses import dataclass
 from typing import Any
 
-from agent.state.fields import known_fields, string
+from agent.state.fields import boolean, known_fields, opt, string
 
-from ..config import boolean, opt
 from ..http.message import Headers, Response
 from .base import PHASE_AUTH, Context, Plugin, Shared
 

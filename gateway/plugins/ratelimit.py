@@ -31,9 +31,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from agent.state.fields import known_fields, mapping, need, string
+from agent.state.fields import duration, integer, known_fields, mapping, need, opt, string
 
-from ..config import duration, integer, opt
 from ..http.message import Headers, Response
 from ..redisclient import Redis, RedisReplyError, RedisUnavailable
 from .base import PHASE_RATE_LIMIT, Context, Plugin, Shared

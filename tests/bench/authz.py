@@ -21,9 +21,9 @@ import statistics
 import time
 from typing import Any
 
+from agent.common.manifest import load_text
 from agent.lab.lab import Lab
-from agent.manifest import load_text
-from agent.policy.authz import Authorizer, Peer
+from agent.policy.authz import Authorizer, PolicyPeer
 from agent.state import Snapshot, parse_object
 from agent.state.objects import Pod, Resource
 from tests.bench.common import ROUNDS, svg_bars, table, write_report
@@ -102,7 +102,7 @@ def _policy(name: str, ns: str, action: str, selector: dict, rules: list) -> dic
     }
 
 
-def _peers(n: int) -> list[Peer]:
+def _peers(n: int) -> list[PolicyPeer]:
     rnd = random.Random(11)
     peers = []
     for _ in range(n):
@@ -115,7 +115,7 @@ def _peers(n: int) -> list[Peer]:
             principal = f"{TD}/ns/c{rnd.randrange(120)}/sa/s{rnd.randrange(120)}"
         second = rnd.choice([100 + rnd.randrange(120), 244])
         src = f"10.{second}.{rnd.randrange(256)}.{rnd.randrange(1, 255)}"
-        peers.append(Peer(src, principal, "10.244.2.9", rnd.choice([9000, 9999, 8080])))
+        peers.append(PolicyPeer(src, principal, "10.244.2.9", rnd.choice([9000, 9999, 8080])))
     return peers
 
 

@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from agent.common.manifest import load_text
 from agent.lab.lab import Lab
-from agent.manifest import load_text
 from tests.bench.common import (
     DURATION,
     ROUNDS,

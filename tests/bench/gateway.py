@@ -19,8 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from agent.common.manifest import load_text
 from agent.lab.lab import Lab
-from agent.manifest import load_text
 from tests.bench.common import (
     DURATION,
     ROUNDS,

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from agent.ca.authority import Authority, RootStore
+from agent.common.manifest import load_text
 from agent.identity.certs import SpiffeId, cert_pem, generate_key, issue, key_pem
 from agent.lab.lab import Lab
-from agent.manifest import load_text
 from tests.bench.common import (
     DURATION,
     ROUNDS,

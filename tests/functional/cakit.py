@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.ca import credentials
-from agent.ca.authority import ca_identity
 from agent.ca.credentials import ADMIN, NODE, Credential
 from agent.identity.caclient import CAClient
+from agent.identity.certs import ca_identity
 
 TD = "cluster.local"
 

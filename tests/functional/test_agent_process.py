@@ -223,3 +223,15 @@ def test_a_limit_below_one_is_a_clear_error(tmp_path):
     )  # fmt: skip
     assert res.returncode == 1
     assert "--hbone-max-streams-per-identity must be at least 1, not 0" in res.stderr
+
+
+def test_a_bad_flag_is_a_message_not_a_traceback():
+    """`--admin` used to reach int() unchecked: a ValueError traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "agent", "--node", "n", "--source", "file:/nonexistent",
+         "--admin", "127.0.0.1:admin"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "slipstream agent: '127.0.0.1:admin' is not an address" in result.stderr
+    assert "Traceback" not in result.stderr

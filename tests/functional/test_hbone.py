@@ -28,11 +28,11 @@ from agent.hbone.protocol import TunnelError, connect_headers
 from agent.hbone.server import HboneServerConnection, accept_loop
 from agent.identity import tls
 from agent.identity.certs import SpiffeId, generate_key
-from agent.proxy.accesslog import FlowRecord, emit
-from agent.proxy.context import MeshContext
-from agent.proxy.inbound import HboneInbound, authorize
-from agent.proxy.outbound import connect_plain
-from agent.proxy.splice import Splice
+from agent.node.proxy.accesslog import FlowRecord, emit
+from agent.node.proxy.context import MeshContext
+from agent.node.proxy.inbound import HboneInbound, authorize
+from agent.node.proxy.outbound import connect_plain
+from agent.node.proxy.splice import Splice
 from agent.state import StateStore, StateUpdater, parse_object
 
 TD = "cluster.local"

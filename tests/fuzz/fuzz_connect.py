@@ -10,7 +10,7 @@ from __future__ import annotations
 import atheris
 
 from agent.hbone.protocol import BadRequest, parse_connect
-from agent.proxy.source import hbone_source
+from agent.node.proxy.source import hbone_source
 from tests.fuzz import harness
 
 PEER = ("10.244.1.2", 51000)

@@ -24,7 +24,7 @@ interpreted("gateway")
 with atheris.instrument_imports():
     import httptools
 
-    from gateway.errors import HttpError
+    from gateway.http.errors import HttpError
     from gateway.http.head import HeadRules
     from gateway.http.message import HOP_BY_HOP, Headers, Response
     from gateway.http.server import Limits, ServerConnection

@@ -21,8 +21,8 @@ from typing import Any
 
 import atheris
 
-from agent.errors import FieldError
-from agent.policy.authz import Authorizer, Peer
+from agent.common.errors import FieldError
+from agent.policy.authz import Authorizer, PolicyPeer
 from agent.state import Snapshot, parse_object
 from agent.state.authz import AuthorizationPolicy
 from agent.state.objects import Meta, Pod, refused_version
@@ -179,7 +179,7 @@ def decide_all(policy: AuthorizationPolicy, fdp: atheris.FuzzedDataProvider) -> 
         principal = PRINCIPALS[fdp.ConsumeIntInRange(0, len(PRINCIPALS) - 1)]
         if rarely(fdp, 4):
             principal = text(fdp)
-        peer = Peer(ip, principal, pod.ip, fdp.ConsumeIntInRange(0, 65535))
+        peer = PolicyPeer(ip, principal, pod.ip, fdp.ConsumeIntInRange(0, 65535))
         d = authz.decide(snap, pod, peer)
         json.dumps(d.as_dict())
         out.append(d.allow)

@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from agent.common.manifest import load_text
 from agent.lab import net
 from agent.lab.lab import Lab
 from agent.lab.model import lab_prefix
-from agent.manifest import load_text
 from tests.lab.labkit import CREATED, new_lab_name
 
 

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from agent.errors import LabError
+from agent.common.manifest import load_text
+from agent.lab.errors import LabError
 from agent.lab.lab import Lab
-from agent.manifest import load_text
 from tests.lab.labkit import access_log, config_dump, wait_until
 
 HOLD = """

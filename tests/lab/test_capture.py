@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.common.manifest import load_text
 from agent.lab.lab import Lab
-from agent.manifest import load_text
 from tests.lab.labkit import (
     access_log,
     config_dump,

@@ -29,9 +29,9 @@ from scapy.all import (
     raw,
 )
 
-from agent import netns
-from agent.datapath.loader import Programs
+from agent.common import netns
 from agent.lab import net
+from agent.node.datapath.loader import Programs
 from tests.lab.labkit import new_lab_name
 
 SYS_BPF, BPF_PROG_TEST_RUN = 321, 10

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.common.manifest import load_text
 from agent.lab import model
 from agent.lab.lab import Lab
-from agent.manifest import load_text
 from tests.lab.labkit import access_log, config_dump, new_lab_name, wait_until, workload
 
 RAWTCP = str(Path(__file__).parent / "rawtcp.py")

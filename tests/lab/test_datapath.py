@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from agent.datapath import abi
-from agent.datapath.loader import REPO_BPF_DIR, Programs
+from agent.node.datapath import abi
+from agent.node.datapath.loader import Programs, packaged_bpf_dir
 
 
 def test_programs_load_with_the_config_python_wrote():
@@ -27,7 +27,7 @@ def test_programs_load_with_the_config_python_wrote():
 def skewed_bpf(tmp_path):
     """bpf/ with two fields of struct mesh_config swapped, as an edit that forgot the mirror."""
     d = tmp_path / "bpf"
-    shutil.copytree(REPO_BPF_DIR, d)
+    shutil.copytree(packaged_bpf_dir(), d)
     header = (d / "mesh.h").read_text()
     swapped = (
         header.replace("\t__u16 outbound_port;", "\t__u16 __swap;")

@@ -17,8 +17,8 @@ import textwrap
 import pytest
 import yaml
 
+from agent.common.manifest import load_text
 from agent.lab.lab import Lab
-from agent.manifest import load_text
 from tests.lab.labkit import access_log, wait_until
 
 GATEWAY_ID = "spiffe://cluster.local/ns/edge/sa/gateway"

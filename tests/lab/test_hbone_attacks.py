@@ -24,13 +24,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from agent.ca.authority import ca_identity
+from agent.common.manifest import load_text
 from agent.hbone.limits import ConnectionLimits
 from agent.identity.caclient import CAClient
-from agent.identity.certs import SpiffeId, generate_key, key_pem, make_csr
+from agent.identity.certs import SpiffeId, ca_identity, generate_key, key_pem, make_csr
 from agent.lab import model
 from agent.lab.lab import Lab
-from agent.manifest import load_text
 from tests.lab.labkit import CREATED, access_log, config_dump, new_lab_name, wait_until
 
 PY = sys.executable
@@ -285,7 +284,7 @@ def echo_once(lab: Lab) -> bool:
 
 def credentials(lab: Lab, where) -> str:
     """mesh/attacker's certificate, as n1's agent would get it from the CA."""
-    from agent import netns
+    from agent.common import netns
 
     with open(f"{lab.dirs.agent('n1')}/ca-token") as f:
         token = f.read().strip()

@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from agent.errors import LabError
+from agent.common.manifest import load_text
 from agent.lab import net
+from agent.lab.errors import LabError
 from agent.lab.lab import Lab
 from agent.lab.model import lab_prefix
-from agent.manifest import load_text
 from tests.lab.labkit import config_dump, curl, new_lab_name
 
 ECHO = '[slipstream, app, http-echo, --port, "8080"]'

@@ -18,12 +18,11 @@ import uuid
 import pytest
 
 from agent.ca import credentials
-from agent.ca.authority import ca_identity
+from agent.common.manifest import load_text
 from agent.identity.caclient import CAClient, CARefused
-from agent.identity.certs import SpiffeId, generate_key, key_pem, make_csr
+from agent.identity.certs import SpiffeId, ca_identity, generate_key, key_pem, make_csr
 from agent.lab import model
 from agent.lab.lab import Lab
-from agent.manifest import load_text
 from tests.lab.labkit import access_log, config_dump, curl, wait_until
 
 ECHO = '[slipstream, app, http-echo, --port, "8080"]'
@@ -346,7 +345,7 @@ def test_an_http2_client_we_did_not_write_opens_an_hbone_stream(lab, tmp_path):
 
 def lab_call(lab: Lab, node: str, coro_fn):
     """Run a coroutine from inside a node's namespace (where the CA is reachable)."""
-    from agent import netns
+    from agent.common import netns
 
     return netns.call_in(model.node_netns(lab.name, node), lambda: asyncio.run(coro_fn()))
 

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from agent import netns
-from agent.ca.authority import ca_identity
+from agent.common import netns
+from agent.common.manifest import load_text
 from agent.identity.caclient import CAClient
-from agent.identity.certs import SpiffeId, generate_key, key_pem, make_csr
+from agent.identity.certs import SpiffeId, ca_identity, generate_key, key_pem, make_csr
 from agent.lab import model
 from agent.lab.lab import Lab
-from agent.manifest import load_text
 from tests.lab.labkit import access_log, curl, new_lab_name, wait_until
 
 HERE = Path(__file__).parent

@@ -4,7 +4,7 @@ import ctypes
 
 import pytest
 
-from agent.datapath import abi
+from agent.node.datapath import abi
 
 
 class Compiled(ctypes.Structure):

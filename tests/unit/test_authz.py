@@ -6,12 +6,12 @@ import logging
 
 import pytest
 
-from agent.errors import FieldError, SlipstreamError
-from agent.policy.authz import Authorizer, Peer
-from agent.policy.cli import check, read_objects
+from agent.common.errors import FieldError, SlipstreamError
+from agent.policy.authz import Authorizer, PolicyPeer
 from agent.state import Snapshot, parse_object
 from agent.state.authz import AuthorizationPolicy
 from agent.state.objects import Pod
+from agent.tools.policy_check import check, read_objects
 
 TD = "cluster.local"
 WEB = f"{TD}/ns/shop/sa/web"
@@ -66,7 +66,7 @@ def decide(policies, principal=WEB, src="10.244.1.5", port=5432, dst=None, root=
     target = dst or pod()
     snap = Snapshot.build(1, {p.key: p for p in [*policies, target]})
     authz = Authorizer(root) if root else Authorizer()
-    return authz.decide(snap, target, Peer(src, principal, "10.244.2.9", port))
+    return authz.decide(snap, target, PolicyPeer(src, principal, "10.244.2.9", port))
 
 
 def source(**fields) -> list:
@@ -274,14 +274,14 @@ def test_policies_are_recompiled_only_when_they_change():
     target = pod()
     deny = policy(None, action="ALLOW")
     snap1 = Snapshot.build(1, {deny.key: deny, target.key: target})
-    assert not authz.decide(snap1, target, Peer("10.244.1.5", WEB, "10.244.2.9", 1)).allow
+    assert not authz.decide(snap1, target, PolicyPeer("10.244.1.5", WEB, "10.244.2.9", 1)).allow
     generation = authz.generation
     snap2 = Snapshot.build(2, {deny.key: deny, target.key: target})
     authz.refresh(snap2)
     assert authz.generation == generation, "same policies: nothing recompiled"
     snap3 = Snapshot.build(3, {target.key: target})
     assert authz.refresh(snap3) and authz.generation == generation + 1
-    assert authz.decide(snap3, target, Peer("10.244.1.5", WEB, "10.244.2.9", 1)).allow
+    assert authz.decide(snap3, target, PolicyPeer("10.244.1.5", WEB, "10.244.2.9", 1)).allow
 
 
 def rule_with(**parts) -> dict:

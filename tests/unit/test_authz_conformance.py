@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from agent.errors import FieldError
-from agent.policy.authz import Authorizer, Peer
+from agent.common.errors import FieldError
+from agent.policy.authz import Authorizer, PolicyPeer
 from agent.state import Snapshot, parse_object
 from agent.state.objects import Pod, refused_version
 
@@ -523,7 +523,7 @@ def _decide(case: Case, conn: Conn) -> bool:
     snap = Snapshot.build(1, objects)
     return (
         Authorizer(ROOT)
-        .decide(snap, pod, Peer(conn.src, conn.principal, conn.dst, conn.port))
+        .decide(snap, pod, PolicyPeer(conn.src, conn.principal, conn.dst, conn.port))
         .allow
     )
 

@@ -12,8 +12,8 @@ import logging
 
 import pytest
 
-from agent.manifest import load_text
-from agent.policy.authz import Authorizer, Decision, Peer
+from agent.common.manifest import load_text
+from agent.policy.authz import Authorizer, Decision, PolicyPeer
 from agent.policy.peerauth import PERMISSIVE, STRICT, mode_for
 from agent.sources.manifest_set import ManifestSet
 from agent.state import Snapshot
@@ -77,7 +77,7 @@ class Agent:
     def decide(self, dst: str, principal: str | None = WEB, port: int = 5432) -> Decision:
         snap = self.snapshot()
         target = next(p for p in snap.pods() if f"{p.meta.namespace}/{p.meta.name}" == dst)
-        return self.authz.decide(snap, target, Peer("10.244.1.5", principal, target.ip, port))
+        return self.authz.decide(snap, target, PolicyPeer("10.244.1.5", principal, target.ip, port))
 
     def policy(self, ref: str) -> AuthorizationPolicy:
         ns, name = ref.split("/")

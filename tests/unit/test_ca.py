@@ -19,7 +19,7 @@ from agent.ca.authority import CAError, authorize, check_ttl, read_csr
 from agent.ca.credentials import ADMIN, NODE, WORKLOAD, Caller, CredentialError, CredentialFile
 from agent.ca.limits import IssueLimiter
 from agent.ca.server import parse_request
-from agent.errors import FieldError
+from agent.common.errors import FieldError
 from agent.identity.certs import SpiffeId, generate_key, make_csr
 from agent.lab.model import DEFAULT_CAPABILITIES, container_capabilities
 from agent.state import StateStore, StateUpdater, parse_object

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.enroller import Enroller
-from agent.enrollment import ANNOTATION_NETNS, ENROLLED
+from agent.node.enroller import Enroller
 from agent.state import StateStore, StateUpdater, parse_object
+from agent.state.enrollment import ANNOTATION_NETNS, ENROLLED
 
 
 class StubProxy:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.enrollment import capture_warning
+from agent.state.enrollment import capture_warning
 from agent.state.objects import parse_object
 
 

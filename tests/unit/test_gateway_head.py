@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import HttpError
+from gateway.http.errors import HttpError
 from gateway.http.head import HeadRules, read_head
 from gateway.http.uri import PathRules
 

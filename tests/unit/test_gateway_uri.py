@@ -17,13 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import HttpError
-from gateway.http.uri import (
-    PathRules,
-    normalize_authority,
-    normalize_path,
-    parse_target,
-)
+from gateway.http.errors import HttpError
+from gateway.http.uri import PathRules, normalize_authority, normalize_path, parse_target
 
 DEFAULT = PathRules()
 KEEP = PathRules(escaped_slashes="keep")

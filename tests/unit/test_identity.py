@@ -1,12 +1,10 @@
-"""SPIFFE IDs, node authorization and durations."""
-
-import datetime as dt
+"""SPIFFE IDs and node authorization."""
 
 import pytest
 
 from agent.ca.authority import authorize
 from agent.ca.credentials import NODE, Caller
-from agent.identity.certs import IdentityError, SpiffeId, parse_duration
+from agent.identity.certs import IdentityError, SpiffeId
 from agent.state import StateStore, StateUpdater, parse_object
 
 
@@ -66,16 +64,3 @@ def test_a_node_gets_only_identities_of_its_running_pods(node, sa, td, allowed):
     caller = Caller("c1", NODE, node=node)
     why = authorize(store.snapshot, caller, SpiffeId(td, "shop", sa), "cluster.local")
     assert (why is None) == allowed, why
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("30s", 30), ("15m", 900), ("24h", 86400), ("2d", 172800), ("90", 90), ("1.5h", 5400)],
-)
-def test_durations(text, seconds):
-    assert parse_duration(text) == dt.timedelta(seconds=seconds)
-
-
-def test_bad_duration():
-    with pytest.raises(IdentityError, match="not a duration"):
-        parse_duration("soon")

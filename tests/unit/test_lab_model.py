@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.errors import FieldError
+from agent.common.errors import FieldError
 from agent.lab import model
 from agent.lab.model import LabSpec, LabState, NodeRecord, PodRecord
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from agent.errors import FieldError, ManifestError
-from agent.manifest import load_file, load_text, parse_field_path
+from agent.common.errors import FieldError, ManifestError
+from agent.common.manifest import load_file, load_text, parse_field_path
 
 TWO_DOCS = """\
 # a comment

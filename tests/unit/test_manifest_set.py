@@ -1,7 +1,7 @@
 """A directory's manifests, file by file: diffs, ownership, and last-good versions on errors."""
 
-from agent.errors import ManifestError
-from agent.manifest import load_text
+from agent.common.errors import ManifestError
+from agent.common.manifest import load_text
 from agent.sources.manifest_set import ManifestSet
 from agent.state import ObjectKey
 

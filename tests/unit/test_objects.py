@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from agent.errors import FieldError
+from agent.common.errors import FieldError
 from agent.state.objects import ObjectKey, Pod, Resource, Service, canonical_kind, parse_object
 
 POD = {

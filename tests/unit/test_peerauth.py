@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.errors import FieldError
+from agent.common.errors import FieldError
 from agent.policy.peerauth import PERMISSIVE, STRICT, mode_for
 from agent.state import StateStore, StateUpdater, parse_object
 

@@ -1,10 +1,10 @@
 """The client address an HBONE destination believes: what the connection proves, never the
-peer's Forwarded word (agent/proxy/source.py). Lab attacks: tests/lab/test_source_address.py."""
+peer's Forwarded word (agent/node/proxy/source.py). Lab attacks: tests/lab/test_source_address.py."""
 
 import pytest
 
 from agent.hbone.protocol import parse_connect
-from agent.proxy.source import Source, hbone_source
+from agent.node.proxy.source import Source, hbone_source
 
 PEER = ("10.244.1.2", 51000)
 """The TCP peer of the HBONE connection: the source pod's own address."""

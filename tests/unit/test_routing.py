@@ -1,6 +1,6 @@
 """Destinations, load balancing and outlier ejection."""
 
-from agent.routing import LB_ANNOTATION, Balancer, resolve
+from agent.node.balancer import LB_ANNOTATION, Balancer, resolve
 from agent.state import StateStore, StateUpdater, parse_object
 
 

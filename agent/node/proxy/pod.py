@@ -17,19 +17,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent.common.constants import HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT
+from agent.common.errors import SlipstreamError
+from agent.common.netns import Netns
+from agent.hbone import server as hbone_server
+from agent.hbone.stream import End
+from agent.identity.manager import NoCertificate
+from agent.policy.authz import Decision, PolicyPeer
+from agent.state.objects import Pod
+
 from ..datapath import abi
-from ..errors import SlipstreamError
-from ..hbone import server as hbone_server
-from ..hbone.protocol import HBONE_PORT
-from ..identity.manager import NoCertificate
-from ..netns import Netns
-from ..policy.authz import Decision, Peer
-from ..state.objects import Pod
 from .accesslog import FlowRecord, emit
 from .context import MeshContext
 from .inbound import HboneInbound, authorize, plaintext_refused
-from .outbound import Attempt, Outbound, addr, connect_plain
-from .splice import End, Splice, TcpEnd
+from .outbound import DialFailed, Outbound, addr, connect_plain
+from .splice import Splice, TcpEnd
 
 log = logging.getLogger("agent.proxy")
 
@@ -98,7 +100,7 @@ class PodProxy:
         self._hbone_conns: set[hbone_server.HboneServerConnection] = set()
         self._outbound = Outbound(pod, ns, mesh, outbound_socket or ns.socket)
         self._hbone = HboneInbound(pod, mesh, self._dial_app, self._new_splice, self._authorize)
-        self._watched: dict[Splice, Peer] = {}
+        self._watched: dict[Splice, PolicyPeer] = {}
         """Open inbound connections, checked again when policy changes."""
 
     # ------------------------------------------------------------ listeners
@@ -122,8 +124,8 @@ class PodProxy:
         loop = asyncio.get_running_loop()
         try:
             for port, transparent, direction in (
-                (abi.OUTBOUND_PORT, self._transparent_outbound, "outbound"),
-                (abi.INBOUND_PORT, False, "inbound"),
+                (OUTBOUND_PORT, self._transparent_outbound, "outbound"),
+                (INBOUND_PORT, False, "inbound"),
             ):
                 sock = self._listener(port, transparent=transparent)
                 self._listener_fds[direction] = sock.fileno()
@@ -210,14 +212,14 @@ class PodProxy:
             )
             splice.abort("refused_plaintext", why)
             return
-        decision = self._authorize(splice, Peer(src[0], None, *dst))
+        decision = self._authorize(splice, PolicyPeer(src[0], None, *dst))
         if not decision.allow:
             splice.abort("denied", decision.reason)
             return
         record.upstream = addr(dst)
         try:
             await self._dial_app(splice, end, dst, src[0])
-        except Attempt as exc:
+        except DialFailed as exc:
             splice.abort(exc.outcome, exc.detail)
 
     async def _dial_app(
@@ -230,7 +232,7 @@ class PodProxy:
 
     # ------------------------------------------------------------ authorization
 
-    def _authorize(self, splice: Splice, peer: Peer) -> Decision:
+    def _authorize(self, splice: Splice, peer: PolicyPeer) -> Decision:
         decision = authorize(self.mesh, self.pod, splice, peer)
         if decision.allow:
             self._watched[splice] = peer

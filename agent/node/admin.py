@@ -16,12 +16,12 @@ from typing import Any
 
 from aiohttp import web
 
-from . import log as logsetup
+from agent.common import log as logsetup
 
 log = logging.getLogger("agent.admin")
 
 
-def parse_addr(value: str, default_host: str) -> tuple[str, int]:
+def parse_address(value: str, default_host: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep:
         return default_host, int(value)

@@ -18,18 +18,21 @@ import socket
 import time
 from collections.abc import Callable
 
+from agent.common.constants import HBONE_PORT
+from agent.common.netns import Netns
+from agent.hbone import client as hbone
+from agent.hbone.protocol import DENIED, TunnelError, connect_headers
+from agent.hbone.stream import End
+from agent.identity.manager import NoCertificate
+from agent.policy.peerauth import STRICT, mode_for
+from agent.state.enrollment import decide
+from agent.state.objects import Pod
+from agent.state.store import ServiceEndpoint
+
+from ..balancer import Addr, Target, resolve
 from ..datapath import abi
-from ..enrollment import decide
-from ..hbone import client as hbone
-from ..hbone.protocol import DENIED, HBONE_PORT, TunnelError, connect_headers
-from ..identity.manager import NoCertificate
-from ..netns import Netns
-from ..policy.peerauth import STRICT, mode_for
-from ..routing import Addr, Target, resolve
-from ..state.objects import Pod
-from ..state.store import Endpoint
 from .context import MeshContext
-from .splice import End, Splice, TcpEnd, reset_socket
+from .splice import Splice, TcpEnd, reset_socket
 
 log = logging.getLogger("agent.proxy")
 
@@ -38,7 +41,7 @@ def addr(a: Addr) -> str:
     return f"{a[0]}:{a[1]}"
 
 
-class Attempt(Exception):
+class DialFailed(Exception):
     """One endpoint failed; `outcome` names how, `retry` whether another endpoint may help."""
 
     def __init__(self, outcome: str, detail: str, retry: bool = True) -> None:
@@ -70,11 +73,13 @@ class Outbound:
         record.dst_workload = target.describe()
         candidates = self.mesh.balancer.candidates(target, time.monotonic())
         if not candidates:
-            candidates = [Endpoint(self.pod, dst[0], dst[1])]  # outside the cluster: as addressed
+            candidates = [
+                ServiceEndpoint(self.pod, dst[0], dst[1])
+            ]  # outside the cluster: as addressed
             outside = True
         else:
             outside = False
-        last = Attempt("upstream_error", "no endpoint")
+        last = DialFailed("upstream_error", "no endpoint")
         for ep in candidates[: self.mesh.max_attempts]:
             ep_addr = (ep.ip, ep.port)
             in_mesh = not outside and self.mesh.certs is not None and self._in_mesh(ep.pod)
@@ -83,7 +88,7 @@ class Outbound:
                     await self._via_hbone(splice, client, src, ep)
                 else:
                     await self._plaintext(splice, client, ep_addr, target, outside)
-            except Attempt as exc:
+            except DialFailed as exc:
                 last = exc
                 if not outside:
                     ejected = self.mesh.balancer.failed(ep_addr, time.monotonic())
@@ -107,7 +112,9 @@ class Outbound:
 
     # ------------------------------------------------------------ HBONE
 
-    async def _via_hbone(self, splice: Splice, client: TcpEnd, src: Addr, ep: Endpoint) -> None:
+    async def _via_hbone(
+        self, splice: Splice, client: TcpEnd, src: Addr, ep: ServiceEndpoint
+    ) -> None:
         certs = self.mesh.certs
         assert certs is not None
         record = splice.record
@@ -121,7 +128,7 @@ class Outbound:
         try:
             cert = await certs.get(src_id, timeout=self.mesh.connect_timeout)
         except NoCertificate as exc:
-            raise Attempt("no_certificate", str(exc), retry=False) from exc
+            raise DialFailed("no_certificate", str(exc), retry=False) from exc
         key = hbone.PoolKey(self.pod.ip, str(src_id), str(dst_id), (ep.ip, HBONE_PORT))
 
         async def dial() -> hbone.HboneClientConnection:
@@ -132,19 +139,20 @@ class Outbound:
                 str(dst_id),
                 key,
                 self.mesh.connect_timeout,
+                mark=abi.AGENT_MARK,
                 guard=self.mesh.hbone,
             )
 
         try:
             stream = await self.mesh.pool.stream(key, connect_headers((ep.ip, ep.port), src), dial)
         except OSError as exc:  # no socket to dial from
-            raise Attempt("hbone_error", str(exc)) from exc
+            raise DialFailed("hbone_error", str(exc)) from exc
         except TunnelError as exc:
             if exc.status == DENIED:
-                raise Attempt(
+                raise DialFailed(
                     "denied", f"{dst_id} refused {src_id}: {exc.reason}", retry=False
                 ) from exc
-            raise Attempt(
+            raise DialFailed(
                 "upstream_unreachable" if exc.status else "hbone_error", exc.reason
             ) from exc
         if client.closed:
@@ -168,7 +176,7 @@ class Outbound:
             == STRICT
         ):
             where = "outside the cluster" if outside else "not in the mesh"
-            raise Attempt(
+            raise DialFailed(
                 "refused_plaintext",
                 f"{addr(ep)} is {where} and {self.pod.meta.namespace} requires "
                 "mTLS (PeerAuthentication STRICT)",
@@ -191,7 +199,7 @@ async def connect_plain(
     try:
         sock = make_socket()
     except OSError as exc:
-        raise Attempt("upstream_error", f"no socket to connect from: {exc}") from exc
+        raise DialFailed("upstream_error", f"no socket to connect from: {exc}") from exc
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, abi.AGENT_MARK)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if bind is not None:
@@ -202,7 +210,7 @@ async def connect_plain(
         await asyncio.wait_for(loop.sock_connect(sock, ep), timeout)
     except (TimeoutError, OSError) as exc:
         reset_socket(sock)
-        raise Attempt(connect_outcome(exc), str(exc) or type(exc).__name__) from exc
+        raise DialFailed(connect_outcome(exc), str(exc) or type(exc).__name__) from exc
     except asyncio.CancelledError:
         reset_socket(sock)
         raise

@@ -1,8 +1,9 @@
 """Splicing two ends of a proxied connection: bytes both ways, half-close, resets, backpressure.
 
-An end is anything with the `End` methods (a TCP transport today; an HBONE
-stream later). Ends report to the Splice; the Splice decides what the other
-end does. The access-log record is finished when both ends are closed.
+An end is anything with the `End` methods (agent/hbone/stream.py): a TCP
+connection (`TcpEnd`) or an HBONE stream. Ends report to the Splice, their
+`EndListener`; the Splice decides what the other end does. The access-log record
+is finished when both ends are closed.
 """
 
 from __future__ import annotations
@@ -12,33 +13,13 @@ import contextlib
 import socket
 import struct
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import cast
+
+from agent.hbone.stream import End
 
 from .accesslog import FlowRecord
 
 WRITE_HIGH_WATER = 512 * 1024
-
-
-class End(Protocol):
-    closed: bool
-
-    def write(self, data: bytes) -> None: ...
-    def write_eof(self) -> None: ...
-    def close(self) -> None: ...
-    def reset(self) -> None: ...
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
-
-
-class Peer(Protocol):
-    """What an End reports to: a Splice, or anything else that consumes a stream
-    (the gateway turns an HBONE stream into a transport for its HTTP client)."""
-
-    def on_data(self, end: End, data: bytes) -> None: ...
-    def on_eof(self, end: End) -> None: ...
-    def on_closed(self, end: End, exc: Exception | None) -> None: ...
-    def on_pause(self, end: End) -> None: ...
-    def on_resume(self, end: End) -> None: ...
 
 
 class Splice:

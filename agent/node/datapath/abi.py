@@ -10,7 +10,8 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 
-from ..errors import SlipstreamError
+from agent.common.constants import HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT
+from agent.common.errors import SlipstreamError
 
 CONFIG_MAP = "mesh_config"
 COUNTERS_MAP = "mesh_counters"
@@ -24,12 +25,10 @@ PROGRAMS = (*TC_PROGRAMS, LOOKUP_PROGRAM)
 LISTENER_SLOTS = 2048
 """Size of mesh_listeners: two slots (outbound, inbound) per enrolled pod."""
 
-# Values the programs read from mesh_config; defined here only.
+# Values the programs read from mesh_config: the marks are defined here only, the ports in
+# agent/common/constants.py (the relay and HBONE use them too).
 AGENT_MARK = 0x539
 CAPTURE_MARK = 0x53A
-OUTBOUND_PORT = 15001
-INBOUND_PORT = 15006
-HBONE_PORT = 15008
 LO_IFINDEX = 1
 ROUTE_TABLE = 100
 RULE_PRIORITY = 100
@@ -113,7 +112,7 @@ def check_struct(
     map_name: str, compiled: type[ctypes.Structure], mirror: type[ctypes.Structure]
 ) -> None:
     """Raise AbiError naming the first field whose name, offset or size differs."""
-    where = f"map {map_name} (bpf/mesh.h vs agent/datapath/abi.py {mirror.__name__})"
+    where = f"map {map_name} (bpf/mesh.h vs agent/node/datapath/abi.py {mirror.__name__})"
     theirs, ours = layout(compiled), layout(mirror)
     for i, (c, m) in enumerate(zip(theirs, ours, strict=False)):
         if c.name != m.name:

@@ -6,15 +6,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..hbone.client import HbonePool
-from ..hbone.limits import HboneGuard
-from ..identity.certs import DEFAULT_TRUST_DOMAIN, SpiffeId
-from ..identity.manager import CertManager
-from ..policy.authz import Authorizer
-from ..policy.peerauth import ROOT_NAMESPACE
-from ..routing import Balancer
-from ..state import Snapshot
-from ..state.objects import Pod
+from agent.common.constants import DEFAULT_TRUST_DOMAIN
+from agent.hbone.client import HbonePool
+from agent.hbone.limits import HboneGuard
+from agent.identity.certs import SpiffeId
+from agent.identity.manager import CertManager
+from agent.policy.authz import Authorizer
+from agent.policy.peerauth import ROOT_NAMESPACE
+from agent.state import Snapshot
+from agent.state.objects import Pod
+
+from ..balancer import Balancer
 
 
 @dataclass

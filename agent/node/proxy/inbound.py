@@ -14,23 +14,32 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from ..hbone.endpoint import H2Stream
-from ..hbone.protocol import BAD_REQUEST, DENIED, OK, UNAVAILABLE, ConnectRequest, target_refusal
-from ..hbone.server import HboneServerConnection
-from ..policy.authz import Decision, Peer
-from ..policy.peerauth import STRICT, mode_for, plaintext_refusal
-from ..state.objects import Pod
+from agent.hbone.endpoint import H2Stream
+from agent.hbone.protocol import (
+    BAD_REQUEST,
+    DENIED,
+    OK,
+    UNAVAILABLE,
+    ConnectRequest,
+    target_refusal,
+)
+from agent.hbone.server import HboneServerConnection
+from agent.hbone.stream import End
+from agent.policy.authz import Decision, PolicyPeer
+from agent.policy.peerauth import STRICT, mode_for, plaintext_refusal
+from agent.state.objects import Pod
+
 from .accesslog import FlowRecord
 from .context import MeshContext
-from .outbound import Attempt, addr
+from .outbound import DialFailed, addr
 from .source import hbone_source
-from .splice import End, Splice
+from .splice import Splice
 
 log = logging.getLogger("agent.proxy")
 
 Dial = Callable[[Splice, End, tuple[str, int], str], Awaitable[None]]
 """Connect to the app at an address from a client address, and splice (see connect_plain)."""
-Authorize = Callable[[Splice, Peer], Decision]
+Authorize = Callable[[Splice, PolicyPeer], Decision]
 """Decide by policy, note it in the record, and keep watching the connection if allowed."""
 
 
@@ -43,7 +52,7 @@ def plaintext_refused(mesh: MeshContext, pod: Pod) -> str | None:
     return None
 
 
-def authorize(mesh: MeshContext, pod: Pod, splice: Splice, peer: Peer) -> Decision:
+def authorize(mesh: MeshContext, pod: Pod, splice: Splice, peer: PolicyPeer) -> Decision:
     """Decide for a connection to `pod` (as the store has it now: its labels pick the
     policies) and note the decision in the connection's record."""
     snap = mesh.snapshot()
@@ -110,14 +119,14 @@ class HboneInbound:
             conn.note("connect_targets_refused", where)
             refuse(BAD_REQUEST, "bad_request", where)
             return
-        peer = Peer.from_spiffe(client[0], conn.peer_identity, *request.destination)
+        peer = PolicyPeer.from_spiffe(client[0], conn.peer_identity, *request.destination)
         decision = self.authorize(splice, peer)
         if not decision.allow:
             refuse(DENIED, "denied", decision.reason)
             return
         try:
             await self.dial(splice, stream, request.destination, client[0])
-        except Attempt as exc:
+        except DialFailed as exc:
             refuse(UNAVAILABLE, exc.outcome, exc.detail)
             return
         conn.respond(stream, OK)

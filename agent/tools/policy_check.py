@@ -18,20 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..errors import FieldError, SlipstreamError
-from ..identity.certs import DEFAULT_TRUST_DOMAIN
-from ..manifest import Document, load_paths
-from ..sources.manifest_set import ManifestSet
-from ..state import Snapshot, parse_object
-from ..state.authz import AuthorizationPolicy
-from ..state.objects import ObjectKey, Pod, Resource
-from .authz import Authorizer, Decision, Peer
-from .peerauth import ROOT_NAMESPACE, STRICT, mode_for, plaintext_refusal
-
-if TYPE_CHECKING:
-    from ..lab.lab import Lab
+from agent.common.constants import ADMIN_PORT, DEFAULT_TRUST_DOMAIN
+from agent.common.errors import FieldError, SlipstreamError
+from agent.common.manifest import Document, load_paths
+from agent.lab import Lab, resolve
+from agent.policy.authz import Authorizer, Decision, PolicyPeer
+from agent.policy.peerauth import ROOT_NAMESPACE, STRICT, mode_for, plaintext_refusal
+from agent.sources.manifest_set import ManifestSet
+from agent.state import Snapshot, parse_object
+from agent.state.authz import AuthorizationPolicy
+from agent.state.objects import ObjectKey, Pod, Resource
 
 UNKNOWN_IP = "0.0.0.0"
 DENIED_STATUS = 3
@@ -158,7 +156,7 @@ def check(
     if plaintext and mode_for(snap, dst, dst_ns, root_namespace) == STRICT:
         decision = Decision(False, None, None, plaintext_refusal(dst_ns))
     else:
-        peer = Peer(ip, principal, dst.ip or UNKNOWN_IP, int(port_text))
+        peer = PolicyPeer(ip, principal, dst.ip or UNKNOWN_IP, int(port_text))
         decision = authz.decide(snap, dst, peer)
     applicable = [f"{p.ref} ({_what(p)})" for p in authz.applicable(dst)]
     return Check(
@@ -211,7 +209,7 @@ def with_agents_last_good(
         return objects, []
     held: list[dict[str, Any]] | None = None
     try:
-        status, body = lab.node_http(pod.node_name, "http://127.0.0.1:15000/config_dump")
+        status, body = lab.node_http(pod.node_name, f"http://127.0.0.1:{ADMIN_PORT}/config_dump")
         problem = f"HTTP {status}"
         if status == 200:
             held = json.loads(body)["authorizationPolicies"]
@@ -242,8 +240,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.filename:
         paths = args.filename
     else:
-        from ..lab.cli import resolve
-
         lab = resolve(args)
         paths = [lab.objects_dir]
     objects, rejected = read_objects(paths)

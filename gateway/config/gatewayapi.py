@@ -23,16 +23,16 @@ import copy
 import logging
 from typing import Any
 
-from agent.enrollment import decide
-from agent.errors import FieldError
+from agent.common.errors import FieldError
 from agent.identity.certs import SpiffeId
 from agent.sources.file import FileSource
 from agent.state import StateStore, StateUpdater
+from agent.state.enrollment import decide
 from agent.state.objects import Pod, Resource
 from agent.state.store import Snapshot
 
-from .config import parse_config
-from .errors import ConfigError
+from ..errors import ConfigError
+from .model import parse_config
 
 log = logging.getLogger("gateway.gatewayapi")
 

@@ -23,8 +23,9 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .. import netns
-from ..errors import SlipstreamError
+from agent.common import netns
+from agent.common.errors import SlipstreamError
+
 from . import abi
 
 TC_INGRESS = 0xFFFFFFF2

@@ -1,6 +1,7 @@
 """Compiling and loading the capture programs: the only module that imports bcc.
 
-The programs are compiled once per agent start from bpf/*.c, the mirror in
+The programs are compiled once per agent start from bpf/*.c (package data of the
+`bpf` package, found through importlib.resources), the mirror in
 abi.py is checked against the compiled map types, and mesh_config is filled.
 This module also owns every later touch of the programs' maps (which pods are
 enrolled, where their listeners are, which sockets are the agent's own) and the
@@ -12,20 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.resources
 import logging
 import os
+import pathlib
 import socket
 import struct
 from dataclasses import dataclass
 from typing import Any
 
+import bpf
+
 from . import abi
 
 log = logging.getLogger("agent.datapath")
 
-REPO_BPF_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bpf"
-)
 BPF_PROG_TYPE_SK_LOOKUP = 30
 BPF_SK_LOOKUP = 36
 BPF_LINK_CREATE = 28
@@ -35,13 +37,23 @@ SO_COOKIE = 57  # asm-generic/socket.h; the socket module does not name it
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def bpf_dir() -> str:
-    """bpf/ of this checkout; SLIPSTREAM_BPF_DIR points elsewhere (tests use it)."""
-    return os.environ.get("SLIPSTREAM_BPF_DIR", REPO_BPF_DIR)
-
-
 class DatapathError(abi.SlipstreamError):
     """The eBPF programs could not be compiled, checked, loaded or attached."""
+
+
+def packaged_bpf_dir() -> str:
+    """The directory of the `bpf` package: the checkout's bpf/, or site-packages/bpf/ of an
+    installed copy (the programs and mesh.h are its package data)."""
+    root = importlib.resources.files(bpf)
+    if not isinstance(root, pathlib.Path):  # a zipped install: bcc needs real files
+        raise DatapathError(f"the bpf package is not a directory of files ({root})")
+    return str(root)
+
+
+def bpf_dir() -> str:
+    """Where the programs are compiled from; SLIPSTREAM_BPF_DIR points elsewhere (tests use
+    it to load programs whose header was changed on purpose)."""
+    return os.environ.get("SLIPSTREAM_BPF_DIR") or packaged_bpf_dir()
 
 
 @dataclass

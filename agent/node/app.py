@@ -14,22 +14,24 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .admin import AdminServer, parse_addr
-from .ca.authority import ca_identity
+from agent.common.constants import DEFAULT_TRUST_DOMAIN
+from agent.common.errors import SlipstreamError
+from agent.common.runtime import Component, run_main, serve
+from agent.common.units import parse_address
+from agent.hbone.limits import HboneGuard, Limits
+from agent.identity.caclient import CAClient, TokenFile
+from agent.identity.certs import SpiffeId, ca_identity, load_certs
+from agent.identity.manager import CertManager
+from agent.policy.peerauth import ROOT_NAMESPACE
+from agent.sources.file import FileSource
+from agent.state import Snapshot, StateStore, StateUpdater
+from agent.state.dump import snapshot_json
+from agent.state.enrollment import decide
+
+from .admin import AdminServer
 from .capture import EbpfCapture, IptablesCapture
 from .enroller import Capture, Enroller
-from .enrollment import decide
-from .errors import SlipstreamError
-from .hbone.limits import HboneGuard, Limits
-from .identity.caclient import CAClient, TokenFile
-from .identity.certs import DEFAULT_TRUST_DOMAIN, SpiffeId, load_certs
-from .identity.manager import CertManager
-from .policy.peerauth import ROOT_NAMESPACE
 from .proxy.context import MeshContext
-from .runtime import Component, run_main, serve
-from .sources.file import FileSource
-from .state import Snapshot, StateStore, StateUpdater
-from .state.dump import snapshot_json
 
 log = logging.getLogger("agent")
 
@@ -112,7 +114,7 @@ class Agent:
             raise SlipstreamError(f"cannot read {exc.filename}: {exc.strerror}") from exc
         # Re-read on change: the node's credential rotates without restarting the agent.
         token = TokenFile(c.ca_token_file)
-        client = CAClient(parse_addr(c.ca, "127.0.0.1"), token, ca_identity(c.trust_domain))
+        client = CAClient(parse_address(c.ca, "127.0.0.1"), token, ca_identity(c.trust_domain))
         certs = CertManager(
             client,
             bundle,

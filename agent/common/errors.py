@@ -1,16 +1,17 @@
-"""The one exception root of the `agent` package, and its branches.
+"""The one exception root of Slipstream, and the branches every package shares.
 
-Every error the mesh side raises on purpose derives from `SlipstreamError`, so
-the command line can print it as a message instead of a traceback. Branches
-carry the context a user needs to fix the input: the file, the line, the
-object and the field.
+Every error any package raises on purpose derives from `SlipstreamError` (each
+package has its own branch of it: `IdentityError`, `TunnelError`, `GatewayError`,
+`LabError`...), so the command line can print it as a message instead of a
+traceback. Branches carry the context a user needs to fix the input: the file,
+the line, the object and the field.
 """
 
 from __future__ import annotations
 
 
 class SlipstreamError(Exception):
-    """Root of every deliberate error in the agent package."""
+    """Root of every deliberate error in Slipstream."""
 
 
 class FieldError(SlipstreamError):
@@ -52,8 +53,8 @@ class ManifestError(SlipstreamError):
         super().__init__(f"{head}: {body}")
 
 
-class LabError(SlipstreamError):
-    """The lab could not do what was asked; what it built has been rolled back."""
+class UnitError(SlipstreamError):
+    """A value is not written in its unit: an address, a duration or a size (see units.py)."""
 
 
 class NetnsError(SlipstreamError):

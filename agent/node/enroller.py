@@ -24,9 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from . import netns
-from .capture import Binding
-from .enrollment import (
+from agent.common import netns
+from agent.common.errors import SlipstreamError
+from agent.state import Pod, StateStore
+from agent.state.enrollment import (
     ANNOTATION_NETNS,
     ENROLLED,
     FAILED,
@@ -36,10 +37,10 @@ from .enrollment import (
     capture_warning,
     decide,
 )
-from .errors import SlipstreamError
+from agent.state.objects import ObjectKey
+
+from .capture import Binding
 from .proxy.pod import PodProxy, PodRef
-from .state import Pod, StateStore
-from .state.objects import ObjectKey
 
 log = logging.getLogger("agent.enroll")
 

@@ -13,12 +13,13 @@ import os
 import socket
 from dataclasses import dataclass
 
+from agent.common.netns import Netns
+from agent.state.objects import Pod
+
 from .datapath import abi, iptables, pod
 from .datapath.loader import DatapathError, Programs
-from .netns import Netns
 from .proxy.context import MeshContext
 from .proxy.pod import PodProxy, original_dst_from_conntrack, original_dst_from_sockname
-from .state.objects import Pod
 
 
 @dataclass

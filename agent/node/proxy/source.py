@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..hbone.protocol import ConnectRequest
+from agent.hbone.protocol import ConnectRequest
 
 CLAIM_LOGGED = 200
 """Characters of an ignored Forwarded value kept in the access record."""

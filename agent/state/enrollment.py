@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .state.objects import Namespace, Pod
-from .state.store import TERMINATED_PHASES
+from .objects import Namespace, Pod
+from .store import TERMINATED_PHASES
 
 LABEL_DATAPLANE = "slipstream.dev/dataplane-mode"
 ANNOTATION_NETNS = "slipstream.dev/netns"

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .state import Snapshot
-from .state.objects import Pod, Service
-from .state.store import Endpoint
+from agent.state import Snapshot
+from agent.state.objects import Pod, Service
+from agent.state.store import ServiceEndpoint
 
 LB_ANNOTATION = "slipstream.dev/load-balancer"
 ROUND_ROBIN = "round-robin"
@@ -29,7 +29,7 @@ Addr = tuple[str, int]
 class Target:
     dst: Addr
     service: Service | None = None
-    endpoints: tuple[Endpoint, ...] = ()
+    endpoints: tuple[ServiceEndpoint, ...] = ()
     """The Service's endpoints, or the one pod addressed directly; empty outside the cluster."""
 
     @property
@@ -54,7 +54,7 @@ def resolve(snap: Snapshot, dst: Addr) -> Target:
         return Target(dst, binding.service, binding.endpoints)
     pod = snap.find_pod(dst[0])
     if pod is not None:
-        return Target(dst, None, (Endpoint(pod, dst[0], dst[1]),))
+        return Target(dst, None, (ServiceEndpoint(pod, dst[0], dst[1]),))
     return Target(dst)
 
 
@@ -78,9 +78,9 @@ class Balancer:
     _active: dict[Addr, int] = field(default_factory=dict)
     _health: dict[Addr, _Health] = field(default_factory=dict)
 
-    def candidates(self, target: Target, now: float) -> list[Endpoint]:
+    def candidates(self, target: Target, now: float) -> list[ServiceEndpoint]:
         """Endpoints in the order to try them; ejected ones only if nothing else is left."""
-        eps: Sequence[Endpoint] = target.endpoints
+        eps: Sequence[ServiceEndpoint] = target.endpoints
         if len(eps) <= 1 or target.service is None:
             return list(eps)
         if target.policy == LEAST_CONNECTIONS:

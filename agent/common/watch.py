@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from ..errors import SlipstreamError
+from .errors import SlipstreamError
 
 IN_MODIFY = 0x002
 IN_ATTRIB = 0x004

@@ -36,71 +36,34 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.errors import FieldError, ManifestError
+from agent.common.errors import FieldError, ManifestError
+from agent.common.manifest import load_file
 from agent.identity.certs import IdentityError, SpiffeId
-from agent.manifest import load_file
-from agent.state.fields import known_fields, listing, mapping, need, string, strings
+from agent.state.fields import (
+    address,
+    boolean,
+    duration,
+    integer,
+    known_fields,
+    listing,
+    mapping,
+    need,
+    opt,
+    size,
+    string,
+    strings,
+)
 
-from .errors import ConfigError
-from .http.head import UNDERSCORE_ACTIONS, HeadRules
-from .http.server import Limits
-from .http.upstream import Endpoint
-from .http.uri import ESCAPED_SLASHES, PATH_PARAMETERS, PathRules
+from ..errors import ConfigError
+from ..http.head import UNDERSCORE_ACTIONS, HeadRules
+from ..http.server import Limits
+from ..http.upstream import UpstreamEndpoint
+from ..http.uri import ESCAPED_SLASHES, PATH_PARAMETERS, PathRules
+from ..plugins import PARSERS, SCOPES
+from ..plugins.base import Consumer, PluginSpec
 
 # ---------------------------------------------------------------- readers
-
-
-def duration(value: Any, where: str) -> float:
-    """Seconds, from `250ms`, `5s`, `2m`, `1h` or a plain number of seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        need(value >= 0, where, "must not be negative")
-        return float(value)
-    need(isinstance(value, str), where, "must be a duration like 500ms, 5s or 2m")
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", value)
-    need(m is not None, where, f"{value!r} is not a duration (like 500ms, 5s, 2m)")
-    assert m is not None
-    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
-
-
-def size(value: Any, where: str) -> int:
-    """Bytes, from `512`, `64KiB`, `10MiB`, `1GiB` (or KB, MB: powers of ten)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        need(value >= 0, where, "must not be negative")
-        return value
-    need(isinstance(value, str), where, "must be a size like 64KiB or 10MiB")
-    m = re.fullmatch(r"\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*", value)
-    need(m is not None, where, f"{value!r} is not a size (like 64KiB, 10MiB)")
-    assert m is not None
-    units = {"B": 1, "KiB": 1024, "MiB": 1 << 20, "GiB": 1 << 30, "KB": 1000, "MB": 10**6}
-    return int(m.group(1)) * units.get(m.group(2) or "B", 10**9)
-
-
-def integer(value: Any, where: str, lo: int = 0, hi: int = 1 << 62) -> int:
-    need(isinstance(value, int) and not isinstance(value, bool), where, "must be a whole number")
-    need(lo <= value <= hi, where, f"{value} is out of range ({lo}-{hi})")
-    return int(value)
-
-
-def boolean(value: Any, where: str) -> bool:
-    need(isinstance(value, bool), where, "must be true or false")
-    return bool(value)
-
-
-def opt(obj: Mapping[str, Any], key: str, path: str, read: Any, default: Any) -> Any:
-    """`read(obj[key], path.key)` if the key is there, else `default`."""
-    if obj.get(key) is None:
-        return default
-    return read(obj[key], f"{path}.{key}" if path else key)
-
-
-def address(value: Any, where: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
-    need(isinstance(value, str | int), where, "must be HOST:PORT or a port")
-    text = str(value)
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = default_host, text
-    need(port.isdigit() and 1 <= int(port) <= 65535, where, f"{text!r}: no valid port")
-    return host.strip("[]") or default_host, int(port)
+# (the generic ones, of every manifest and configuration: agent/state/fields.py)
 
 
 def entries(obj: Mapping[str, Any], key: str, path: str) -> list[tuple[str, Mapping[str, Any]]]:
@@ -175,7 +138,7 @@ class PassiveCheck:
 
 @dataclass(frozen=True)
 class EndpointSpec:
-    endpoint: Endpoint
+    endpoint: UpstreamEndpoint
     weight: int = 1
 
 
@@ -296,14 +259,6 @@ class Retry:
 
 
 @dataclass(frozen=True)
-class PluginSpec:
-    name: str
-    config: Any
-    """The plugin's own typed configuration (plugins/<name>.py parses it)."""
-    where: str = ""
-
-
-@dataclass(frozen=True)
 class RouteSpec:
     name: str
     hostnames: tuple[str, ...] = ()
@@ -319,15 +274,6 @@ class RouteSpec:
     upgrades: frozenset[str] = frozenset({"websocket"})
     """Protocols a request may switch to on this route; any other Upgrade is not forwarded
     (the request is answered as plain HTTP and its connection closed)."""
-
-
-@dataclass(frozen=True)
-class Consumer:
-    name: str
-    groups: frozenset[str] = frozenset()
-    api_keys: tuple[str, ...] = ()
-    jwt_subjects: tuple[str, ...] = ()
-    plugins: tuple[PluginSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -496,7 +442,7 @@ def _valid_hostname(h: str) -> bool:
     return bool(_HOSTNAME.match(h)) and len(h) <= 253
 
 
-def parse_endpoint(url: str, where: str) -> Endpoint:
+def parse_endpoint(url: str, where: str) -> UpstreamEndpoint:
     parts = urlsplit(url)
     need(parts.scheme in ("http", "https"), where, f"{url!r}: the scheme must be http or https")
     need(bool(parts.hostname), where, f"{url!r} has no host")
@@ -505,7 +451,7 @@ def parse_endpoint(url: str, where: str) -> Endpoint:
     except ValueError as exc:
         raise FieldError(where, f"{url!r} has an invalid port") from exc
     need(parts.path in ("", "/") and not parts.query, where, f"{url!r}: no path or query here")
-    return Endpoint(parts.hostname or "", port, tls=parts.scheme == "https")
+    return UpstreamEndpoint(parts.hostname or "", port, tls=parts.scheme == "https")
 
 
 LB_POLICIES = ("round-robin", "least-request", "hash")
@@ -924,8 +870,6 @@ def _unique_keys(consumers: tuple[Consumer, ...]) -> None:
 
 
 def _plugins(obj: Mapping[str, Any], key: str, path: str, *, scope: str) -> tuple[PluginSpec, ...]:
-    from .plugins import PARSERS, SCOPES
-
     out = []
     seen = set()
     for w, p in entries(obj, key, path):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import subprocess
 
-from ..errors import SlipstreamError
+from agent.common.constants import OUTBOUND_PORT
+from agent.common.errors import SlipstreamError
+
 from . import abi
 
 CHAIN = "SLIPSTREAM_OUTPUT"
@@ -38,9 +40,7 @@ def attach(netns_path: str) -> str:
     _ipt(netns_path, "-F", CHAIN)
     _ipt(netns_path, "-A", CHAIN, "-m", "mark", "--mark", hex(abi.AGENT_MARK), "-j", "RETURN")
     _ipt(netns_path, "-A", CHAIN, "-o", "lo", "-j", "RETURN")
-    _ipt(
-        netns_path, "-A", CHAIN, "-p", "tcp", "-j", "REDIRECT", "--to-ports", str(abi.OUTBOUND_PORT)
-    )
+    _ipt(netns_path, "-A", CHAIN, "-p", "tcp", "-j", "REDIRECT", "--to-ports", str(OUTBOUND_PORT))
     if not _ipt(netns_path, "-C", "OUTPUT", "-p", "tcp", "-j", CHAIN, check=False):
         _ipt(netns_path, "-A", "OUTPUT", "-p", "tcp", "-j", CHAIN)
     return "0"

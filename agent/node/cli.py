@@ -1,0 +1,151 @@
+"""`slipstream agent`: run the node agent (registered by agent/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+
+from agent.common.constants import ADMIN_PORT, DEFAULT_TRUST_DOMAIN, READY_PORT
+from agent.common.errors import SlipstreamError
+from agent.common.units import parse_address, parse_duration, parse_timedelta
+from agent.hbone.limits import Limits, PeerLimits
+from agent.policy.peerauth import ROOT_NAMESPACE
+
+from .app import AgentConfig, main
+
+
+def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "agent",
+        parents=parents,
+        help="run the node agent",
+        description="Run the node agent: capture, tunnel and policy for this node's pods.",
+    )
+    p.add_argument("--node", required=True, help="the name of the node this agent serves")
+    p.add_argument(
+        "--source",
+        required=True,
+        metavar="SOURCE",
+        help="where cluster objects come from: file:DIR (a watched directory of manifests)",
+    )
+    p.add_argument(
+        "--admin",
+        default=f"127.0.0.1:{ADMIN_PORT}",
+        metavar="ADDR",
+        help="admin endpoint, /config_dump and /logging (default %(default)s)",
+    )
+    p.add_argument(
+        "--ready",
+        default=f"0.0.0.0:{READY_PORT}",
+        metavar="ADDR",
+        help="readiness endpoint, /healthz/ready (default %(default)s)",
+    )
+    p.add_argument(
+        "--state-dir",
+        default="/run/slipstream/agent",
+        metavar="DIR",
+        help="where the agent remembers what it changed in pods (default %(default)s)",
+    )
+    p.add_argument(
+        "--netns-dir",
+        default="/run/netns",
+        metavar="DIR",
+        help="pods' network namespaces must live here (default %(default)s)",
+    )
+    p.add_argument(
+        "--capture",
+        choices=["ebpf", "iptables"],
+        default="ebpf",
+        help="ebpf (default), or iptables REDIRECT: outbound only, the baseline for benchmarks",
+    )
+    p.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="on exit, remove capture from every pod instead of leaving them to fail closed",
+    )
+    p.add_argument(
+        "--root-namespace",
+        default=ROOT_NAMESPACE,
+        metavar="NS",
+        help="policies here apply mesh-wide (default %(default)s)",
+    )
+    g = p.add_argument_group(
+        "identity (without --ca: no mTLS, captured traffic is relayed in plaintext)"
+    )
+    g.add_argument("--ca", metavar="HOST:PORT", help="the mesh CA (slipstream ca serve)")
+    g.add_argument(
+        "--ca-root", metavar="FILE", help="PEM trust bundle to start with (the CA's roots)"
+    )
+    g.add_argument(
+        "--ca-token-file",
+        metavar="FILE",
+        help="this node's credential for the CA (re-read when it changes: rotate it in place)",
+    )
+    g.add_argument(
+        "--trust-domain",
+        default=DEFAULT_TRUST_DOMAIN,
+        help="the mesh's trust domain, as the CA's (default %(default)s)",
+    )
+    g.add_argument(
+        "--cert-ttl", default="24h", help="workload certificate life (default %(default)s)"
+    )
+    g.add_argument(
+        "--bundle-refresh",
+        default="60s",
+        help="how often to fetch the trust bundle (default %(default)s)",
+    )
+    g = p.add_argument_group(
+        "HBONE limits: what one peer may hold on this agent (the others: agent/hbone/limits.py)"
+    )
+    peers = PeerLimits()
+    g.add_argument(
+        "--hbone-max-connections-per-identity",
+        type=int,
+        default=peers.max_connections_per_identity,
+        metavar="N",
+        help="inbound HBONE connections one peer identity may hold (default %(default)s)",
+    )
+    g.add_argument(
+        "--hbone-max-streams-per-identity",
+        type=int,
+        default=peers.max_streams_per_identity,
+        metavar="N",
+        help="open inbound HBONE streams one peer identity may hold (default %(default)s)",
+    )
+    p.set_defaults(func=_run_agent)
+
+
+def _run_agent(args: argparse.Namespace) -> int:
+    main(
+        AgentConfig(
+            node=args.node,
+            source=args.source,
+            admin_addr=parse_address(args.admin, "127.0.0.1"),
+            ready_addr=parse_address(args.ready, "0.0.0.0"),
+            state_dir=args.state_dir,
+            netns_dir=args.netns_dir,
+            capture=args.capture,
+            cleanup=args.cleanup,
+            ca=args.ca,
+            ca_root=args.ca_root,
+            ca_token_file=args.ca_token_file,
+            trust_domain=args.trust_domain,
+            root_namespace=args.root_namespace,
+            cert_ttl=parse_timedelta(args.cert_ttl),
+            bundle_refresh=parse_duration(args.bundle_refresh),
+            hbone_limits=Limits(peers=_peer_limits(args)),
+        )
+    )
+    return 0
+
+
+def _peer_limits(args: argparse.Namespace) -> PeerLimits:
+    limits = PeerLimits(
+        max_connections_per_identity=args.hbone_max_connections_per_identity,
+        max_streams_per_identity=args.hbone_max_streams_per_identity,
+    )
+    for name, value in asdict(limits).items():
+        if value < 1:
+            flag = "--hbone-" + name.replace("_", "-")
+            raise SlipstreamError(f"{flag} must be at least 1, not {value}")
+    return limits
