@@ -7,9 +7,9 @@ its endpoint while the set of endpoints stays; one that leaves moves only its
 own keys). Health: active HTTP probes mark an endpoint down after
 `unhealthyThreshold` failures and up after `healthyThreshold` successes;
 passive checks eject an endpoint after `consecutiveFailures` failed requests
-in a row, for `ejection` (doubling each time, up to `maxEjection`). An
-endpoint is used only when both say it is fine; with none left the request
-gets 503.
+in a row, for `ejection` times the number of its ejections, up to `maxEjection`
+(the agent's rule too: agent/common/outlier.py). An endpoint is used only when
+both say it is fine; with none left the request gets 503.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
 from typing import TypeVar
+
+from agent.common.outlier import EjectionRule, Outlier
 
 from .config import BackendSpec, EndpointSpec
 from .http.message import Request
@@ -38,24 +40,23 @@ class EndpointState:
         self.pool = pool
         self.healthy = True
         """As the active probes see it."""
-        self.ejected_until = 0.0
-        self.failures = 0
-        self.ejections = 0
+        self.outlier = Outlier()
+        """As passive health (outlier ejection) sees it."""
         self.probe_ok = 0
         self.probe_failed = 0
         self.current = 0
         """Smooth weighted round robin's running weight."""
 
     def available(self, now: float) -> bool:
-        return self.healthy and now >= self.ejected_until
+        return self.healthy and not self.outlier.ejected(now)
 
     def status(self, now: float) -> dict[str, object]:
         return {
             "endpoint": str(self.endpoint),
             "weight": self.weight,
             "healthy": self.healthy,
-            "ejected": now < self.ejected_until,
-            "ejectedFor": round(max(0.0, self.ejected_until - now), 1),
+            "ejected": self.outlier.ejected(now),
+            "ejectedFor": round(max(0.0, self.outlier.ejected_until - now), 1),
             "active": self.pool.active,
         }
 
@@ -84,6 +85,8 @@ class Backend:
     def __init__(self, spec: BackendSpec, pools: PoolRegistry) -> None:
         self.spec = spec
         self.endpoints = [EndpointState(e, pools.get(e.endpoint, spec)) for e in spec.endpoints]
+        p = spec.passive
+        self._ejection = EjectionRule(p.consecutive_failures, p.ejection, p.max_ejection)
         self._wrr: dict[int, int] = {}
         self._ring: list[tuple[int, int]] = []
         if spec.load_balancer == "hash":
@@ -139,15 +142,10 @@ class Backend:
 
     def report(self, ep: EndpointState, ok: bool) -> None:
         if ok:
-            ep.failures = 0
+            ep.outlier.succeeded()
             return
-        ep.failures += 1
-        p = self.spec.passive
-        if ep.failures >= p.consecutive_failures:
-            ep.failures = 0
-            ep.ejections += 1
-            seconds = min(p.max_ejection, p.ejection * 2 ** (ep.ejections - 1))
-            ep.ejected_until = time.monotonic() + seconds
+        seconds = ep.outlier.failed(self._ejection, time.monotonic())
+        if seconds:
             log.warning(
                 "endpoint ejected",
                 extra={"backend": self.spec.name, "endpoint": str(ep.endpoint), "seconds": seconds},

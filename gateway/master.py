@@ -2,10 +2,12 @@
 
 It reads and validates the configuration (the file, plus Gateway API objects
 from `--source`), starts `workers` worker processes and sends each the
-configuration, restarts a worker that dies, and watches for changes: a
-change that validates is sent to every worker (which swap it in without
-dropping anything); one that does not is logged with file, line and field,
-shown on /config, and the previous configuration keeps serving.
+configuration, restarts a worker that dies, and watches for changes (the
+file's directory through inotify, as the agents watch theirs: agent/common/watch.py;
+the cluster source wakes it too): a change that validates is sent to every
+worker (which swap it in without dropping anything); one that does not is
+logged with file, line and field, shown on /config, and the previous
+configuration keeps serving.
 
 Admin API (on `admin.address`, 127.0.0.1:9901 by default):
     GET  /config       the live configuration, its version, the last error
@@ -33,6 +35,7 @@ from aiohttp import web
 
 from agent.common.errors import FieldError, ManifestError, SlipstreamError
 from agent.common.manifest import load_file
+from agent.common.watch import DirectoryWatcher
 
 from . import metrics
 from .config import ClusterSource, GatewayConfig, parse_config, uses_services
@@ -43,7 +46,8 @@ from .tls import CertificateSet
 
 log = logging.getLogger("gateway")
 
-POLL = 0.5
+SUPERVISE = 0.5
+"""How often the master checks that its workers are alive."""
 
 
 @dataclass
@@ -204,7 +208,7 @@ class Master:
 
     async def supervise(self) -> None:
         while not self.stopping:
-            await asyncio.sleep(POLL)
+            await asyncio.sleep(SUPERVISE)
             for i, w in enumerate(self.workers):
                 if w.proc.poll() is not None and not self.stopping:
                     log.error(
@@ -217,9 +221,10 @@ class Master:
                     except (GatewayError, OSError, TimeoutError) as exc:
                         log.error("cannot start a worker", extra={"error": str(exc)})
 
-    async def watch(self) -> None:
-        while not self.stopping:
-            await asyncio.sleep(POLL)
+    async def watch(self, watcher: DirectoryWatcher, stop: asyncio.Event) -> None:
+        """Reload when the file changes (its directory is watched, so a file replaced by a
+        rename counts) or the cluster source has a new snapshot."""
+        while await watcher.wait(stop):
             stamp = self._stat()
             changed = stamp != self._stamp
             if self.sources is not None and self.sources.changed():
@@ -304,7 +309,21 @@ class Master:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
         if self.mesh is not None:
             self.mesh.check()
+        # The configuration file's directory is watched, not the file: editors and ConfigMaps
+        # replace a file by renaming another over it.
+        watcher = DirectoryWatcher(os.path.dirname(os.path.abspath(self.config_path)))
+        try:
+            watcher.open()
+        except SlipstreamError as exc:
+            raise GatewayError(f"cannot start: {exc}") from exc
+        try:
+            await self._serve(watcher, stop)
+        finally:
+            watcher.close()
+
+    async def _serve(self, watcher: DirectoryWatcher, stop: asyncio.Event) -> None:
         if self.sources is not None:
+            self.sources.store.subscribe(lambda old, new: watcher.poke())
             try:
                 await self.sources.start()
             except SlipstreamError as exc:
@@ -321,11 +340,15 @@ class Master:
         site = web.TCPSite(runner, admin[0], admin[1])
         await site.start()
         log.info("admin API listening", extra={"address": f"{admin[0]}:{admin[1]}"})
+        tasks: list[asyncio.Future[None]] = []
         try:
             for i in range(config.workers):
                 self.workers.append(await self.spawn(i))
             log.info("gateway ready", extra={"workers": len(self.workers), "version": self.version})
-            tasks = [asyncio.ensure_future(self.watch()), asyncio.ensure_future(self.supervise())]
+            tasks = [
+                asyncio.ensure_future(self.watch(watcher, stop)),
+                asyncio.ensure_future(self.supervise()),
+            ]
             await stop.wait()
         finally:
             self.stopping = True

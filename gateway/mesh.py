@@ -1,7 +1,8 @@
 """The gateway as a mesh workload: its own SPIFFE identity, HBONE to enrolled Services.
 
 The master holds the settings (`MeshSettings`, from flags or the lab's
-environment) and hands them to each worker; every worker asks the mesh CA for
+environment) and hands them to each worker; every worker joins the mesh as the
+agent does (agent/identity/bootstrap.py) and asks the mesh CA for
 its own certificate of the gateway's identity (a fresh key per worker, never
 written anywhere) with the gateway's own workload credential, which gets that
 one identity and nothing else, and keeps it renewed. The credential file is
@@ -25,12 +26,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from agent.common.constants import DEFAULT_TRUST_DOMAIN, HBONE_PORT
-from agent.common.units import parse_address
+from agent.common.errors import SlipstreamError
 from agent.hbone import client as hbone
 from agent.hbone.protocol import TunnelError, connect_headers
 from agent.hbone.stream import StreamTransport
-from agent.identity.caclient import CAClient, TokenFile
-from agent.identity.certs import IdentityError, SpiffeId, ca_identity, load_certs
+from agent.identity.bootstrap import CaAccess
+from agent.identity.certs import IdentityError, SpiffeId
 from agent.identity.manager import CertManager, NoCertificate
 
 from .errors import GatewayError
@@ -54,22 +55,20 @@ class MeshSettings:
     identity: str
     trust_domain: str = DEFAULT_TRUST_DOMAIN
 
+    @property
+    def ca_access(self) -> CaAccess:
+        return CaAccess(self.ca, self.ca_root, self.ca_token_file, self.trust_domain)
+
     def check(self) -> None:
         """Fail at start, naming what is wrong, rather than in a worker later."""
         try:
             ident = SpiffeId.parse(self.identity)
-            with open(self.ca_root) as f:
-                load_certs(f.read())
-            with open(self.ca_token_file) as f:
-                if not f.read().strip():
-                    raise GatewayError(f"{self.ca_token_file} is empty")
-            parse_address(self.ca, "127.0.0.1")
         except IdentityError as exc:
             raise GatewayError(f"mesh identity: {exc}") from exc
-        except OSError as exc:
-            raise GatewayError(f"cannot read {exc.filename}: {exc.strerror}") from exc
-        except ValueError as exc:
-            raise GatewayError(f"--ca {self.ca!r}: {exc}") from exc
+        try:
+            self.ca_access.check()
+        except SlipstreamError as exc:
+            raise GatewayError(f"mesh: {exc}") from exc
         if ident.trust_domain != self.trust_domain:
             raise GatewayError(
                 f"identity {self.identity} is not in trust domain {self.trust_domain}"
@@ -101,15 +100,8 @@ class MeshDial:
             self._task.cancel()
         self.settings = settings
         self.identity = SpiffeId.parse(settings.identity)
-        with open(settings.ca_root) as f:
-            bundle = f.read()
-        client = CAClient(
-            parse_address(settings.ca, "127.0.0.1"),
-            TokenFile(settings.ca_token_file),
-            ca_identity(settings.trust_domain),
-        )
         identity = self.identity
-        self.certs = CertManager(client, bundle, ttl=CERT_TTL, wanted=lambda: {identity})
+        self.certs = settings.ca_access.cert_manager(ttl=CERT_TTL, wanted=lambda: {identity})
         self._drain = asyncio.Event()
         self._task = asyncio.ensure_future(self.certs.run(self._drain))
 

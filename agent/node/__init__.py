@@ -1,1 +1,1 @@
-"""The node agent app: capture, the relay, enrollment, balancing, admin, for the pods of one node."""
+"""The node agent app: capture, relay, enrollment, balancing and admin for one node's pods."""

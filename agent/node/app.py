@@ -17,10 +17,9 @@ from typing import Any
 from agent.common.constants import DEFAULT_TRUST_DOMAIN
 from agent.common.errors import SlipstreamError
 from agent.common.runtime import Component, run_main, serve
-from agent.common.units import parse_address
 from agent.hbone.limits import HboneGuard, Limits
-from agent.identity.caclient import CAClient, TokenFile
-from agent.identity.certs import SpiffeId, ca_identity, load_certs
+from agent.identity.bootstrap import CaAccess
+from agent.identity.certs import SpiffeId
 from agent.identity.manager import CertManager
 from agent.policy.peerauth import ROOT_NAMESPACE
 from agent.sources.file import FileSource
@@ -30,6 +29,7 @@ from agent.state.enrollment import decide
 
 from .admin import AdminServer
 from .capture import EbpfCapture, IptablesCapture
+from .datapath.loader import Programs
 from .enroller import Capture, Enroller
 from .proxy.context import MeshContext
 
@@ -106,21 +106,8 @@ class Agent:
             raise SlipstreamError(
                 "--ca needs --ca-root (the trust bundle) and --ca-token-file (this node's token)"
             )
-        try:
-            with open(c.ca_root) as f:
-                bundle = f.read()
-            load_certs(bundle)
-        except OSError as exc:
-            raise SlipstreamError(f"cannot read {exc.filename}: {exc.strerror}") from exc
-        # Re-read on change: the node's credential rotates without restarting the agent.
-        token = TokenFile(c.ca_token_file)
-        client = CAClient(parse_address(c.ca, "127.0.0.1"), token, ca_identity(c.trust_domain))
-        certs = CertManager(
-            client,
-            bundle,
-            ttl=c.cert_ttl,
-            wanted=self._wanted_identities,
-            bundle_refresh=c.bundle_refresh,
+        certs = CaAccess(c.ca, c.ca_root, c.ca_token_file, c.trust_domain).cert_manager(
+            ttl=c.cert_ttl, wanted=self._wanted_identities, bundle_refresh=c.bundle_refresh
         )
         self.store.subscribe(lambda old, new: certs.wake())
         return certs
@@ -137,8 +124,6 @@ class Agent:
     def _capture(self) -> Capture:
         if self.config.capture == "iptables":
             return IptablesCapture(self.mesh)
-        from .datapath.loader import Programs
-
         self.programs = Programs()
         return EbpfCapture(self.programs, self.mesh)
 

@@ -5,7 +5,8 @@ one pod, or an address outside the cluster. `Balancer` orders a Service's
 endpoints for one connection (round robin by default, least connections when
 the Service is annotated `slipstream.dev/load-balancer: least-connections`)
 and ejects an endpoint for a while after consecutive failures (outlier
-detection), as long as something else is left to try.
+detection: the rule the gateway uses too, agent/common/outlier.py), as long as
+something else is left to try.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from agent.common.outlier import EjectionRule, Outlier
 from agent.state import Snapshot
 from agent.state.objects import Pod, Service
 from agent.state.store import ServiceEndpoint
@@ -63,20 +65,17 @@ def pod_of(target: Target) -> Pod | None:
 
 
 @dataclass
-class _Health:
-    failures: int = 0
-    ejections: int = 0
-    ejected_until: float = 0.0
-
-
-@dataclass
 class Balancer:
     consecutive_failures: int = 3
     base_ejection: float = 10.0
     max_ejection: float = 300.0
     _next: dict[tuple[str, str, int], int] = field(default_factory=dict)
     _active: dict[Addr, int] = field(default_factory=dict)
-    _health: dict[Addr, _Health] = field(default_factory=dict)
+    _health: dict[Addr, Outlier] = field(default_factory=dict)
+
+    @property
+    def rule(self) -> EjectionRule:
+        return EjectionRule(self.consecutive_failures, self.base_ejection, self.max_ejection)
 
     def candidates(self, target: Target, now: float) -> list[ServiceEndpoint]:
         """Endpoints in the order to try them; ejected ones only if nothing else is left."""
@@ -96,7 +95,7 @@ class Balancer:
 
     def ejected(self, addr: Addr, now: float) -> bool:
         h = self._health.get(addr)
-        return h is not None and h.ejected_until > now
+        return h is not None and h.ejected(now)
 
     def opened(self, addr: Addr) -> None:
         self._active[addr] = self._active.get(addr, 0) + 1
@@ -109,21 +108,14 @@ class Balancer:
             self._active.pop(addr, None)
 
     def failed(self, addr: Addr, now: float) -> bool:
-        """Record a failed attempt; True if the endpoint is now ejected."""
-        h = self._health.setdefault(addr, _Health())
-        h.failures += 1
-        if h.failures >= self.consecutive_failures and h.ejected_until <= now:
-            h.ejections += 1
-            h.failures = 0
-            h.ejected_until = now + min(self.base_ejection * h.ejections, self.max_ejection)
-            return True
-        return False
+        """Record a failed attempt; True if it ejects the endpoint (agent/common/outlier.py)."""
+        return self._health.setdefault(addr, Outlier()).failed(self.rule, now) > 0
 
     def succeeded(self, addr: Addr) -> None:
         h = self._health.get(addr)
         if h is not None:
-            h.failures = 0
-            if h.ejected_until == 0.0:
+            h.succeeded()
+            if h.spotless:
                 self._health.pop(addr, None)
 
     def status(self, now: float) -> list[dict[str, object]]:

@@ -3,7 +3,8 @@
 Used by the lab, the demo and small installs. Every `*.yaml`, `*.yml` and
 `*.json` file directly in the directory is read (names starting with `.` are
 skipped, so writers can rename temporary files into place). Changes reach the
-store within a second: inotify wakes the loop, and a slow poll backs it up.
+store within a second: inotify wakes the loop, and a slow poll backs it up
+(agent/common/watch.py).
 Files are read and parsed in a worker thread, so a big file does not stall
 the connections the agent carries; the store is updated on the loop.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 from agent.common.errors import ManifestError, SlipstreamError
 from agent.common.manifest import load_file
-from agent.common.watch import DirectoryWatch
+from agent.common.watch import DirectoryWatcher
 from agent.state import StateUpdater
 
 from .manifest_set import Change, ManifestSet
@@ -26,10 +27,6 @@ from .manifest_set import Change, ManifestSet
 log = logging.getLogger("agent.source.file")
 
 SUFFIXES = (".yaml", ".yml", ".json")
-POLL_INTERVAL = 2.0
-"""Safety net in case an inotify event is lost; inotify itself reacts at once."""
-SETTLE = 0.02
-"""Let a burst of writes (an editor's save, a `lab apply`) land before rescanning."""
 
 
 @dataclass(frozen=True)
@@ -114,36 +111,16 @@ class FileSource:
     async def run(self, drain: asyncio.Event) -> None:
         if not os.path.isdir(self.directory):
             raise SlipstreamError(f"manifest directory {self.directory} does not exist")
-        watch = DirectoryWatch(self.directory)
-        loop = asyncio.get_running_loop()
-        wake = asyncio.Event()
-        loop.add_reader(watch.fd, wake.set)
-        try:
+        async with DirectoryWatcher(self.directory) as watcher:
             self._apply(await asyncio.to_thread(self.scan))
             self._updater.mark_synced()
             log.info(
                 "initial sync done", extra={"directory": self.directory, "files": len(self._stamps)}
             )
-            while not drain.is_set():
-                waiter = asyncio.ensure_future(wake.wait())
-                stopper = asyncio.ensure_future(drain.wait())
-                await asyncio.wait(
-                    {waiter, stopper}, timeout=POLL_INTERVAL, return_when=asyncio.FIRST_COMPLETED
-                )
-                waiter.cancel()
-                stopper.cancel()
-                if drain.is_set():
-                    break
-                if wake.is_set():
-                    await asyncio.sleep(SETTLE)
-                    wake.clear()
-                    watch.drain()
+            while await watcher.wait(drain):
                 try:
                     self._apply(await asyncio.to_thread(self.scan))
                 except SlipstreamError as exc:
                     log.error(
                         "manifest directory unreadable, last state kept", extra={"error": str(exc)}
                     )
-        finally:
-            loop.remove_reader(watch.fd)
-            watch.close()

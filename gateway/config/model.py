@@ -132,7 +132,8 @@ class PassiveCheck:
     consecutive_failures: int = 5
     """Connect failures, resets, timeouts and 5xx in a row that eject an endpoint."""
     ejection: float = 30.0
-    """First ejection; doubled for each further one, up to max_ejection."""
+    """First ejection; the n-th lasts n times as long, up to max_ejection
+    (agent/common/outlier.py)."""
     max_ejection: float = 300.0
 
 

@@ -1,5 +1,6 @@
 """The client address an HBONE destination believes: what the connection proves, never the
-peer's Forwarded word (agent/node/proxy/source.py). Lab attacks: tests/lab/test_source_address.py."""
+peer's Forwarded word (agent/node/proxy/source.py).
+Lab attacks: tests/lab/test_source_address.py."""
 
 import pytest
 
