@@ -20,6 +20,7 @@ lint: setup
 	$(BIN)/ruff check agent gateway tests
 	$(BIN)/ruff format --check agent gateway tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 # Lab tests may not be skipped here: CI runs this as root.
 test: lint

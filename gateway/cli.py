@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         source=args.source,
         mesh=mesh,
         workers=args.workers,
-        admin=parse_address(args.admin, "127.0.0.1") if args.admin else None,
+        admin=parse_address(args.admin, "127.0.0.1", listen=True) if args.admin else None,
         log_format=args.log_format,
         log_level=args.log_level,
     )

@@ -172,7 +172,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         authority,
         [creds],
         store,
-        parse_address(args.listen, "0.0.0.0"),
+        parse_address(args.listen, "0.0.0.0", listen=True),
         limiter=limiter,
         request_timeout=timeout,
         max_connections=args.max_connections,

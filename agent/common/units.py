@@ -69,18 +69,20 @@ def parse_size(value: str | int) -> int:
     return int(m.group(1)) * _BYTES[m.group(2) or "B"]
 
 
-def parse_port(text: str) -> int:
-    """A TCP port, 1-65535, in ASCII digits (`str.isdigit` passes `²`, which `int` refuses)."""
-    if not (text.isascii() and text.isdigit()) or len(text) > 5 or not 1 <= int(text) <= 65535:
-        raise UnitError(f"{text!r} is not a port (1-65535)")
+def parse_port(text: str, *, listen: bool = False) -> int:
+    """A TCP port, 1-65535, in ASCII digits (`str.isdigit` passes `²`, which `int` refuses).
+    A port to `listen` on may also be 0: any free port, chosen by the kernel."""
+    lowest = 0 if listen else 1
+    if not (text.isascii() and text.isdigit()) or len(text) > 5 or not lowest <= int(text) <= 65535:
+        raise UnitError(f"{text!r} is not a port ({lowest}-65535)")
     return int(text)
 
 
-def parse_address(value: str | int, default_host: str) -> tuple[str, int]:
+def parse_address(value: str | int, default_host: str, *, listen: bool = False) -> tuple[str, int]:
     """(host, port) from `HOST:PORT`, `:PORT` or `PORT` (then the host is `default_host`).
 
     The host is not resolved or checked here: a listener's bind or a connect says
-    whether it exists. `[::1]:8080` gives `::1`.
+    whether it exists. `[::1]:8080` gives `::1`. An address to `listen` on may have port 0.
     """
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise UnitError(f"{value!r} is not an address (HOST:PORT or a port)")
@@ -89,7 +91,7 @@ def parse_address(value: str | int, default_host: str) -> tuple[str, int]:
     if not sep:
         host, port = default_host, text
     try:
-        number = parse_port(port)
+        number = parse_port(port, listen=listen)
     except UnitError as exc:
         raise UnitError(f"{text!r} is not an address (HOST:PORT or a port): no valid port") from exc
     return host.removeprefix("[").removesuffix("]") or default_host, number

@@ -120,8 +120,8 @@ def _run_agent(args: argparse.Namespace) -> int:
         AgentConfig(
             node=args.node,
             source=args.source,
-            admin_addr=parse_address(args.admin, "127.0.0.1"),
-            ready_addr=parse_address(args.ready, "0.0.0.0"),
+            admin_addr=parse_address(args.admin, "127.0.0.1", listen=True),
+            ready_addr=parse_address(args.ready, "0.0.0.0", listen=True),
             state_dir=args.state_dir,
             netns_dir=args.netns_dir,
             capture=args.capture,

@@ -28,22 +28,22 @@ NOT_ENROLLED = "not-enrolled"
 
 
 @dataclass(frozen=True)
-class Decision:
+class EnrollmentDecision:
     enroll: bool
     reason: str
 
 
-def decide(pod: Pod, namespace: Namespace | None) -> Decision:
+def decide(pod: Pod, namespace: Namespace | None) -> EnrollmentDecision:
     pod_mode = pod.meta.labels.get(LABEL_DATAPLANE)
     if pod_mode == "none":
-        return Decision(False, f"pod opted out ({LABEL_DATAPLANE}: none)")
+        return EnrollmentDecision(False, f"pod opted out ({LABEL_DATAPLANE}: none)")
     if pod.phase in TERMINATED_PHASES:
-        return Decision(False, f"pod is {pod.phase}")
+        return EnrollmentDecision(False, f"pod is {pod.phase}")
     if pod_mode == "ambient":
-        return Decision(True, f"pod labelled {LABEL_DATAPLANE}: ambient")
+        return EnrollmentDecision(True, f"pod labelled {LABEL_DATAPLANE}: ambient")
     if namespace is not None and namespace.meta.labels.get(LABEL_DATAPLANE) == "ambient":
-        return Decision(True, f"namespace labelled {LABEL_DATAPLANE}: ambient")
-    return Decision(False, "namespace is not in the mesh")
+        return EnrollmentDecision(True, f"namespace labelled {LABEL_DATAPLANE}: ambient")
+    return EnrollmentDecision(False, "namespace is not in the mesh")
 
 
 def capture_warning(pod: Pod) -> str:

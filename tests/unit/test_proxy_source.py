@@ -5,7 +5,7 @@ Lab attacks: tests/lab/test_source_address.py."""
 import pytest
 
 from agent.hbone.protocol import parse_connect
-from agent.node.proxy.source import Source, hbone_source
+from agent.node.proxy.source import ClientSource, hbone_source
 
 PEER = ("10.244.1.2", 51000)
 """The TCP peer of the HBONE connection: the source pod's own address."""
@@ -18,11 +18,13 @@ def request(*forwarded: str):
 
 
 def test_a_claim_of_the_connections_own_address_gives_the_apps_port():
-    assert hbone_source(PEER, request('for="10.244.1.2:41000"')) == Source(("10.244.1.2", 41000))
+    assert hbone_source(PEER, request('for="10.244.1.2:41000"')) == ClientSource(
+        ("10.244.1.2", 41000)
+    )
 
 
 def test_no_forwarded_is_the_connections_address():
-    assert hbone_source(PEER, request()) == Source(PEER)
+    assert hbone_source(PEER, request()) == ClientSource(PEER)
 
 
 @pytest.mark.parametrize(

@@ -119,6 +119,13 @@ def test_ports_are_ascii_digits_within_range():
             parse_port(bad)
 
 
+def test_a_listener_may_ask_for_any_free_port():
+    assert parse_address("127.0.0.1:0", "0.0.0.0", listen=True) == ("127.0.0.1", 0)
+    assert parse_port("0", listen=True) == 0
+    with pytest.raises(UnitError, match=r"not a port \(0-65535\)"):
+        parse_port("65536", listen=True)
+
+
 # ---------------------------------------------------------------- its users say where
 
 

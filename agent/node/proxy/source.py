@@ -27,20 +27,20 @@ CLAIM_LOGGED = 200
 
 
 @dataclass(frozen=True)
-class Source:
+class ClientSource:
     addr: tuple[str, int]
     """The client address the app and policy see."""
     ignored: str | None = None
     """The Forwarded claim we did not believe, and why, for the access record."""
 
 
-def hbone_source(peer: tuple[str, int], request: ConnectRequest) -> Source:
+def hbone_source(peer: tuple[str, int], request: ConnectRequest) -> ClientSource:
     """The client of a stream that arrived on a connection from `peer` (its TCP peer)."""
     claim = request.client
     if claim is not None and claim[0] == peer[0]:
-        return Source(claim)  # the connection proves the address; the port is the app's own
+        return ClientSource(claim)  # the connection proves the address; the port is the app's own
     if request.forwarded is None:
-        return Source(peer)
+        return ClientSource(peer)
     raw = request.forwarded[:CLAIM_LOGGED]
     why = "not one IPv4 ip:port" if claim is None else f"not the connection's address {peer[0]}"
-    return Source(peer, f"Forwarded {raw!r} ignored: {why}")
+    return ClientSource(peer, f"Forwarded {raw!r} ignored: {why}")
