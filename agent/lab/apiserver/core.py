@@ -30,6 +30,7 @@ from . import errors as E
 from . import fields as F
 from . import objects as O
 from . import patch as P
+from . import proto
 from . import selectors as S
 from .controllers import EndpointsController
 from .discovery import (
@@ -225,6 +226,21 @@ def parse_body(body: bytes, content_type: str, duplicates: list[str] | None = No
         raise E.bad_request(f"the body is nested more than {MAX_DEPTH} levels deep")
     _check_keys(value)
     return value
+
+
+def request_object(req: Request, duplicates: list[str] | None = None) -> Any:
+    """The body of a create, update, TokenRequest or DeleteOptions: JSON, YAML or protobuf."""
+    ctype = req.headers.get("content-type", JSON).split(";")[0].strip().lower()
+    if ctype == proto.CONTENT_TYPE:
+        if len(req.body) > MAX_BODY:
+            raise E.too_large(f"limit is {MAX_BODY}")
+        obj = proto.decode(req.body)
+        if not _depth_ok(obj):
+            raise E.bad_request(f"the body is nested more than {MAX_DEPTH} levels deep")
+        return obj
+    if ctype not in ("application/json", "application/yaml", ""):
+        raise E.unsupported_media(["application/json", "application/yaml", proto.CONTENT_TYPE])
+    return parse_body(req.body, ctype, duplicates)
 
 
 def _no_constant(name: str) -> Any:
@@ -1022,11 +1038,8 @@ class ApiCore:
     def _decode(
         self, req: Request, rt: ResourceType, validation: str, warnings: list[str]
     ) -> dict[str, Any]:
-        ctype = req.headers.get("content-type", JSON).split(";")[0].strip().lower()
-        if ctype not in ("application/json", "application/yaml", ""):
-            raise E.unsupported_media(["application/json", "application/yaml"])
         dups: list[str] = []
-        obj = parse_body(req.body, ctype, dups)
+        obj = request_object(req, dups)
         if not isinstance(obj, dict):
             raise E.bad_request(
                 f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: the body must be a JSON object'
@@ -1491,7 +1504,7 @@ class ApiCore:
     def _delete_options(self, req: Request) -> dict[str, Any]:
         opts: dict[str, Any] = {}
         if req.body.strip():
-            parsed = parse_body(req.body, req.headers.get("content-type", JSON))
+            parsed = request_object(req)
             if not isinstance(parsed, dict):
                 raise E.bad_request("DeleteOptions must be a JSON object")
             opts = parsed
@@ -1703,7 +1716,7 @@ class ApiCore:
         return Response(201, dumps(out))
 
     def _token_request(self, req: Request, r: Route) -> Response:
-        body = parse_body(req.body, JSON)
+        body = request_object(req)
         if not isinstance(body, dict):
             raise E.bad_request("TokenRequest must be a JSON object")
         spec = body.get("spec") if isinstance(body.get("spec"), dict) else {}

@@ -95,8 +95,8 @@ def _admin_token(core: ApiCore, cert_dir: str) -> str:
     return token
 
 
-def build(opts: Options) -> tuple[ApiCore, ssl.SSLContext, str]:
-    """The core with its state, preloads and tokens; the TLS context; the kubeconfig path."""
+def build(opts: Options) -> tuple[ApiCore, ssl.SSLContext, str, str]:
+    """The core with its state, preloads and tokens; the TLS context; kubeconfig path; admin token."""
     server_addr = opts.advertise or (
         f"{opts.listens[0].host}:{opts.listens[0].port}" if opts.listens else "127.0.0.1:6443"
     )
@@ -125,14 +125,20 @@ def build(opts: Options) -> tuple[ApiCore, ssl.SSLContext, str]:
     paths = ensure_certs(opts.cert_dir, [h for h in hosts if h not in ("0.0.0.0", "")])
     token = _admin_token(core, opts.cert_dir)
     path = opts.kubeconfig or os.path.join(opts.cert_dir, "kubeconfig")
-    local = next((lst for lst in opts.listens if not lst.netns), opts.listens[0])
-    host = "127.0.0.1" if local.host == "0.0.0.0" else local.host
-    write_kubeconfig(path, kubeconfig(f"https://{host}:{local.port}", paths.ca, token))
-    return core, server_context(paths), path
+    return core, server_context(paths), path, token
+
+
+def write_config(opts: Options, path: str, token: str, ports: list[int]) -> None:
+    """The admin kubeconfig, naming the first listener of this namespace (its real port)."""
+    i = next((i for i, lst in enumerate(opts.listens) if not lst.netns), 0)
+    host = opts.listens[i].host
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    ca = os.path.join(opts.cert_dir, "ca.crt")
+    write_kubeconfig(path, kubeconfig(f"https://{host}:{ports[i]}", ca, token))
 
 
 def run(opts: Options) -> int:
-    core, ctx, path = build(opts)
+    core, ctx, path, token = build(opts)
     server = ApiServer(core, ctx, opts.bookmark_interval)
 
     async def main() -> None:
@@ -141,6 +147,7 @@ def run(opts: Options) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await server.start(opts.listens)
+        write_config(opts, path, token, server.ports)
         print(path, flush=True)
         log.info(
             "serving the Kubernetes API on %s; kubeconfig %s",

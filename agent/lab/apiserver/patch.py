@@ -56,23 +56,25 @@ def json_patch(target: Any, ops: Any) -> Any:
             raise E.unprocessable(f"Unexpected kind: {op['op']}")
         if not isinstance(op.get("path"), str):
             raise E.unprocessable(f'json patch operation {i}: missing or invalid "path"')
-    try:
-        return jsonpatch.JsonPatch(ops).apply(target, in_place=False)
-    except jsonpatch.JsonPatchTestFailed as exc:
-        raise E.unprocessable(f"testing value {_op_path(exc)} failed: {exc}") from exc
-    except (
-        jsonpatch.JsonPatchException,
-        jsonpointer.JsonPointerException,
-        KeyError,
-        IndexError,
-        TypeError,
-        ValueError,
-    ) as exc:
-        raise E.unprocessable(f"the json patch could not be applied: {exc}") from exc
-
-
-def _op_path(exc: Exception) -> str:
-    return str(exc).split(" ")[0] if str(exc) else ""
+    doc = copy.deepcopy(target)
+    for op in ops:
+        try:
+            # One operation at a time, so a failure names its operation as evanphx/json-patch does.
+            doc = jsonpatch.JsonPatch([op]).apply(doc, in_place=True)
+        except jsonpatch.JsonPatchTestFailed as exc:
+            raise E.unprocessable(f"testing value {op['path']} failed: test failed") from exc
+        except (
+            jsonpatch.JsonPatchException,
+            jsonpointer.JsonPointerException,
+            KeyError,
+            IndexError,
+            TypeError,
+            ValueError,
+        ) as exc:
+            raise E.unprocessable(
+                f"the json patch operation {op['op']} on {op['path']} could not be applied: {exc}"
+            ) from exc
+    return doc
 
 
 # ------------------------------------------------------------------ strategic merge patch
