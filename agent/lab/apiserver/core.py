@@ -172,7 +172,7 @@ def dumps(obj: Any) -> bytes:
 # ------------------------------------------------------------------ body parsing
 
 
-class _NoAliasLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+class _NoAliasLoader(yaml.SafeLoader):
     """YAML without anchors and aliases: an alias bomb expands exponentially on output."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
@@ -218,7 +218,9 @@ def parse_body(body: bytes, content_type: str, duplicates: list[str] | None = No
 
         try:
             value = json.loads(text, object_pairs_hook=hook, parse_constant=_no_constant)
-        except (ValueError, RecursionError) as exc:
+        except RecursionError as exc:
+            raise E.bad_request(f"the body is nested more than {MAX_DEPTH} levels deep") from exc
+        except ValueError as exc:
             raise E.bad_request(
                 f"couldn't get version/kind; json parse error: {str(exc)[:300]}"
             ) from exc
@@ -1127,9 +1129,10 @@ class ApiCore:
         name = meta.get("name", "")
         causes: list[E.Cause] = []
         O.check_metadata(rt, obj, causes)
-        for c in self._type_causes(rt, obj):
-            causes.append(c)
-        if not causes:
+        type_causes = self._type_causes(rt, obj)
+        causes += type_causes
+        if not type_causes:
+            # Per-kind rules read fields of the types the schema promises.
             O.check_kind(rt, obj, old, causes)
         if rt.store_key == "services" and not causes and isinstance(obj.get("spec"), dict):
             if old is None:

@@ -363,6 +363,17 @@ def _merge(live: Any, applied: Any, schema: Schema, top: bool = False) -> Any:
 
 
 def _remove(obj: Any, path: Path) -> None:
+    """Remove the field at `path`, then any map it leaves empty (as typed objects omit them)."""
+    _remove_one(obj, path)
+    for n in range(len(path) - 1, 0, -1):
+        parent = value_at(obj, path[:n])
+        if isinstance(parent, dict) and not parent and path[n - 1].startswith("f:"):
+            _remove_one(obj, path[:n])
+        else:
+            break
+
+
+def _remove_one(obj: Any, path: Path) -> None:
     if not path:
         return
     parent = value_at(obj, path[:-1]) if len(path) > 1 else obj

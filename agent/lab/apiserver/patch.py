@@ -127,9 +127,6 @@ def _merge_map(
             continue
         child = schema.prop(key) or Schema({})
         if isinstance(value, dict):
-            if child.map_type == "atomic":
-                orig[key] = _clean(value)
-                continue
             merged = _merge_map(orig[key] if isinstance(orig.get(key), dict) else {}, value, child)
             if merged is None:
                 orig.pop(key, None)
