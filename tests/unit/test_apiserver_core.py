@@ -1006,6 +1006,7 @@ def test_state_file_restart_keeps_objects_tokens_and_versions(tmp_path) -> None:
     assert int(c["metadata"]["resourceVersion"]) > rv
     w = api2.raw("GET", PODS, watch="1", resourceVersion="2")
     assert json.loads(w.initial[0])["object"]["code"] == 410  # type: ignore[union-attr]
+    again.close()
 
 
 def test_protobuf_bodies_decode_as_kubectl_sends_them(api: Api) -> None:
