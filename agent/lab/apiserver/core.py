@@ -166,7 +166,8 @@ def now_rfc3339(t: float | None = None) -> str:
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    # "replace": a lone surrogate (possible in a query string) must not break an answer.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
 
 
 # ------------------------------------------------------------------ body parsing
@@ -227,6 +228,20 @@ def parse_body(body: bytes, content_type: str, duplicates: list[str] | None = No
     if not _depth_ok(value):
         raise E.bad_request(f"the body is nested more than {MAX_DEPTH} levels deep")
     _check_keys(value)
+    return _no_surrogates(value) if "\\u" in text or "\\U" in text else value
+
+
+def _no_surrogates(value: Any) -> Any:
+    """JSON's `\\ud800` escapes decode to lone surrogates, which no UTF-8 answer can carry:
+    replaced by U+FFFD as Go's decoder does (stored, they would break every later list)."""
+    if isinstance(value, str):
+        if any("\ud800" <= c <= "\udfff" for c in value):
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return value
+    if isinstance(value, dict):
+        return {_no_surrogates(k): _no_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_surrogates(v) for v in value]
     return value
 
 
