@@ -101,11 +101,33 @@ class EndpointsController:
         self.services: set[tuple[str, str]] = set()
         self.pods: list[tuple[dict[str, Any] | None, dict[str, Any] | None]] = []
         self.namespaces: set[str] = set()
+        self._index: dict[str, dict[tuple[str, str], list[str]]] = {}
+        """namespace -> (label, value) of a selector -> Services whose selector has it."""
+
+    def _selecting(self, ns: str, pod: dict[str, Any] | None) -> list[str]:
+        """Services of `ns` that may select `pod` (each has one of its labels in its selector)."""
+        if pod is None:
+            return []
+        index = self._index.get(ns)
+        if index is None:
+            index = {}
+            for svc in self.store.items("services", ns):
+                sel = (svc.get("spec") or {}).get("selector")
+                if isinstance(sel, dict):
+                    for k, v in sel.items():
+                        index.setdefault((k, v), []).append(svc["metadata"]["name"])
+            self._index[ns] = index
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        out: list[str] = []
+        for k, v in labels.items():
+            out += index.get((k, v), [])
+        return out
 
     def observe(self, ev: Event) -> None:
         if ev.key == "services":
             m = ev.obj["metadata"]
             self.services.add((m.get("namespace", ""), m["name"]))
+            self._index.pop(m.get("namespace", ""), None)
         elif ev.key == "pods":
             self.pods.append((ev.prev, None if ev.type == "DELETED" else ev.obj))
         elif ev.key == "namespaces" and ev.type == "ADDED":
@@ -141,9 +163,10 @@ class EndpointsController:
             ref = new or old
             assert ref is not None
             ns = ref["metadata"].get("namespace", "")
-            for svc in list(self.store.items("services", ns)):
-                key = (ns, svc["metadata"]["name"])
-                if key in touched:
+            for name in sorted(set(self._selecting(ns, old) + self._selecting(ns, new))):
+                key = (ns, name)
+                svc = self.store.get("services", ns, name)
+                if key in touched or svc is None:
                     continue
                 sel = (svc.get("spec") or {}).get("selector")
                 if _selects(sel, old) or _selects(sel, new):

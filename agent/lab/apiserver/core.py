@@ -321,6 +321,8 @@ class ApiCore:
         self.controller = EndpointsController(self.store)
         self.store.listeners.append(self._fan_out)
         self.store.listeners.append(self.controller.observe)
+        self._allocated_ips: set[str] = set()
+        self.store.listeners.append(self._track_ips)
         self._enc: dict[tuple[str, str, str, str], tuple[str, bytes]] = {}
         self._validators: dict[tuple[str, str], Any] = {}
         self._boot()
@@ -339,6 +341,8 @@ class ApiCore:
                     self.store.load(key, obj)
             for crd in self.store.items(CRD_KEY):
                 self._register_crd(crd)
+            for svc in self.store.items("services"):
+                self._allocated_ips.add(str((svc.get("spec") or {}).get("clusterIP")))
             for t in loaded.tokens:
                 rec = auth.TokenRecord.from_json(t)
                 self.tokens.records[rec.digest] = rec
@@ -1044,6 +1048,14 @@ class ApiCore:
             close,
         )
 
+    def _track_ips(self, ev: Event) -> None:
+        if ev.key != "services":
+            return
+        for obj, add in ((ev.prev, False), (ev.obj, ev.type != "DELETED")):
+            ip = ((obj or {}).get("spec") or {}).get("clusterIP")
+            if isinstance(ip, str) and ip not in ("", "None"):
+                (self._allocated_ips.add if add else self._allocated_ips.discard)(ip)
+
     def _fan_out(self, ev: Event) -> None:
         for w in list(self.watchers):
             w.offer(ev)
@@ -1151,10 +1163,7 @@ class ApiCore:
             O.check_kind(rt, obj, old, causes)
         if rt.store_key == "services" and not causes and isinstance(obj.get("spec"), dict):
             if old is None:
-                used = {
-                    str((s.get("spec") or {}).get("clusterIP"))
-                    for s in self.store.items("services")
-                }
+                used = self._allocated_ips
                 self.cluster_ips.assign(obj["spec"], used, causes)
             else:
                 for k in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):

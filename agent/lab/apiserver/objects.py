@@ -419,15 +419,23 @@ class ClusterIPs:
 
     def __init__(self, cidr: str = "10.96.0.0/16") -> None:
         self.net = ipaddress.ip_network(cidr)
+        self.next = int(self.net.network_address) + 2
+        """Where the next search starts: the first address is the `kubernetes` Service's."""
 
     def assign(self, spec: dict[str, Any], used: set[str], causes: list[E.Cause]) -> None:
         if spec.get("type") == "ExternalName":
             return
         ip = spec.get("clusterIP")
         if ip in (None, ""):
-            for host in self.net.hosts():
-                if str(host) not in used and host != next(self.net.hosts()):
-                    spec["clusterIP"] = str(host)
+            first = int(self.net.network_address) + 2
+            last = int(self.net.broadcast_address) - 1
+            size = max(last - first + 1, 0)
+            for step in range(size):
+                cand = first + (self.next - first + step) % size
+                text = str(ipaddress.ip_address(cand))
+                if text not in used:
+                    spec["clusterIP"] = text
+                    self.next = cand + 1
                     break
             else:
                 causes.append(

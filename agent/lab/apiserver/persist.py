@@ -94,12 +94,10 @@ class StateFile:
     ) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         tmp = f"{self.path}.tmp.{os.getpid()}"
+        # json.dumps, not json.dump: dump streams through the pure-Python encoder (50x slower).
+        doc = {"format": FORMAT, "resourceVersion": rv, "objects": objects, "tokens": tokens}
         with open(tmp, "w") as f:
-            json.dump(
-                {"format": FORMAT, "resourceVersion": rv, "objects": objects, "tokens": tokens},
-                f,
-                separators=(",", ":"),
-            )
+            f.write(json.dumps(doc, separators=(",", ":")))
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o600)
