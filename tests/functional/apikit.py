@@ -63,10 +63,19 @@ class ApiServerProc:
 
     def start(self) -> ApiServerProc:
         argv = [
-            sys.executable, "-m", "agent", "lab", "apiserver",
-            "--state", str(self.state), "--cert-dir", str(self.certs),
-            "--listen", f"127.0.0.1:{self.port}", *self.args,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "agent",
+            "lab",
+            "apiserver",
+            "--state",
+            str(self.state),
+            "--cert-dir",
+            str(self.certs),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            *self.args,
+        ]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -91,9 +100,15 @@ class ApiServerProc:
         return ssl.create_default_context(cafile=self.ca)
 
     def request(
-        self, method: str, path: str, body: Any = None, *, auth: bool | str = True,
-        ctype: str = "application/json", headers: dict[str, str] | None = None,
-    ) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        auth: bool | str = True,
+        ctype: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         h = {"Content-Type": ctype, **(headers or {})}
         if auth:
@@ -112,8 +127,12 @@ class ApiServerProc:
         check: bool = True,
         env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.home),
-                    "KUBECONFIG": self.kubeconfig, **(env or {})}  # fmt: skip
+        full_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.home),
+            "KUBECONFIG": self.kubeconfig,
+            **(env or {}),
+        }
         out = subprocess.run(
             [KUBECTL, *args], input=input, capture_output=True, text=True, env=full_env, timeout=45
         )

@@ -253,14 +253,13 @@ def test_watch_dropped_midstream_resumes_without_missing_or_repeating(api: ApiSe
         # Drop the stream after every 7 events and resume from the last version seen.
         while len(seen) < len(names):
             w = watch.Watch()
-            got = 0
-            for ev in w.stream(
+            stream = w.stream(
                 v1.list_namespaced_config_map, ns, resource_version=last, timeout_seconds=20
-            ):
+            )
+            for got, ev in enumerate(stream, 1):
                 assert ev["type"] == "ADDED"
                 seen.append(ev["object"].metadata.name)
                 last = ev["object"].metadata.resource_version
-                got += 1
                 if got == 7 or len(seen) == len(names):
                     w.stop()
                     break
@@ -273,7 +272,10 @@ def test_send_initial_events_ends_with_the_annotated_bookmark(api: ApiServerProc
     v1 = core(api)
     ns = new_ns(v1, "initial")
     v1.create_namespaced_pod(ns, pod("p"))
-    path = f"/api/v1/namespaces/{ns}/pods?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=5"
+    path = (
+        f"/api/v1/namespaces/{ns}/pods?watch=1&sendInitialEvents=true"
+        "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=5"
+    )
     req = urllib.request.Request(api.url + path, headers={"Authorization": f"Bearer {api.token}"})
     with urllib.request.urlopen(req, context=api.context(), timeout=20) as resp:
         first = json.loads(resp.readline())
@@ -374,7 +376,9 @@ def test_rbac_restricts_a_service_account(api: ApiServerProc) -> None:
         limited.list_namespaced_pod("rbac-other")
     body = json.loads(err.value.body)
     assert err.value.status == 403 and body["message"] == (
-        f'pods is forbidden: User "system:serviceaccount:{ns}:reader" cannot list resource "pods" in API group "" in the namespace "rbac-other"'
+        f'pods is forbidden: User "system:serviceaccount:{ns}:reader" '
+        'cannot list resource "pods" in API group "" in '
+        'the namespace "rbac-other"'
     )
     with pytest.raises(ApiException) as err:
         limited.create_namespaced_pod(ns, pod("nope"))
@@ -407,7 +411,9 @@ def test_state_and_versions_survive_a_restart(tmp_path, sig: int) -> None:
         # A watch from before the restart resumes: exactly the events after that version.
         w = watch.Watch()
         events = []
-        for ev in w.stream(v1.list_namespaced_config_map, ns, resource_version=str(before), timeout_seconds=10):
+        for ev in w.stream(
+            v1.list_namespaced_config_map, ns, resource_version=str(before), timeout_seconds=10
+        ):
             events.append((ev["type"], ev["object"].metadata.name))
             w.stop()
         assert events == [("ADDED", "d")]

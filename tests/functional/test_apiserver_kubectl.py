@@ -52,16 +52,49 @@ def pod(name: str, ns: str, labels: dict[str, str] | None = None, node: str = ""
 
 
 def set_ready(api: ApiServerProc, ns: str, name: str, ip: str) -> None:
-    api.kubectl("patch", "pod", name, "-n", ns, "--subresource=status", "--type=merge", "-p",
-                json.dumps({"status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}],
-                                       "containerStatuses": [{"name": "app", "ready": True, "restartCount": 2, "image": "img:1", "imageID": "", "state": {"running": {}}}]}}))  # fmt: skip
+    api.kubectl(
+        "patch",
+        "pod",
+        name,
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(
+            {
+                "status": {
+                    "phase": "Running",
+                    "podIP": ip,
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                    "containerStatuses": [
+                        {
+                            "name": "app",
+                            "ready": True,
+                            "restartCount": 2,
+                            "image": "img:1",
+                            "imageID": "",
+                            "state": {"running": {}},
+                        }
+                    ],
+                }
+            }
+        ),
+    )
 
 
 def test_discovery_lists_every_kind_with_short_names(api: ApiServerProc) -> None:
     out = api.kubectl("api-resources", "-o", "wide").stdout
     rows = {line.split()[0]: line for line in out.splitlines()[1:]}
-    for name, short in [("pods", "po"), ("services", "svc"), ("namespaces", "ns"), ("endpoints", "ep"),
-                        ("customresourcedefinitions", "crd,crds"), ("nodes", "no"), ("configmaps", "cm")]:  # fmt: skip
+    for name, short in [
+        ("pods", "po"),
+        ("services", "svc"),
+        ("namespaces", "ns"),
+        ("endpoints", "ep"),
+        ("customresourcedefinitions", "crd,crds"),
+        ("nodes", "no"),
+        ("configmaps", "cm"),
+    ]:
         assert name in rows and short in rows[name].split(), rows.get(name)
     assert "endpointslices" in rows and "discovery.k8s.io/v1" in rows["endpointslices"]
     assert "tokenreviews" in rows and rows["tokenreviews"].split()[-1] == "create"
@@ -77,7 +110,7 @@ def test_discovery_lists_every_kind_with_short_names(api: ApiServerProc) -> None
     # kubectl 1.32 asks for aggregated discovery first and takes it (no per-group requests).
     log = api.kubectl("get", "ns", "-v=8", "--cache-dir", str(api.root / "fresh-cache")).stderr
     assert "as=APIGroupDiscoveryList" in log
-    assert "GET https://127.0.0.1:%d/apis/discovery.k8s.io/v1 " % api.port not in log
+    assert f"GET https://127.0.0.1:{api.port}/apis/discovery.k8s.io/v1 " not in log
 
 
 def test_get_wide_yaml_json_jsonpath_and_all_namespaces(api: ApiServerProc, ns: str) -> None:
@@ -145,9 +178,18 @@ def test_get_watch_streams_changes(api: ApiServerProc, ns: str) -> None:
 def test_client_side_apply_creates_then_updates_with_strategic_merge(
     api: ApiServerProc, ns: str
 ) -> None:
-    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": ns, "labels": {"app": "web"}},
-           "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080},
-                                                           {"name": "admin", "port": 9000}]}}  # fmt: skip
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "namespace": ns, "labels": {"app": "web"}},
+        "spec": {
+            "selector": {"app": "web"},
+            "ports": [
+                {"name": "http", "port": 80, "targetPort": 8080},
+                {"name": "admin", "port": 9000},
+            ],
+        },
+    }
     out = api.kubectl("apply", "-f", "-", input=manifest(svc))
     assert "service/web created" in out.stdout
     # Another writer adds a label; apply's three-way strategic merge must keep it.
@@ -156,11 +198,12 @@ def test_client_side_apply_creates_then_updates_with_strategic_merge(
     svc["metadata"]["labels"]["tier"] = "front"
     out = api.kubectl("apply", "-f", "-", "-v=6", input=manifest(svc))
     assert "service/web configured" in out.stdout
-    assert re.search(
-        r"PATCH https://\S+/api/v1/namespaces/%s/services/web\?fieldManager=kubectl-client-side-apply&fieldValidation=Strict 200"
-        % ns,
-        out.stderr,
+    patch = (
+        rf"PATCH https://\S+/api/v1/namespaces/{ns}/services/web"
+        r"\?fieldManager=kubectl-client-side-apply&fieldValidation=Strict 200"
     )
+    assert re.search(patch, out.stderr)
+
     live = json.loads(api.kubectl("get", "svc", "web", "-n", ns, "-o", "json").stdout)
     assert [(p["name"], p["port"], p["targetPort"]) for p in live["spec"]["ports"]] == [
         ("http", 80, 8081)
@@ -228,24 +271,59 @@ def test_label_annotate_and_remove(api: ApiServerProc, ns: str) -> None:
 
 
 def test_patch_merge_json_and_strategic(api: ApiServerProc, ns: str) -> None:
-    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": ns},
-           "spec": {"selector": {"app": "s"}, "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81}]}}  # fmt: skip
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "s", "namespace": ns},
+        "spec": {
+            "selector": {"app": "s"},
+            "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81}],
+        },
+    }
     api.kubectl("create", "-f", "-", input=manifest(svc))
     api.kubectl(
         "patch", "svc", "s", "-n", ns, "--type", "merge", "-p", '{"metadata":{"labels":{"m":"1"}}}'
     )
-    api.kubectl("patch", "svc", "s", "-n", ns, "--type", "json", "-p",
-                '[{"op":"test","path":"/metadata/labels/m","value":"1"},{"op":"add","path":"/metadata/labels/j","value":"2"}]')  # fmt: skip
-    failed = api.kubectl("patch", "svc", "s", "-n", ns, "--type", "json", "-p",
-                         '[{"op":"test","path":"/metadata/labels/m","value":"9"}]', check=False)  # fmt: skip
+    api.kubectl(
+        "patch",
+        "svc",
+        "s",
+        "-n",
+        ns,
+        "--type",
+        "json",
+        "-p",
+        '[{"op":"test","path":"/metadata/labels/m","value":"1"},{"op":"add","path":"/metadata/labels/j","value":"2"}]',
+    )
+    failed = api.kubectl(
+        "patch",
+        "svc",
+        "s",
+        "-n",
+        ns,
+        "--type",
+        "json",
+        "-p",
+        '[{"op":"test","path":"/metadata/labels/m","value":"9"}]',
+        check=False,
+    )
     assert (
         failed.returncode != 0
         and "The request is invalid" in failed.stderr
         and "/metadata/labels/m" in failed.stderr
     )
     # Strategic: the ports list merges by its key (port), and $patch: delete removes one item.
-    api.kubectl("patch", "svc", "s", "-n", ns, "--type", "strategic", "-p",
-                '{"spec":{"ports":[{"port":82,"name":"c"},{"port":80,"$patch":"delete"}]}}')  # fmt: skip
+    api.kubectl(
+        "patch",
+        "svc",
+        "s",
+        "-n",
+        ns,
+        "--type",
+        "strategic",
+        "-p",
+        '{"spec":{"ports":[{"port":82,"name":"c"},{"port":80,"$patch":"delete"}]}}',
+    )
     live = json.loads(api.kubectl("get", "svc", "s", "-n", ns, "-o", "json").stdout)
     assert sorted(p["port"] for p in live["spec"]["ports"]) == [81, 82]
     assert live["metadata"]["labels"] == {"m": "1", "j": "2"}
@@ -300,22 +378,38 @@ def test_crd_then_custom_resources_and_a_bad_one_refused(api: ApiServerProc) -> 
     assert route["spec"]["rules"][0]["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
     bad = api.kubectl("apply", "-f", str(DATA / "bad-policy.yaml"), check=False)
     assert bad.returncode != 0
-    assert ('The AuthorizationPolicy "bad" is invalid: spec.rules[0].from[0].source.principals: Invalid value: '
-            '"string": spec.rules[0].from[0].source.principals in body must be of type array: "string"') in bad.stderr  # fmt: skip
-    unknown = manifest({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-                        "metadata": {"name": "typo", "namespace": "shop"}, "spec": {"actoin": "DENY"}})  # fmt: skip
+    assert (
+        'The AuthorizationPolicy "bad" is invalid: spec.rules[0].from[0].source.principals: '
+        "Invalid value: "
+        '"string": spec.rules[0].from[0].source.principals '
+        'in body must be of type array: "string"'
+    ) in bad.stderr
+    unknown = manifest(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "typo", "namespace": "shop"},
+            "spec": {"actoin": "DENY"},
+        }
+    )
     refused = api.kubectl("apply", "-f", "-", input=unknown, check=False)
     assert (
         refused.returncode != 0
         and 'strict decoding error: unknown field "spec.actoin"' in refused.stderr
     )
-    enum = manifest({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-                     "metadata": {"name": "enum", "namespace": "shop"}, "spec": {"action": "MAYBE"}})  # fmt: skip
+    enum = manifest(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "enum", "namespace": "shop"},
+            "spec": {"action": "MAYBE"},
+        }
+    )
     refused = api.kubectl("apply", "-f", "-", input=enum, check=False)
     assert (
-        'spec.action: Unsupported value: "MAYBE": supported values: "ALLOW", "DENY", "AUDIT", "CUSTOM"'
-        in refused.stderr
-    )
+        'spec.action: Unsupported value: "MAYBE": supported '
+        'values: "ALLOW", "DENY", "AUDIT", "CUSTOM"'
+    ) in refused.stderr
     assert api.kubectl("get", "ap", "-n", "shop", "-o", "name").stdout.split() == [
         "authorizationpolicy.security.istio.io/db-from-web"
     ]

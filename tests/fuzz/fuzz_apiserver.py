@@ -57,27 +57,69 @@ CTYPES = [
     "text/plain",
 ]
 QUERY = [
-    "labelSelector", "fieldSelector", "limit", "continue", "resourceVersion", "resourceVersionMatch",
-    "watch", "allowWatchBookmarks", "sendInitialEvents", "timeoutSeconds", "fieldValidation",
-    "fieldManager", "force", "dryRun", "propagationPolicy", "includeObject",
-]  # fmt: skip
-ACCEPTS = ["", "application/json;as=Table;v=v1;g=meta.k8s.io", "application/yaml", "*/*",
-           "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"]  # fmt: skip
+    "labelSelector",
+    "fieldSelector",
+    "limit",
+    "continue",
+    "resourceVersion",
+    "resourceVersionMatch",
+    "watch",
+    "allowWatchBookmarks",
+    "sendInitialEvents",
+    "timeoutSeconds",
+    "fieldValidation",
+    "fieldManager",
+    "force",
+    "dryRun",
+    "propagationPolicy",
+    "includeObject",
+]
+ACCEPTS = [
+    "",
+    "application/json;as=Table;v=v1;g=meta.k8s.io",
+    "application/yaml",
+    "*/*",
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
+]
 SEED_POD = {
-    "apiVersion": "v1", "kind": "Pod",
+    "apiVersion": "v1",
+    "kind": "Pod",
     "metadata": {"name": "p", "labels": {"app": "web"}},
     "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80}]}]},
-}  # fmt: skip
+}
 SEED_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
     "metadata": {"name": "widgets.example.com"},
-    "spec": {"group": "example.com", "scope": "Namespaced",
-             "names": {"plural": "widgets", "kind": "Widget"},
-             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
-                 "type": "object", "properties": {"spec": {"type": "object", "properties": {
-                     "size": {"type": "integer", "minimum": 1}, "tags": {"type": "array", "items": {"type": "string"}},
-                     "any": {"x-kubernetes-preserve-unknown-fields": True}, "port": {"x-kubernetes-int-or-string": True}}}}}}}]},
-}  # fmt: skip
+    "spec": {
+        "group": "example.com",
+        "scope": "Namespaced",
+        "names": {"plural": "widgets", "kind": "Widget"},
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "properties": {
+                                    "size": {"type": "integer", "minimum": 1},
+                                    "tags": {"type": "array", "items": {"type": "string"}},
+                                    "any": {"x-kubernetes-preserve-unknown-fields": True},
+                                    "port": {"x-kubernetes-int-or-string": True},
+                                },
+                            }
+                        },
+                    }
+                },
+            }
+        ],
+    },
+}
 
 
 def fresh() -> tuple[ApiCore, str]:
@@ -86,11 +128,25 @@ def fresh() -> tuple[ApiCore, str]:
     for path, body in (
         ("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", SEED_CRD),
         ("/api/v1/namespaces/default/pods", SEED_POD),
-        ("/api/v1/namespaces/default/services", {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "p"},
-                                                 "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}),
-        ("/apis/example.com/v1/namespaces/default/widgets", {"apiVersion": "example.com/v1", "kind": "Widget",
-                                                             "metadata": {"name": "p"}, "spec": {"size": 2}}),
-    ):  # fmt: skip
+        (
+            "/api/v1/namespaces/default/services",
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "p"},
+                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
+            },
+        ),
+        (
+            "/apis/example.com/v1/namespaces/default/widgets",
+            {
+                "apiVersion": "example.com/v1",
+                "kind": "Widget",
+                "metadata": {"name": "p"},
+                "spec": {"size": 2},
+            },
+        ),
+    ):
         resp = core.handle(
             Request(
                 "POST",
@@ -123,9 +179,30 @@ def _value(fdp: atheris.FuzzedDataProvider, depth: int = 0) -> object:
             ["p", "web", "$patch", "delete", "replace", "/spec/x", "add", "test", "v1"]
         )
     if kind in (5, 6):
-        keys = ["apiVersion", "kind", "metadata", "name", "labels", "spec", "containers", "ports", "status",
-                "op", "path", "value", "from", "$patch", "$retainKeys", "$setElementOrder/ports",
-                "$deleteFromPrimitiveList/finalizers", "finalizers", "size", "tags", "port", "selector"]  # fmt: skip
+        keys = [
+            "apiVersion",
+            "kind",
+            "metadata",
+            "name",
+            "labels",
+            "spec",
+            "containers",
+            "ports",
+            "status",
+            "op",
+            "path",
+            "value",
+            "from",
+            "$patch",
+            "$retainKeys",
+            "$setElementOrder/ports",
+            "$deleteFromPrimitiveList/finalizers",
+            "finalizers",
+            "size",
+            "tags",
+            "port",
+            "selector",
+        ]
         return {
             fdp.PickValueInList(keys): _value(fdp, depth + 1)
             for _ in range(fdp.ConsumeIntInRange(0, 4))

@@ -348,8 +348,12 @@ def test_bad_requests_get_the_real_status(
 
 
 def test_invalid_names_every_field_with_causes(api: Api) -> None:
-    bad = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "Web_1"},
-           "spec": {"ports": [{"port": 70000, "protocol": "XTP"}, {"port": 80}], "type": "Magic"}}  # fmt: skip
+    bad = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "Web_1"},
+        "spec": {"ports": [{"port": 70000, "protocol": "XTP"}, {"port": 80}], "type": "Magic"},
+    }
     status, out = api("POST", "/api/v1/namespaces/default/services", bad)
     assert (
         status == 422 and out["details"]["kind"] == "Service" and out["details"]["name"] == "Web_1"
@@ -369,9 +373,10 @@ def test_conflict_on_a_stale_resource_version_and_no_op_updates(api: Api) -> Non
     assert status == 200 and updated["metadata"]["labels"] == {"a": "1"}
     status, out = api("PUT", PODS + "/p", stale)
     assert (status, out["reason"]) == (409, "Conflict")
-    assert (
-        out["message"]
-        == 'Operation cannot be fulfilled on pods "p": the object has been modified; please apply your changes to the latest version and try again'
+    assert out["message"] == (
+        'Operation cannot be fulfilled on pods "p": the '
+        "object has been modified; please apply your changes "
+        "to the latest version and try again"
     )
     # An update that changes nothing keeps the version (as the real server).
     status, same = api("PUT", PODS + "/p", updated)
@@ -483,8 +488,19 @@ def test_list_exact_version_is_a_snapshot(api: Api) -> None:
 
 
 def test_strategic_merge_patch_directives(api: Api) -> None:
-    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "finalizers": ["a/x"]},
-           "spec": {"selector": {"app": "s"}, "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81}, {"name": "c", "port": 82}]}}  # fmt: skip
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "s", "finalizers": ["a/x"]},
+        "spec": {
+            "selector": {"app": "s"},
+            "ports": [
+                {"name": "a", "port": 80},
+                {"name": "b", "port": 81},
+                {"name": "c", "port": 82},
+            ],
+        },
+    }
     api("POST", "/api/v1/namespaces/default/services", svc)
     patch = {
         "metadata": {"finalizers": ["a/y"], "$deleteFromPrimitiveList/finalizers": ["a/x"]},
@@ -615,7 +631,10 @@ CR_CASES = [
     (
         {"rules": [{"from": [{"source": {"principals": "x"}}]}]},
         "spec.rules[0].from[0].source.principals",
-        'Invalid value: "string": spec.rules[0].from[0].source.principals in body must be of type array: "string"',
+        (
+            'Invalid value: "string": spec.rules[0].from[0].source.principals '
+            'in body must be of type array: "string"'
+        ),
     ),
     ({"rules": [{"when": [{"values": ["a"]}]}]}, "spec.rules[0].when[0].key", "Required value"),
     (
@@ -660,8 +679,12 @@ def test_custom_resources_are_validated_against_their_schema(
 
 def test_custom_resources_prune_warn_and_default(api: Api) -> None:
     install_crds(api)
-    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r"},
-             "spec": {"rules": [{"backendRefs": [{"name": "web", "extra": 1}]}], "unknown": True}}  # fmt: skip
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "r"},
+        "spec": {"rules": [{"backendRefs": [{"name": "web", "extra": 1}]}], "unknown": True},
+    }
     resp = api.raw(
         "POST",
         "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes",
@@ -677,9 +700,16 @@ def test_custom_resources_prune_warn_and_default(api: Api) -> None:
     assert "unknown" not in out["spec"] and "extra" not in out["spec"]["rules"][0]["backendRefs"][0]
     assert out["spec"]["rules"][0]["backendRefs"][0]["weight"] == 1
     assert out["spec"]["rules"][0]["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
-    gtw = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "g"},
-           "spec": {"gatewayClassName": "x", "listeners": [{"name": "a", "port": 0, "protocol": "HTTP"}],
-                    "preserved": None}}  # fmt: skip
+    gtw = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "g"},
+        "spec": {
+            "gatewayClassName": "x",
+            "listeners": [{"name": "a", "port": 0, "protocol": "HTTP"}],
+            "preserved": None,
+        },
+    }
     status, out = api(
         "POST",
         "/apis/gateway.networking.k8s.io/v1/namespaces/default/gateways",
@@ -698,7 +728,7 @@ def test_tables_for_kubectl_get(api: Api) -> None:
         {"status": {"podIP": "10.0.0.9", "phase": "Running"}},
         ctype="application/merge-patch+json",
     )
-    status, table = api(
+    _, table = api(
         "GET",
         PODS,
         accept="application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
@@ -718,11 +748,11 @@ def test_tables_for_kubectl_get(api: Api) -> None:
     row = table["rows"][0]
     assert row["cells"][:3] == ["web", "0/1", "Running"] and row["cells"][5:7] == ["10.0.0.9", "n1"]
     assert row["object"]["metadata"]["name"] == "web"
-    status, table = api(
+    _, table = api(
         "GET", "/api/v1/configmaps", accept="application/json;as=Table;v=v1;g=meta.k8s.io"
     )
     assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Data", "Age"]
-    status, table = api(
+    _status, table = api(
         "GET",
         "/apis/rbac.authorization.k8s.io/v1/clusterroles",
         accept="application/json;as=Table;v=v1;g=meta.k8s.io",
@@ -756,7 +786,7 @@ def test_endpoint_slices_follow_selectors_and_readiness(api: Api) -> None:
         {"status": {"podIP": "10.244.1.3"}},
         ctype="application/merge-patch+json",
     )
-    status, out = api(
+    _status, out = api(
         "GET",
         "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
         labelSelector="kubernetes.io/service-name=web",
@@ -909,11 +939,37 @@ def test_server_side_apply_semantics(api: Api) -> None:
 def test_rbac_rules_and_forbidden_messages(api: Api) -> None:
     core = api.core
     token = core.mint_token("alice", ["devs"])
-    api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles", {"metadata": {"name": "pod-status"}, "rules": [
-        {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]},
-        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["only-this"], "verbs": ["get"]}]})  # fmt: skip
-    api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {"metadata": {"name": "devs"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "pod-status"},
-                                                                           "subjects": [{"kind": "Group", "name": "devs", "apiGroup": "rbac.authorization.k8s.io"}]})  # fmt: skip
+    api(
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        {
+            "metadata": {"name": "pod-status"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]},
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "resourceNames": ["only-this"],
+                    "verbs": ["get"],
+                },
+            ],
+        },
+    )
+    api(
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        {
+            "metadata": {"name": "devs"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "pod-status",
+            },
+            "subjects": [
+                {"kind": "Group", "name": "devs", "apiGroup": "rbac.authorization.k8s.io"}
+            ],
+        },
+    )
     api("POST", PODS, pod("p"))
     assert (
         api(
@@ -932,10 +988,10 @@ def test_rbac_rules_and_forbidden_messages(api: Api) -> None:
         ctype="application/merge-patch+json",
         token=token,
     )
-    assert (
-        status == 403
-        and out["message"]
-        == 'pods "p" is forbidden: User "alice" cannot patch resource "pods" in API group "" in the namespace "default"'
+    assert status == 403 and out["message"] == (
+        'pods "p" is forbidden: User "alice" cannot patch '
+        'resource "pods" in API group "" in the namespace '
+        '"default"'
     )
     api("POST", "/api/v1/namespaces/default/configmaps", {"metadata": {"name": "only-this"}})
     assert api("GET", "/api/v1/namespaces/default/configmaps/only-this", token=token)[0] == 200
@@ -977,7 +1033,7 @@ def test_tokens_expire_and_die_with_what_they_are_bound_to() -> None:
     assert review() == {"authenticated": False, "error": "token has expired"}
     assert api("GET", PODS, token=token)[0] == 401
     now[0] -= 601
-    status, sa = api("GET", "/api/v1/namespaces/default/serviceaccounts/default")
+    _status, _sa = api("GET", "/api/v1/namespaces/default/serviceaccounts/default")
     api("DELETE", "/api/v1/namespaces/default/serviceaccounts/default")
     assert "has been deleted" in review()["error"]
 
@@ -1002,7 +1058,7 @@ def test_state_file_restart_keeps_objects_tokens_and_versions(tmp_path) -> None:
     assert again.store.rv == rv
     assert api2("GET", PODS + "/b", token=api.token)[0] == 200  # the old admin token still works
     assert api2("GET", PODS + "/a")[0] == 404
-    status, c = api2("POST", PODS, pod("c"))
+    _status, c = api2("POST", PODS, pod("c"))
     assert int(c["metadata"]["resourceVersion"]) > rv
     w = api2.raw("GET", PODS, watch="1", resourceVersion="2")
     assert json.loads(w.initial[0])["object"]["code"] == 410  # type: ignore[union-attr]
@@ -1032,7 +1088,9 @@ def test_lone_surrogates_never_break_an_answer(api: Api) -> None:
     body = b'{"apiVersion":"v1","kind":"\\ud800","metadata":{"name":"x"}}'
     status, out = api("POST", "/api/v1/namespaces/default/configmaps", body)
     assert status == 400 and "\ufffd" in out["message"]
-    body = b'{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"s"},"data":{"k":"a\\udc00b"}}'
+    body = (
+        b'{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"s"},"data":{"k":"a\\udc00b"}}'
+    )
     status, out = api("POST", "/api/v1/namespaces/default/configmaps", body)
     assert status == 201 and out["data"] == {"k": "a\ufffdb"}
     status, listed = api("GET", "/api/v1/namespaces/default/configmaps")

@@ -79,7 +79,7 @@ def _ports(svc: dict[str, Any], pods: list[dict[str, Any]]) -> list[dict[str, An
             if resolved is None:
                 continue
             target = resolved
-        entry: dict[str, Any] = {"port": int(target), "protocol": p.get("protocol", "TCP")}
+        entry: dict[str, Any] = {"port": int(str(target)), "protocol": p.get("protocol", "TCP")}
         entry["name"] = p.get("name", "")
         if p.get("appProtocol"):
             entry["appProtocol"] = p["appProtocol"]
@@ -224,7 +224,7 @@ class EndpointsController:
             "blockOwnerDeletion": True,
         }
         current = self._current_slice(svc)
-        desired = {
+        desired: dict[str, Any] = {
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
             "metadata": {

@@ -25,12 +25,11 @@ from typing import Any
 
 import yaml
 
-from . import auth
+from . import auth, proto
 from . import errors as E
 from . import fields as F
 from . import objects as O
 from . import patch as P
-from . import proto
 from . import selectors as S
 from .controllers import EndpointsController
 from .discovery import (
@@ -463,7 +462,8 @@ class ApiCore:
             rt = self.registry.by_kind(str(obj.get("apiVersion", "")), str(obj.get("kind", "")))
             if rt is None:
                 raise E.bad_request(
-                    f"no resource for {obj.get('apiVersion')} {obj.get('kind')} (is its CRD loaded?)"
+                    f"no resource for {obj.get('apiVersion')} {obj.get('kind')} "
+                    "(is its CRD loaded?)"
                 )
             meta = obj.get("metadata") or {}
             ns = (meta.get("namespace") or "default") if rt.namespaced else ""
@@ -584,12 +584,11 @@ class ApiCore:
         if path == "/openapi/v3":
             return Response(200, self.openapi.index())
         if path.startswith("/openapi/v3/"):
-            body = self.openapi.document(path[len("/openapi/v3/") :])
-            if body is None:
+            gv_doc = self.openapi.document(path[len("/openapi/v3/") :])
+            if gv_doc is None:
                 raise E.no_route()
-            return Response(
-                200, body, headers=[("Cache-Control", "public, immutable")] if req.q("hash") else []
-            )
+            cache = [("Cache-Control", "public, immutable")] if req.q("hash") else []
+            return Response(200, gv_doc, headers=cache)
         raise E.no_route()
 
     # -------------------------------------------------------------- resources
@@ -790,11 +789,15 @@ class ApiCore:
                 keys, objs = self.store.snapshot(rt.store_key, at)
             except E.ApiError as exc:
                 err = E.expired(
-                    "The provided continue parameter is too old to display a consistent list result. "
-                    "You can start a new list without the continue parameter, or use the continue token "
-                    "in this response to retrieve the remainder of the results. Continuing with the "
+                    "The provided continue parameter is too old to "
+                    "display a consistent list result. "
+                    "You can start a new list without the continue "
+                    "parameter, or use the continue token "
+                    "in this response to retrieve the remainder of "
+                    "the results. Continuing with the "
                     "provided token results in an inconsistent list - objects that were created, "
-                    "modified, or deleted between the time the first chunk was returned and now may "
+                    "modified, or deleted between the time the first "
+                    "chunk was returned and now may "
                     "show up in the list."
                 )
                 err.metadata = {"continue": self._encode_continue(self.store.rv, start_after)}
@@ -850,7 +853,7 @@ class ApiCore:
                 200, dumps(to_table(rt, items, meta, include, self.clock())), fmt.content_type
             )
         if fmt.kind == "metadata":
-            body = {
+            mdoc = {
                 "kind": "PartialObjectMetadataList",
                 "apiVersion": "meta.k8s.io/v1",
                 "metadata": meta,
@@ -863,15 +866,15 @@ class ApiCore:
                     for o in items
                 ],
             }
-            return Response(200, dumps(body), fmt.content_type)
+            return Response(200, dumps(mdoc), fmt.content_type)
         if fmt.yaml:
-            doc = {
+            ydoc = {
                 "apiVersion": rt.api_version,
                 "kind": rt.list_kind_name,
                 "metadata": meta,
                 "items": [self._out(rt, o) for o in items],
             }
-            return Response(200, yaml.safe_dump(doc, sort_keys=False).encode(), fmt.content_type)
+            return Response(200, yaml.safe_dump(ydoc, sort_keys=False).encode(), fmt.content_type)
         head = dumps({"kind": rt.list_kind_name, "apiVersion": rt.api_version, "metadata": meta})[
             :-1
         ]
@@ -942,7 +945,10 @@ class ApiCore:
                 [
                     E.forbidden_field(
                         "resourceVersionMatch",
-                        "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+                        (
+                            "resourceVersionMatch is forbidden for watch unless "
+                            "sendInitialEvents is provided"
+                        ),
                     )
                 ],
             )
@@ -1071,7 +1077,9 @@ class ApiCore:
         obj = request_object(req, dups)
         if not isinstance(obj, dict):
             raise E.bad_request(
-                f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: the body must be a JSON object'
+                f'{rt.kind} in version "{rt.version}" cannot be '
+                f"handled as a {rt.kind}: the body must be a JSON "
+                "object"
             )
         self._strictness(rt, [f'duplicate field "{d}"' for d in dups], validation, warnings)
         self._check_type_meta(rt, obj)
@@ -1084,9 +1092,11 @@ class ApiCore:
             return
         if kind != rt.kind:
             raise E.bad_request(
-                f'{rt.kind} in version "{rt.version}" cannot be handled as a {kind}: no kind "{kind}" is registered for version "{api_version}"'[
-                    :500
-                ]
+                (
+                    f'{rt.kind} in version "{rt.version}" cannot be '
+                    f'handled as a {kind}: no kind "{kind}" is registered '
+                    f'for version "{api_version}"'
+                )[:500]
                 if kind
                 else "Object 'Kind' is missing in the body"
             )
@@ -1094,7 +1104,8 @@ class ApiCore:
             other = self.registry.by_kind(str(api_version), str(kind))
             if other is None or other.store_key != rt.store_key:
                 raise E.bad_request(
-                    f"the API version in the data ({api_version}) does not match the expected API version ({rt.api_version})"
+                    f"the API version in the data ({api_version}) does "
+                    f"not match the expected API version ({rt.api_version})"
                 )
             obj["apiVersion"] = rt.api_version
 
@@ -1105,7 +1116,10 @@ class ApiCore:
             return
         if validation == "Strict":
             raise E.bad_request(
-                f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: strict decoding error: '
+                (
+                    f'{rt.kind} in version "{rt.version}" cannot be '
+                    f"handled as a {rt.kind}: strict decoding error: "
+                )
                 + ", ".join(problems[:20])
             )
         if validation == "Warn":
@@ -1147,7 +1161,8 @@ class ApiCore:
         meta = obj.get("metadata")
         if not isinstance(meta, dict):
             raise E.bad_request(
-                f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: metadata must be an object'
+                f'{rt.kind} in version "{rt.version}" cannot be '
+                f"handled as a {rt.kind}: metadata must be an object"
             )
         if rt.crd is not None:
             apply_defaults(obj, schema)
@@ -1198,7 +1213,11 @@ class ApiCore:
             raise E.not_found("namespaces", "", ns)
         if creating and live["metadata"].get("deletionTimestamp"):
             raise E.forbidden(
-                f"{rt.plural} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                (
+                    f"{rt.plural} is forbidden: unable to create new "
+                    f"content in namespace {ns} because it is being "
+                    "terminated"
+                ),
                 resource=rt.plural,
                 group=rt.group,
             )
@@ -1228,13 +1247,15 @@ class ApiCore:
             meta = obj["metadata"] = {}
         if not isinstance(meta, dict):
             raise E.bad_request(
-                f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: metadata must be an object'
+                f'{rt.kind} in version "{rt.version}" cannot be '
+                f"handled as a {rt.kind}: metadata must be an object"
             )
         if rt.namespaced:
             body_ns = meta.get("namespace")
             if body_ns and body_ns != r.namespace:
                 raise E.bad_request(
-                    "the namespace of the provided object does not match the namespace sent on the request"
+                    "the namespace of the provided object does not "
+                    "match the namespace sent on the request"
                 )
             meta["namespace"] = r.namespace
         else:
@@ -1309,15 +1330,18 @@ class ApiCore:
         meta = obj.get("metadata")
         if not isinstance(meta, dict):
             raise E.bad_request(
-                f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: metadata must be an object'
+                f'{rt.kind} in version "{rt.version}" cannot be '
+                f"handled as a {rt.kind}: metadata must be an object"
             )
         if meta.get("name") and meta["name"] != r.name:
             raise E.bad_request(
-                f"the name of the object ({meta['name']}) does not match the name on the URL ({r.name})"
+                f"the name of the object ({meta['name']}) does "
+                f"not match the name on the URL ({r.name})"
             )
         if rt.namespaced and meta.get("namespace") and meta["namespace"] != r.namespace:
             raise E.bad_request(
-                "the namespace of the provided object does not match the namespace sent on the request"
+                "the namespace of the provided object does not "
+                "match the namespace sent on the request"
             )
         old = self.store.get(rt.store_key, r.namespace, r.name)
         if old is None:
@@ -1350,7 +1374,8 @@ class ApiCore:
         meta = obj.setdefault("metadata", {}) if isinstance(obj.get("metadata"), dict) else None
         if meta is None:
             raise E.bad_request(
-                f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: metadata must be an object'
+                f'{rt.kind} in version "{rt.version}" cannot be '
+                f"handled as a {rt.kind}: metadata must be an object"
             )
         old_meta = old["metadata"]
         meta["name"] = old_meta["name"]
@@ -1456,11 +1481,13 @@ class ApiCore:
                 raise E.bad_request("metadata must be set in an apply configuration")
             if bmeta.get("name") and bmeta["name"] != r.name:
                 raise E.bad_request(
-                    f"the name of the object ({bmeta['name']}) does not match the name on the URL ({r.name})"
+                    f"the name of the object ({bmeta['name']}) does "
+                    f"not match the name on the URL ({r.name})"
                 )
             if rt.namespaced and bmeta.get("namespace") and bmeta["namespace"] != r.namespace:
                 raise E.bad_request(
-                    "the namespace of the provided object does not match the namespace sent on the request"
+                    "the namespace of the provided object does not "
+                    "match the namespace sent on the request"
                 )
             bmeta["name"] = r.name
             schema = self._schema(rt)
@@ -1504,7 +1531,9 @@ class ApiCore:
         elif ctype == "application/merge-patch+json":
             if not isinstance(body, dict):
                 raise E.bad_request(
-                    "json: cannot unmarshal into Go value of type map[string]interface {}: a merge patch must be a JSON object"
+                    "json: cannot unmarshal into Go value of type "
+                    "map[string]interface {}: a merge patch must be "
+                    "a JSON object"
                 )
             patched = P.merge_patch(current, body)
         else:
@@ -1519,7 +1548,8 @@ class ApiCore:
             raise E.unprocessable("metadata: the patched object has no metadata object")
         if pmeta.get("name") != r.name:
             raise E.bad_request(
-                f"the name of the object ({pmeta.get('name')}) does not match the name on the URL ({r.name})"
+                f"the name of the object ({pmeta.get('name')}) "
+                f"does not match the name on the URL ({r.name})"
             )
         rv = pmeta.get("resourceVersion")
         if rv and str(rv) != old["metadata"]["resourceVersion"]:
@@ -1579,7 +1609,10 @@ class ApiCore:
                     rt.plural,
                     rt.group,
                     r.name,
-                    f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {old['metadata'].get('uid')}",
+                    (
+                        f"Precondition failed: UID in precondition: {pre['uid']}, "
+                        f"UID in object meta: {old['metadata'].get('uid')}"
+                    ),
                 )
             if (
                 pre.get("resourceVersion")
@@ -1589,7 +1622,11 @@ class ApiCore:
                     rt.plural,
                     rt.group,
                     r.name,
-                    f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, ResourceVersion in object meta: {old['metadata']['resourceVersion']}",
+                    (
+                        "Precondition failed: ResourceVersion in precondition: "
+                        f"{pre['resourceVersion']}, ResourceVersion in "
+                        f"object meta: {old['metadata']['resourceVersion']}"
+                    ),
                 )
         if req.q("dryRun") == "All":
             return self._respond(rt, old, Format())
@@ -1746,7 +1783,7 @@ class ApiCore:
         body = request_object(req)
         if not isinstance(body, dict):
             raise E.bad_request("TokenRequest must be a JSON object")
-        spec = body.get("spec") if isinstance(body.get("spec"), dict) else {}
+        spec: dict[str, Any] = body["spec"] if isinstance(body.get("spec"), dict) else {}
         exp = spec.get("expirationSeconds", 3600)
         if not isinstance(exp, int) or isinstance(exp, bool) or exp < 600 or exp > 2**32:
             raise E.invalid(

@@ -33,6 +33,7 @@ SERVER_VERSION = {
     "platform": "linux/amd64",
 }
 
+_META_V1 = "io.k8s.apimachinery.pkg.apis.meta.v1."
 AGGREGATED_V2 = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
 
 
@@ -257,11 +258,15 @@ def _crd_schema(rt: ResourceType) -> dict[str, Any]:
     props = s.setdefault("properties", {})
     props["apiVersion"] = {
         "type": "string",
-        "description": "APIVersion defines the versioned schema of this representation of an object.",
+        "description": (
+            "APIVersion defines the versioned schema of this representation of an object."
+        ),
     }
     props["kind"] = {
         "type": "string",
-        "description": "Kind is a string value representing the REST resource this object represents.",
+        "description": (
+            "Kind is a string value representing the REST resource this object represents."
+        ),
     }
     props["metadata"] = {
         "allOf": [{"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}]
@@ -380,7 +385,7 @@ def openapi_gv(reg: Registry, group: str, version: str) -> dict[str, Any] | None
     types = [rt for rt in reg.all() if rt.group == group and rt.version == version]
     if not types:
         return None
-    refs = list(_META) + ["io.k8s.apimachinery.pkg.apis.meta.v1.Patch"]
+    refs = [*_META, _META_V1 + "Patch"]
     paths: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for rt in types:
@@ -395,11 +400,7 @@ def openapi_gv(reg: Registry, group: str, version: str) -> dict[str, Any] | None
                     "kind": {"type": "string"},
                     "items": {"type": "array", "items": {"$ref": f"#/components/schemas/{name}"}},
                     "metadata": {
-                        "allOf": [
-                            {
-                                "$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta"
-                            }
-                        ]
+                        "allOf": [{"$ref": "#/components/schemas/" + _META_V1 + "ListMeta"}]
                     },
                 },
                 "x-kubernetes-group-version-kind": [
@@ -416,7 +417,10 @@ def openapi_gv(reg: Registry, group: str, version: str) -> dict[str, Any] | None
         "io.k8s.apimachinery.pkg.apis.meta.v1.Patch",
         {
             "type": "object",
-            "description": "Patch is provided to give a concrete name and type to the Kubernetes PATCH request body.",
+            "description": (
+                "Patch is provided to give a concrete name and "
+                "type to the Kubernetes PATCH request body."
+            ),
         },
     )
     schemas.update(extra)

@@ -166,7 +166,7 @@ def render(path: Path) -> str:
 
 
 class Managed:
-    """The entries of one object's `metadata.managedFields`, keyed by (manager, operation, subresource)."""
+    """One object's `metadata.managedFields`, by (manager, operation, subresource)."""
 
     def __init__(self, entries: Any) -> None:
         self.entries: dict[tuple[str, str, str], tuple[dict[str, Any], set[Path]]] = {}
@@ -189,7 +189,7 @@ class Managed:
         n = len(prefix)
         return any(p[:n] == prefix for k, (_, s) in self.entries.items() if k != exclude for p in s)
 
-    def set(self, key: tuple[str, str, str], paths: set[Path], api_version: str, now: str) -> None:
+    def put(self, key: tuple[str, str, str], paths: set[Path], api_version: str, now: str) -> None:
         if not paths:
             self.entries.pop(key, None)
             return
@@ -247,7 +247,7 @@ def track_update(
     mine = (managed.entries.get(key, ({}, set()))[1] | changed) - removed
     managed.drop(changed | removed, keep=key)
     if changed or key in managed.entries:
-        managed.set(key, mine & new_paths, api_version, now)
+        managed.put(key, mine & new_paths, api_version, now)
     meta["managedFields"] = managed.to_json()
     if not meta["managedFields"]:
         del meta["managedFields"]
@@ -290,7 +290,7 @@ def server_side_apply(
         _remove(result, target)
     if force:
         managed.drop(set(conflicts), keep=key)
-    managed.set(key, applied_paths, api_version, now)
+    managed.put(key, applied_paths, api_version, now)
     result.setdefault("metadata", {})["managedFields"] = managed.to_json()
     return result
 

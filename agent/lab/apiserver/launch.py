@@ -96,7 +96,7 @@ def _admin_token(core: ApiCore, cert_dir: str) -> str:
 
 
 def build(opts: Options) -> tuple[ApiCore, ssl.SSLContext, str, str]:
-    """The core with its state, preloads and tokens; the TLS context; kubeconfig path; admin token."""
+    """The core (state, preloads, tokens), the TLS context, kubeconfig path, admin token."""
     server_addr = opts.advertise or (
         f"{opts.listens[0].host}:{opts.listens[0].port}" if opts.listens else "127.0.0.1:6443"
     )
@@ -270,5 +270,6 @@ def request_token(
             return str(json.load(resp)["status"]["token"])
     except urllib.error.HTTPError as exc:
         raise ApiServerError(
-            f"TokenRequest for {namespace}/{service_account}: {exc.read().decode(errors='replace')[:300]}"
+            f"TokenRequest for {namespace}/{service_account}: "
+            f"{exc.read().decode(errors='replace')[:300]}"
         ) from exc

@@ -154,10 +154,10 @@ def _service_defaults(obj: dict[str, Any]) -> None:
 def _namespace_defaults(obj: dict[str, Any]) -> None:
     meta = obj.setdefault("metadata", {})
     if isinstance(meta, dict) and isinstance(meta.get("name"), str):
-        labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
+        labels: dict[str, Any] = meta["labels"] if isinstance(meta.get("labels"), dict) else {}
         meta["labels"] = {**labels, "kubernetes.io/metadata.name": meta["name"]}
     obj.setdefault("spec", {"finalizers": ["kubernetes"]})
-    status = obj.get("status") if isinstance(obj.get("status"), dict) else {}
+    status: dict[str, Any] = obj["status"] if isinstance(obj.get("status"), dict) else {}
     obj["status"] = {**status, "phase": status.get("phase") or "Active"}
 
 
@@ -165,7 +165,7 @@ def _secret_defaults(obj: dict[str, Any]) -> None:
     obj.setdefault("type", "Opaque")
     string_data = obj.pop("stringData", None)
     if isinstance(string_data, dict):
-        data = obj.get("data") if isinstance(obj.get("data"), dict) else {}
+        data: dict[str, Any] = obj["data"] if isinstance(obj.get("data"), dict) else {}
         for k, v in string_data.items():
             data[k] = base64.b64encode(str(v).encode()).decode()
         obj["data"] = data
@@ -244,7 +244,8 @@ def _check_pod(obj: dict[str, Any], old: dict[str, Any] | None, causes: list[E.C
                 E.forbidden_field(
                     "spec",
                     "pod updates may not change fields other than `spec.containers[*].image`,"
-                    "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` "
+                    "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,"
+                    "`spec.tolerations` "
                     "(only additions to existing tolerations),`spec.terminationGracePeriodSeconds` "
                     "(allow it to be set to 1 if it was previously negative)",
                 )
@@ -459,7 +460,11 @@ class ClusterIPs:
                     E.invalid_value(
                         "spec.clusterIPs",
                         [ip],
-                        f"failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {self.net}",
+                        (
+                            f"failed to allocate IP {ip}: the provided IP ({ip}) "
+                            "is not in the valid range. The range of valid "
+                            f"IPs is {self.net}"
+                        ),
                     )
                 )
                 return

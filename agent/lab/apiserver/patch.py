@@ -47,7 +47,8 @@ def json_patch(target: Any, ops: Any) -> Any:
         raise E.bad_request("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
     if len(ops) > MAX_JSON_PATCH_OPS:
         raise E.too_large(
-            f"The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPS}, got {len(ops)}"
+            "The allowed maximum operations in a JSON patch "
+            f"is {MAX_JSON_PATCH_OPS}, got {len(ops)}"
         )
     for i, op in enumerate(ops):
         if not isinstance(op, dict) or not isinstance(op.get("op"), str):

@@ -56,6 +56,7 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 def _fields(buf: bytes) -> list[tuple[int, int, Any]]:
     out = []
     pos = 0
+    value: Any
     while pos < len(buf):
         key, pos = _varint(buf, pos)
         num, wire = key >> 3, key & 7
@@ -139,7 +140,9 @@ def _message(name: str, buf: bytes, depth: int) -> Any:
                     k = _value(spec[2], w2, v2, depth)
                 elif n2 == 2:
                     v = _value(spec[3], w2, v2, depth)
-            out.setdefault(fname, {})[k if k is not None else ""] = v if v is not None else ("" if spec[3] in ("string", "bytes") else None)
+            out.setdefault(fname, {})[k if k is not None else ""] = (
+                v if v is not None else ("" if spec[3] in ("string", "bytes") else None)
+            )
             continue
         item = _value(spec[2], wire, value, depth)
         if label != "repeated" and item in ("", 0, False) and not isinstance(item, float):

@@ -104,7 +104,7 @@ class Schema:
 
     @property
     def list_type(self) -> str:
-        """`atomic`, `set` or `map` (server-side apply); built-in lists with a merge key are maps."""
+        """`atomic`, `set` or `map` (server-side apply); lists with a merge key are maps."""
         lt = self.node.get("x-kubernetes-list-type")
         if isinstance(lt, str):
             return lt

@@ -72,7 +72,10 @@ def _col(
 NAME = _col("Name", fmt="name", desc="Name must be unique within a namespace.")
 AGE = _col(
     "Age",
-    desc="CreationTimestamp is a timestamp representing the server time when this object was created.",
+    desc=(
+        "CreationTimestamp is a timestamp representing "
+        "the server time when this object was created."
+    ),
 )
 
 
@@ -301,7 +304,10 @@ DEFAULT_COLUMNS = [
     _col(
         "Created At",
         "date",
-        desc="CreationTimestamp is a timestamp representing the server time when this object was created.",
+        desc=(
+            "CreationTimestamp is a timestamp representing "
+            "the server time when this object was created."
+        ),
     ),
 ]
 
