@@ -17,7 +17,7 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from tests.functional.apikit import ApiServerProc
+from tests.functional.apikit import DATA, ApiServerProc
 
 
 @pytest.fixture(scope="module")
@@ -447,3 +447,44 @@ def test_lightkube_lists_watches_and_applies(api: ApiServerProc) -> None:
     for op, obj in lk.watch(ConfigMap, namespace="lightkube", resource_version=rv):
         assert (op, obj.metadata.name, obj.data) == ("MODIFIED", "a", {"x": "2"})
         break
+
+
+def test_preload_and_static_tokens(tmp_path) -> None:
+    tokens = tmp_path / "tokens.csv"
+    tokens.write_text('node-token-123,system:node:node-a,uid-a,"system:nodes"\n')
+    srv = ApiServerProc(
+        tmp_path,
+        "--preload", str(DATA / "crds.yaml"), "--preload", str(DATA / "policies.yaml"),
+        "--token-auth-file", str(tokens),
+    )  # fmt: skip
+    srv.start()
+    try:
+        status, _, body = srv.request(
+            "GET", "/apis/security.istio.io/v1/namespaces/shop/authorizationpolicies/db-from-web"
+        )
+        assert status == 200 and json.loads(body)["spec"]["action"] == "ALLOW"
+        # The static token authenticates; RBAC gives it nothing until a binding says so.
+        status, _, body = srv.request("GET", "/api/v1/nodes", auth="node-token-123")
+        assert (
+            status == 403 and 'User "system:node:node-a" cannot list' in json.loads(body)["message"]
+        )
+        binding = {
+            "metadata": {"name": "nodes-read"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "r",
+            },
+            "subjects": [{"kind": "Group", "name": "system:nodes"}],
+        }
+        role = {
+            "metadata": {"name": "r"},
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}],
+        }
+        for path, body_ in (("clusterroles", role), ("clusterrolebindings", binding)):
+            assert (
+                srv.request("POST", f"/apis/rbac.authorization.k8s.io/v1/{path}", body_)[0] == 201
+            )
+        assert srv.request("GET", "/api/v1/nodes", auth="node-token-123")[0] == 200
+    finally:
+        srv.stop()
