@@ -1095,3 +1095,30 @@ def test_lone_surrogates_never_break_an_answer(api: Api) -> None:
     assert status == 201 and out["data"] == {"k": "a\ufffdb"}
     status, listed = api("GET", "/api/v1/namespaces/default/configmaps")
     assert status == 200 and listed["items"][0]["data"]["k"] == "a\ufffdb"
+
+
+def test_delete_collection_takes_only_the_selected(api: Api) -> None:
+    for name, app in (("a", "web"), ("b", "web"), ("c", "db")):
+        api("POST", PODS, pod(name, {"app": app}))
+    status, out = api("DELETE", PODS, labelSelector="app=web")
+    assert status == 200 and [p["metadata"]["name"] for p in out["items"]] == ["a", "b"]
+    _, left = api("GET", PODS)
+    assert [p["metadata"]["name"] for p in left["items"]] == ["c"]
+
+
+def test_the_kubernetes_service_points_at_the_server() -> None:
+    api = Api(server_address="172.30.0.254:6443")
+    _, svc = api("GET", "/api/v1/namespaces/default/services/kubernetes")
+    assert svc["spec"]["clusterIP"] == "10.96.0.1" and svc["spec"]["ports"][0]["port"] == 443
+    _, sl = api("GET", "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes")
+    assert sl["endpoints"][0]["addresses"] == ["172.30.0.254"] and sl["ports"][0]["port"] == 6443
+    _, ep = api("GET", "/api/v1/namespaces/default/endpoints/kubernetes")
+    assert ep["subsets"][0]["addresses"] == [{"ip": "172.30.0.254"}]
+    status, out = api(
+        "POST",
+        "/api/v1/namespaces/default/services",
+        {"metadata": {"name": "next"}, "spec": {"ports": [{"port": 80}]}},
+    )
+    assert status == 201 and out["spec"]["clusterIP"] == "10.96.0.2"
+    status, out = api("DELETE", "/api/v1/namespaces/default")
+    assert status == 403 and "may not be deleted" in out["message"]

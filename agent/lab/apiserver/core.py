@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import copy
 import datetime as dt
+import ipaddress
 import json
 import logging
 import random
@@ -65,6 +66,7 @@ MAX_DEPTH = 100
 """Nesting of a JSON or YAML body; deeper bodies are refused before anything walks them."""
 DEFAULT_WATCH_TIMEOUT = 1800.0
 BOOTSTRAP_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
 JSON = "application/json"
 PATCH_TYPES = (
     "application/json-patch+json",
@@ -301,7 +303,7 @@ class ApiCore:
         state: StateFile | None = None,
         history_size: int = 10000,
         service_cidr: str = "10.96.0.0/16",
-        server_address: str = "127.0.0.1:6443",
+        server_address: str = "",
         max_watchers: int = 2048,
         watch_queue_bytes: int = 16 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
@@ -354,7 +356,64 @@ class ApiCore:
                 O.default(self.registry.lookup("", "v1", "namespaces"), obj)  # type: ignore[arg-type]
                 obj["metadata"].update(uid=self.new_uid(), creationTimestamp=now)
                 self.store.commit("ADDED", "namespaces", obj)
+        self._kubernetes_service(now)
         self.controller.sync(now, self.new_uid)
+
+    def _kubernetes_service(self, now: str) -> None:
+        """default/kubernetes: the first cluster IP, its endpoints the server's own address,
+        so clients with in-cluster settings (KUBERNETES_SERVICE_HOST/PORT) find the API."""
+        if not self.server_address:
+            return  # an in-process core (tests) has no address to advertise
+        host, _, port_text = self.server_address.rpartition(":")
+        try:
+            port = int(port_text)
+            ipaddress.ip_address(host)
+        except ValueError:
+            return
+        first = str(self.cluster_ips.net.network_address + 1)
+        ports = [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]
+        svc = self.store.get("services", "default", "kubernetes")
+        if svc is None:
+            svc = {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "kubernetes", "namespace": "default", "uid": self.new_uid(),
+                             "creationTimestamp": now,
+                             "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                "spec": {"type": "ClusterIP", "clusterIP": first, "clusterIPs": [first],
+                         "ports": ports, "sessionAffinity": "None",
+                         "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack"},
+                "status": {"loadBalancer": {}},
+            }  # fmt: skip
+            self.store.commit("ADDED", "services", svc)
+        want_slice = {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "kubernetes"},
+                         "uid": svc["metadata"]["uid"] + "-slice", "creationTimestamp": now},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [host], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        }  # fmt: skip
+        live = self.store.get("endpointslices.discovery.k8s.io", "default", "kubernetes")
+        if live is None or (live.get("endpoints"), live.get("ports")) != (
+            want_slice["endpoints"],
+            want_slice["ports"],
+        ):
+            self.store.commit(
+                "MODIFIED" if live else "ADDED", "endpointslices.discovery.k8s.io", want_slice
+            )
+        want_ep = {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                         "uid": svc["metadata"]["uid"] + "-ep", "creationTimestamp": now},
+            "subsets": [{"addresses": [{"ip": host}], "ports": want_slice["ports"]}],
+        }  # fmt: skip
+        live_ep = self.store.get("endpoints", "default", "kubernetes")
+        if live_ep is None or live_ep.get("subsets") != want_ep["subsets"]:
+            self.store.commit("MODIFIED" if live_ep else "ADDED", "endpoints", want_ep)
 
     def compact(self) -> None:
         """Write the whole state to the state file and empty its journal."""
@@ -538,9 +597,7 @@ class ApiCore:
 
     def _route(self, group: str, version: str, rest: list[str]) -> Route:
         ns = ""
-        if (rest[0] == "namespaces" and len(rest) >= 3 and group == "") or (
-            rest[0] == "namespaces" and group and len(rest) >= 3
-        ):
+        if rest[0] == "namespaces" and len(rest) >= 3:
             candidate = self.registry.lookup(group, version, rest[2])
             if candidate is not None and candidate.namespaced:
                 ns, rest = rest[1], rest[2:]
@@ -574,7 +631,8 @@ class ApiCore:
                 body = dumps(aggregated(self.registry, path == "/api"))
                 return Response(200, body, AGGREGATED_V2)
             if path == "/api":
-                return Response(200, dumps(api_versions(self.server_address)))
+                addr = self.server_address or "127.0.0.1:6443"
+                return Response(200, dumps(api_versions(addr)))
             return Response(200, dumps(api_group_list(self.registry)))
         if parts[0] == "apis" and len(parts) == 2:
             doc = api_group(self.registry, parts[1])
@@ -1602,6 +1660,12 @@ class ApiCore:
         old = self.store.get(rt.store_key, r.namespace, r.name)
         if old is None:
             raise E.not_found(rt.plural, rt.group, r.name)
+        if rt.store_key == "namespaces" and r.name in PROTECTED_NAMESPACES:
+            raise E.forbidden(
+                f'namespaces "{r.name}" is forbidden: this namespace may not be deleted',
+                name=r.name,
+                resource="namespaces",
+            )
         pre = opts.get("preconditions") or {}
         if isinstance(pre, dict):
             if pre.get("uid") and pre["uid"] != old["metadata"].get("uid"):
