@@ -370,6 +370,8 @@ class ApiCore:
             ipaddress.ip_address(host)
         except ValueError:
             return
+        if not 0 < port < 65536:
+            return
         first = str(self.cluster_ips.net.network_address + 1)
         ports = [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]
         svc = self.store.get("services", "default", "kubernetes")
