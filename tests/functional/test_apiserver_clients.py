@@ -488,3 +488,41 @@ def test_preload_and_static_tokens(tmp_path) -> None:
         assert srv.request("GET", "/api/v1/nodes", auth="node-token-123")[0] == 200
     finally:
         srv.stop()
+
+
+def test_launch_api_for_the_lab(tmp_path) -> None:
+    """What `lab up` will call: spawn, wait_ready, request_token (TokenRequest, bound to a pod)."""
+    from agent.lab.apiserver import launch
+    from agent.lab.apiserver.server import Listen
+    from tests.functional.apikit import free_port
+
+    port = free_port()
+    opts = launch.Options(
+        state=str(tmp_path / "state.json"),
+        listens=[Listen("127.0.0.1", port)],
+        cert_dir=str(tmp_path / "certs"),
+        preload=[str(DATA / "crds.yaml")],
+    )
+    proc = launch.spawn(opts, str(tmp_path / "api.log"))
+    try:
+        url, ca = f"https://127.0.0.1:{port}", str(tmp_path / "certs" / "ca.crt")
+        launch.wait_ready(url, ca, timeout=30, proc=proc)
+        admin = (tmp_path / "certs" / "admin.token").read_text().strip()
+        cfg = client.Configuration()
+        cfg.host, cfg.ssl_ca_cert, cfg.api_key = url, ca, {"authorization": f"Bearer {admin}"}
+        v1 = client.CoreV1Api(client.ApiClient(cfg))
+        v1.create_namespaced_pod("default", pod("agent-node-a", node="node-a"))
+        token = launch.request_token(url, ca, admin, "default", "default", pod="agent-node-a")
+        authn = client.AuthenticationV1Api(client.ApiClient(cfg))
+        review = authn.create_token_review(
+            client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token))
+        ).status
+        assert (
+            review.authenticated and review.user.username == "system:serviceaccount:default:default"
+        )
+        with pytest.raises(launch.ApiServerError, match="not found"):
+            launch.request_token(url, ca, admin, "default", "nobody")
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    assert proc.returncode == 0
