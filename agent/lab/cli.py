@@ -14,6 +14,7 @@ import yaml
 from agent.common.manifest import load_paths
 from agent.state.objects import canonical_kind
 
+from .apiserver import cli as apiserver_cli
 from .errors import LabError
 from .lab import DEFAULT_ROOT, Lab
 
@@ -92,6 +93,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         help="start the agent with --cleanup: when it stops it removes capture from its pods",
     )
     p.set_defaults(func=cmd_agent)
+
+    apiserver_cli.register(cmds, parents)
 
     p = add("down", "remove everything the lab made")
     p.add_argument("--all", action="store_true", help="take down every lab on this machine")

@@ -103,9 +103,8 @@ def start_redis(tmp: Path, port: int | None = None) -> Redis:
     return Redis(port, proc)
 
 
-def start_nginx(
-    tmp: Path, body: str = "hello from nginx\n", status: int = 200
-) -> tuple[int, subprocess.Popen[bytes]]:
+def run_nginx(tmp: Path, locations: str) -> tuple[int, subprocess.Popen[bytes]]:
+    """nginx on a free loopback port with one server of the given `location` blocks."""
     port = free_port()
     conf = tmp / f"nginx-{port}.conf"
     conf.write_text(
@@ -113,7 +112,7 @@ def start_nginx(
 events {{ worker_connections 1024; }}
 http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp};
   fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
-  server {{ listen 127.0.0.1:{port}; location / {{ return {status} {json.dumps(body)}; }} }} }}
+  server {{ listen 127.0.0.1:{port}; {locations} }} }}
 """
     )
     log = tmp / f"nginx-{port}.log"
@@ -125,6 +124,12 @@ http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp};
         )
     wait_port(port, proc, log)
     return port, proc
+
+
+def start_nginx(
+    tmp: Path, body: str = "hello from nginx\n", status: int = 200
+) -> tuple[int, subprocess.Popen[bytes]]:
+    return run_nginx(tmp, f"location / {{ return {status} {json.dumps(body)}; }}")
 
 
 @dataclass
@@ -298,31 +303,15 @@ def start_nginx_oracle(tmp: Path) -> tuple[int, subprocess.Popen[bytes]]:
     dot segments, merge_slashes) and says which location it chose, for a request the gateway
     let through. `/admin` and below (whole segments, as a Gateway API PathPrefix) is what the
     gateway's ACL must protect."""
-    port = free_port()
     report = (
         "loc=$loc\\nuri=$uri\\nrequest_uri=$request_uri\\nhost=$host\\nargs=$args\\n"
         "authorization=$http_authorization\\napikey=$http_apikey\\n"
     )
-    conf = tmp / f"nginx-oracle-{port}.conf"
-    conf.write_text(
-        f"""daemon off; worker_processes 1; pid {tmp}/nginx-{port}.pid; error_log stderr warn;
-events {{ worker_connections 1024; }}
-http {{ access_log off; client_body_temp_path {tmp}; proxy_temp_path {tmp};
-  fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
-  server {{ listen 127.0.0.1:{port};
-    location ~ ^/admin(/|$) {{ set $loc admin; return 200 "{report}"; }}
-    location / {{ set $loc public; return 200 "{report}"; }} }} }}
-"""
+    return run_nginx(
+        tmp,
+        f'location ~ ^/admin(/|$) {{ set $loc admin; return 200 "{report}"; }}\n'
+        f'    location / {{ set $loc public; return 200 "{report}"; }}',
     )
-    log = tmp / f"nginx-{port}.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    wait_port(port, proc, log)
-    return port, proc
 
 
 def oracle_view(body: bytes) -> dict[str, str]:
