@@ -1,0 +1,209 @@
+"""One way to define a kind of object: a pydantic v2 model.
+
+Every configuration and object kind (the gateway's configuration, Lab, Kubernetes
+objects, AuthorizationPolicy, PeerAuthentication, ...) is one `Model` subclass, and from
+it come the three things that used to be written by hand and separately:
+
+- validation: `parse(Kind, body)` returns the typed object or raises a `FieldError`
+  naming the field as the manifest spells it (`spec.rules[0].from[0].source.principals`),
+  which the manifest loader turns into `file:line (object): field: reason`;
+- the typed, immutable object the code reads (`frozen`, tuples for lists);
+- the OpenAPI v3 schema a CRD carries (`openapi(Kind)`), structural as Kubernetes
+  wants it: no `$ref`, no `anyOf` between types.
+
+Conventions every model follows: field names in snake_case with the manifest's
+camelCase as alias (`to_camel`), unknown fields refused, scalars strict (a port is
+an integer, not the string "80": YAML quoting mistakes are errors, as kubectl makes
+them), units through `Duration`/`Size`/`Port` (agent/common/units.py, the one parser
+of each), and rules pydantic cannot say in a type in `field_validator`s that raise
+`ValueError` with a message that reads after the field's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    WithJsonSchema,
+)
+from pydantic.alias_generators import to_camel
+
+from . import units
+from .errors import FieldError, UnitError
+
+__all__ = [
+    "Bool",
+    "Duration",
+    "Int",
+    "Model",
+    "Port",
+    "Size",
+    "Str",
+    "field_path",
+    "openapi",
+    "parse",
+]
+
+Str = StrictStr
+Int = StrictInt
+Bool = StrictBool
+
+
+class Model(BaseModel):
+    """The base of every object kind (see the module docstring for the conventions)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+        hide_input_in_errors=False,
+    )
+
+
+def _unit(parse: Any) -> Any:
+    def check(value: Any) -> Any:
+        try:
+            return parse(value)
+        except UnitError as exc:
+            raise ValueError(str(exc)) from exc
+
+    return check
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(_unit(units.parse_duration)),
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": r"^\d+(\.\d+)?(ms|s|m|h|d)?$"}),
+]
+"""Seconds, written `500ms`, `30s`, `15m`, `24h`, `7d` or a number of seconds."""
+
+Size = Annotated[
+    int,
+    BeforeValidator(_unit(units.parse_size)),
+    WithJsonSchema({"x-kubernetes-int-or-string": True}),
+]
+"""Bytes, written `512`, `64KiB`, `10MiB` (or KB, MB, GB)."""
+
+Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+"""A TCP port, 1-65535."""
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def parse(kind: type[T], body: Any, path: str = "") -> T:
+    """`body` (parsed YAML or JSON) as a `kind`, or a FieldError naming the first wrong
+    field under `path` (the prefix where `body` sits in its document)."""
+    try:
+        return kind.model_validate(body)
+    except ValidationError as exc:
+        field, reason = describe(exc)
+        raise FieldError(join(path, field), reason) from exc
+
+
+def join(path: str, field: str) -> str:
+    if not path:
+        return field
+    if not field or field.startswith("["):
+        return path + field
+    return f"{path}.{field}"
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """`('spec', 'ports', 0, 'port')` as `spec.ports[0].port`."""
+    out = ""
+    for part in loc:
+        out = f"{out}[{part}]" if isinstance(part, int) else join(out, str(part))
+    return out
+
+
+def describe(exc: ValidationError) -> tuple[str, str]:
+    """The field and reason of the error a user should read first.
+
+    Where a value matched none of a union's forms, pydantic reports one error per form,
+    each with the form's name appended to the location; those are folded into one
+    error at the union's field."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = tuple(first["loc"])
+    siblings = [e for e in errors if tuple(e["loc"])[: len(loc) - 1] == loc[:-1]]
+    if len(siblings) > 1 and all(len(e["loc"]) == len(loc) for e in siblings):
+        tags = [str(e["loc"][-1]) for e in siblings]
+        if not all(isinstance(e["loc"][-1], int) for e in siblings) and len(set(tags)) == len(tags):
+            return field_path(loc[:-1]), f"{_shown(first)} is not one of the accepted forms"
+    return field_path(loc), reason(first)
+
+
+def _shown(err: Mapping[str, Any]) -> str:
+    text = repr(err.get("input"))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def reason(err: Mapping[str, Any]) -> str:
+    """One pydantic error as a phrase that reads after the field's name."""
+    kind = err["type"]
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "value_error":
+        return str(err["ctx"]["error"])
+    if kind == "assertion_error":
+        return str(err["ctx"]["error"]).removeprefix("AssertionError: ") or "is not valid"
+    msg = str(err["msg"])
+    msg = msg.removeprefix("Input should be ").removeprefix("Value error, ")
+    return f"{_shown(err)}: must be {msg}" if not msg.startswith(("Field", "Extra")) else msg
+
+
+# ---------------------------------------------------------------- OpenAPI v3 for CRDs
+
+
+def openapi(kind: type[BaseModel]) -> dict[str, Any]:
+    """The structural OpenAPI v3 schema of `kind` (by its aliases), as a CRD's
+    `openAPIV3Schema` carries it: definitions inlined, `null` alternatives dropped
+    (Kubernetes treats an absent field as null), titles removed."""
+    schema = kind.model_json_schema(by_alias=True, mode="validation")
+    defs = schema.pop("$defs", {})
+    return _structural(schema, defs)
+
+
+def _structural(node: Any, defs: Mapping[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_structural(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs)
+    for key in ("anyOf", "oneOf"):
+        forms = [f for f in node.get(key, ()) if f.get("type") != "null"]
+        if key not in node:
+            continue
+        rest = {k: v for k, v in node.items() if k != key}
+        if len(forms) == 1:
+            return _structural({**forms[0], **rest}, defs)
+        if sorted(f.get("type", "") for f in forms) == ["integer", "string"]:
+            return _structural({**rest, "x-kubernetes-int-or-string": True}, defs)
+        raise TypeError(f"{forms!r}: a CRD schema cannot say one of these (not structural)")
+    out = {}
+    for key, value in node.items():
+        if key == "title":
+            continue
+        if key == "properties":
+            out[key] = {name: _structural(v, defs) for name, v in value.items()}
+        else:
+            out[key] = _structural(value, defs)
+    if out.get("type") == "array" and "prefixItems" in out:
+        out.pop("prefixItems")
+    return out

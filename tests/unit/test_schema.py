@@ -1,0 +1,61 @@
+"""The model base every object kind builds on: errors name the field as the manifest spells
+it, units go through the one parser, and the OpenAPI schema is structural."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.common.errors import FieldError
+from agent.common.schema import Bool, Duration, Int, Model, Port, Size, Str, openapi, parse
+
+
+class Target(Model):
+    port: Port
+    host_name: Str = ""
+
+
+class Spec(Model):
+    targets: tuple[Target, ...] = ()
+    timeout: Duration = 5.0
+    max_body: Size = 1024
+    enabled: Bool = True
+    weight: Int | Str | None = None
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "reason"),
+    [
+        ({"targets": [{"port": 70000}]}, "spec.targets[0].port", "70000: must be less than"),
+        ({"targets": [{"port": "80"}]}, "spec.targets[0].port", "'80': must be a valid integer"),
+        ({"targets": [{}]}, "spec.targets[0].port", "is required"),
+        ({"targets": [{"port": 1, "hostname": "x"}]}, "spec.targets[0].hostname", "unknown field"),
+        ({"timeout": "soon"}, "spec.timeout", "'soon' is not a duration"),
+        ({"maxBody": "big"}, "spec.maxBody", "'big' is not a size"),
+        ({"enabled": "yes"}, "spec.enabled", "'yes': must be a valid boolean"),
+        ({"weight": 1.5}, "spec.weight", "1.5 is not one of the accepted forms"),
+    ],
+)
+def test_errors_name_the_field_as_written(body, field, reason):
+    with pytest.raises(FieldError) as err:
+        parse(Spec, body, "spec")
+    assert err.value.field == field
+    assert err.value.reason.startswith(reason), err.value.reason
+
+
+def test_aliases_units_and_immutability():
+    spec = parse(Spec, {"targets": [{"port": 80, "hostName": "a"}], "timeout": "250ms"})
+    assert spec.targets == (Target(port=80, host_name="a"),)
+    assert spec.timeout == 0.25 and spec.max_body == 1024
+    with pytest.raises(Exception, match="frozen"):
+        spec.timeout = 1  # type: ignore[misc]
+
+
+def test_the_openapi_schema_is_structural():
+    schema = openapi(Spec)
+    text = repr(schema)
+    assert "$ref" not in text and "'title'" not in text and "'null'" not in text
+    target = schema["properties"]["targets"]["items"]
+    assert target["properties"]["port"] == {"type": "integer", "minimum": 1, "maximum": 65535}
+    assert target["required"] == ["port"] and target["additionalProperties"] is False
+    assert "hostName" in target["properties"] and "maxBody" in schema["properties"]
+    assert schema["properties"]["timeout"]["x-kubernetes-int-or-string"] is True
