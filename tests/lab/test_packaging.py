@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.timeout(600)  # pip builds and installs: minutes on a loaded machine
+
 CHECKOUT = Path(__file__).resolve().parents[2]
 SHIPPED = ("agent", "bpf", "gateway", "pyproject.toml", "README.md")
 
