@@ -16,7 +16,9 @@ camelCase as alias (`to_camel`), unknown fields refused, scalars strict (a port 
 an integer, not the string "80": YAML quoting mistakes are errors, as kubectl makes
 them), units through `Duration`/`Size`/`Port` (agent/common/units.py, the one parser
 of each), and rules pydantic cannot say in a type in `field_validator`s that raise
-`ValueError` with a message that reads after the field's name.
+`ValueError` with a message that reads after the field's name. A rule across fields
+(a reference to an unknown name, a name given twice) is a `model_validator` that
+raises `invalid(reason, *loc)`, naming the field it blames below the model.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from . import units
 from .errors import FieldError, UnitError
@@ -49,6 +52,7 @@ __all__ = [
     "Size",
     "Str",
     "field_path",
+    "invalid",
     "openapi",
     "parse",
 ]
@@ -99,6 +103,19 @@ Port = Annotated[StrictInt, Field(ge=1, le=65535)]
 
 
 T = TypeVar("T", bound=BaseModel)
+
+
+def invalid(reason: str, *loc: int | str, value: Any = None) -> ValidationError:
+    """An error at `loc` below what a validator is validating (names as written:
+    `invalid("no backend named 'x'", "backendRefs", 0, "name")`). Raised from a validator,
+    pydantic places it under the validator's own location, so a rule checked across
+    fields still names the one field it blames."""
+    details = InitErrorDetails(
+        type=PydanticCustomError("value_error", "{error}", {"error": reason}),
+        loc=loc,
+        input=value,
+    )
+    return ValidationError.from_exception_data("invalid", [details])
 
 
 def parse(kind: type[T], body: Any, path: str = "") -> T:
