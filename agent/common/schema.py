@@ -122,7 +122,9 @@ def parse(kind: type[T], body: Any, path: str = "") -> T:
     """`body` (parsed YAML or JSON) as a `kind`, or a FieldError naming the first wrong
     field under `path` (the prefix where `body` sits in its document)."""
     try:
-        return kind.model_validate(body)
+        # by alias only: a manifest spells fields as written (`maxBody`), and `max_body`
+        # is an unknown field there, as it is to kubectl (code constructs by name)
+        return kind.model_validate(body, by_name=False)
     except ValidationError as exc:
         field, reason = describe(exc)
         raise FieldError(join(path, field), reason) from exc
@@ -149,12 +151,18 @@ def describe(exc: ValidationError) -> tuple[str, str]:
 
     Where a value matched none of a union's forms, pydantic reports one error per form,
     each with the form's name appended to the location; those are folded into one
-    error at the union's field."""
+    error at the union's field. (Errors of several fields of one object look alike by
+    location: they are told apart by their kind, a field missing or unknown, and by
+    their input, which for a union's forms is one value.)"""
     errors = exc.errors(include_url=False)
     first = errors[0]
     loc = tuple(first["loc"])
     siblings = [e for e in errors if tuple(e["loc"])[: len(loc) - 1] == loc[:-1]]
-    if len(siblings) > 1 and all(len(e["loc"]) == len(loc) for e in siblings):
+    one_value = all(
+        e["type"] not in ("missing", "extra_forbidden") and e.get("input") is first.get("input")
+        for e in siblings
+    )
+    if len(siblings) > 1 and one_value and all(len(e["loc"]) == len(loc) for e in siblings):
         tags = [str(e["loc"][-1]) for e in siblings]
         if not all(isinstance(e["loc"][-1], int) for e in siblings) and len(set(tags)) == len(tags):
             return field_path(loc[:-1]), f"{_shown(first)} is not one of the accepted forms"

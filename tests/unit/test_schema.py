@@ -45,6 +45,11 @@ class Spec(Model):
         ({"maxBody": "big"}, "spec.maxBody", "'big' is not a size"),
         ({"enabled": "yes"}, "spec.enabled", "'yes': must be a valid boolean"),
         ({"weight": 1.5}, "spec.weight", "1.5 is not one of the accepted forms"),
+        # two wrong fields of one object are not a union's forms: the first is named
+        ({"targets": [{"hostName": 1}]}, "spec.targets[0].port", "is required"),
+        ({"timeout": "soon", "maxBody": "big"}, "spec.timeout", "'soon' is not a duration"),
+        # fields are spelled as written: the Python name is an unknown field
+        ({"max_body": 10}, "spec.max_body", "unknown field"),
     ],
 )
 def test_errors_name_the_field_as_written(body, field, reason):
