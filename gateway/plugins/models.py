@@ -317,8 +317,9 @@ class PluginSpec(Model):
     """One plugin configured in one scope (global, a route, a consumer)."""
 
     name: Str
-    config: Any = None
-    """The plugin's own typed configuration (one of MODELS, chosen by `name`)."""
+    config: Any = Field(default=None, validate_default=True)
+    """The plugin's own typed configuration (one of MODELS, chosen by `name`); not
+    given, the model's defaults."""
 
     @field_validator("name")
     @classmethod

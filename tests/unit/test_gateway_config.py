@@ -16,7 +16,7 @@ from agent.common.errors import FieldError
 from gateway.config import load_config, parse_config
 from gateway.errors import ConfigError
 from gateway.plugins import jwt as jwt_plugin
-from gateway.plugins.models import JWT_ALGORITHMS
+from gateway.plugins.models import JWT_ALGORITHMS, KeyAuthConfig
 
 GOOD: dict[str, Any] = {
     "admin": {"address": "127.0.0.1:9901"},
@@ -376,6 +376,13 @@ def test_the_good_config_parses_into_the_typed_objects():
     assert [c.name for c in config.consumers] == ["alice", "bob"]
     assert config.admin.address == ("127.0.0.1", 9901)
     assert config.request_id.header == b"x-request-id"
+    assert isinstance(config.plugins[0].config, KeyAuthConfig)
+
+
+def test_a_plugin_without_config_gets_its_models_defaults():
+    config = parse_config(_with(GOOD, ("plugins",), [{"name": "key-auth"}]))
+    assert config.plugins[0].config == KeyAuthConfig()
+    assert config.plugins[0].config.header == b"apikey"
 
 
 def test_the_jwt_models_algorithms_are_the_ones_the_plugin_verifies():
