@@ -66,8 +66,8 @@ _BACKENDS = TypeAdapter(tuple[BackendSpec, ...])
 
 def _backends(value: Any) -> Any:
     """The list as written, as a mapping by name (the list's errors keep their index)."""
-    if isinstance(value, Mapping):
-        return value
+    if isinstance(value, Mapping) and all(isinstance(b, BackendSpec) for b in value.values()):
+        return value  # made in code, by name (a mapping in YAML is not a list: refused below)
     backends = _BACKENDS.validate_python([] if value is None else value, by_name=False)
     _unique(backends, "backend")
     return {b.name: b for b in backends}

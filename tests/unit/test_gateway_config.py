@@ -116,6 +116,7 @@ CASES = [
     ((*L0, "http"), {"headersWithUnderscores": "keep"},
      "listeners[0].http.headersWithUnderscores", "'keep' is not one of"),
     # ------------------------------------------------------------ backends
+    (("backends",), {"b": {"endpoints": ["http://x"]}}, "backends", "must be a valid tuple"),
     (("backends", 1, "name"), "b", "backends[1].name", "backend 'b' is defined twice"),
     ((*B0, "name"), "B", "backends[0].name", "'B' is not a name"),
     ((*B0, "endpoints"), [], "backends[0].endpoints", "a backend needs endpoints or a service"),
