@@ -6,8 +6,10 @@ is not a duration`. `SCOPES` says where each plugin may be configured (global, p
 route, per consumer); the holder of a plugin list checks it (`check_plugins`).
 
 These models are the typed objects the plugins read. They live apart from the plugins,
-in a module mypyc does not compile (it cannot compile pydantic classes); a plugin copies
-what it reads on every request into its own attributes when it is built. This module is
+in a module mypyc does not compile (it cannot compile pydantic classes). A model keeps its
+fields in the instance's `__dict__`, so the compiled plugins read them as they read any
+Python object's attribute (measured: ~30 ns more per read than a native attribute, some
+tens of reads per request against tens of microseconds of work). This module is
 under gateway/plugins, not gateway/config, because the configuration imports the plugins
 (import-linter's layers), never the reverse: `Consumer` and `PluginSpec` are here for the
 same reason.
