@@ -89,7 +89,11 @@ class Backend:
         self._ejection = EjectionRule(p.consecutive_failures, p.ejection, p.max_ejection)
         self._wrr: dict[int, int] = {}
         self._ring: list[tuple[int, int]] = []
-        if spec.load_balancer == "hash":
+        # (read on every request: kept here, not behind the model's properties)
+        self.load_balancer = spec.load_balancer
+        self.hash_header = spec.hash_header
+        self.hash_cookie = spec.hash_cookie or ""
+        if self.load_balancer == "hash":
             for i, ep in enumerate(self.endpoints):
                 for v in range(100 * ep.weight):
                     self._ring.append((_hash(f"{ep.endpoint}#{v}"), i))
@@ -106,7 +110,7 @@ class Backend:
         live = [e for e in self.endpoints if e.available(now) and e.endpoint not in exclude]
         if not live:
             return None
-        lb = self.spec.load_balancer
+        lb = self.load_balancer
         if lb == "least-request":
             return min(live, key=lambda e: (e.pool.active + 1) / e.weight)
         if lb == "hash":
@@ -116,10 +120,10 @@ class Backend:
         return smooth_pick(live, lambda e: e.weight, self._wrr)
 
     def _hash_key(self, req: Request) -> str | None:
-        if self.spec.hash_header is not None:
-            raw = req.headers.get(self.spec.hash_header)
+        if self.hash_header is not None:
+            raw = req.headers.get(self.hash_header)
             return raw.decode("latin-1") if raw is not None else None
-        name = self.spec.hash_cookie or ""
+        name = self.hash_cookie
         for raw in req.headers.get_all(b"cookie"):
             try:
                 jar = SimpleCookie(raw.decode("latin-1"))

@@ -130,7 +130,7 @@ class Master:
             raise ConfigError(str(docs[0].error(exc))) from exc
         for li in config.listeners:
             if li.tls:
-                CertificateSet(li.tls)  # the files must load now, not in a worker
+                CertificateSet(li.certificates)  # the files must load now, not in a worker
         return config, raw
 
     async def reload(self, reason: str) -> bool:
@@ -334,7 +334,7 @@ class Master:
         except ConfigError as exc:
             raise GatewayError(f"cannot start: {exc}") from exc
         self.config, self.version = config, 1
-        admin = self.admin_override or config.admin
+        admin = self.admin_override or config.admin.address
         runner = web.AppRunner(self.admin_app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, admin[0], admin[1])

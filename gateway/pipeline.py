@@ -88,9 +88,9 @@ class Gateway:
     async def handle(self, req: Request, ex: Exchange) -> None:
         rt = self.runtime
         cfg = rt.config
-        rid_name = cfg.request_id_header
+        rid_name = cfg.request_id.header
         incoming = req.headers.get(rid_name)
-        if incoming is not None and cfg.trust_request_id and _REQUEST_ID.match(incoming):
+        if incoming is not None and cfg.request_id.trust_incoming and _REQUEST_ID.match(incoming):
             req.id = incoming.decode()
         else:
             req.id = f"{random.getrandbits(96):024x}"  # no syscall per request
@@ -198,7 +198,7 @@ class Gateway:
         if f.request_headers is not None:
             modify_headers(up, f.request_headers)
         # X-Forwarded-* and the request id, in one pass over the fields.
-        rid = self.runtime.config.request_id_header
+        rid = self.runtime.config.request_id.header
         client = req.client[0].encode()
         chain = b", ".join([*up.get_all(b"x-forwarded-for"), client])
         items = [(n, v) for n, v in up.items if n not in _FORWARDED and n != rid]
@@ -214,7 +214,7 @@ class Gateway:
     ) -> tuple[proxy.UpstreamAttempt, str] | Response:
         route = plan.route
         retry = route.retry
-        deadline = req.received + route.request_timeout
+        deadline = req.received + route.timeouts.request
         tried: set[UpstreamEndpoint] = set()
         failure: UpstreamError | None = None
         for n in range(retry.attempts):
@@ -232,7 +232,9 @@ class Gateway:
             if left <= 0:
                 break
             try:
-                attempt = await proxy.send(ep.pool, req, up, min(route.backend_timeout, left))
+                attempt = await proxy.send(
+                    ep.pool, req, up, min(route.timeouts.backend_request, left)
+                )
             except UpstreamError as exc:
                 backend.report(ep, False)
                 failure = exc
@@ -257,7 +259,7 @@ class Gateway:
     def _finish(
         self, req: Request, ex: Exchange, resp: Response, route: str, ctx: Context | None
     ) -> None:
-        resp.headers.set(self.runtime.config.request_id_header, req.id.encode())
+        resp.headers.set(self.runtime.config.request_id.header, req.id.encode())
         ex.respond(resp)
         self._log(req, resp.status, len(resp.body), route, ctx, None)
 

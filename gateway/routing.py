@@ -33,6 +33,9 @@ class Candidate:
     match: RouteMatch
     rule: int
     """Index of the match within its route (for rewrite of the matched prefix)."""
+    order: int
+    """The route's position among all routes: breaks precedence ties (older first, as in
+    Gateway API)."""
 
 
 def _precedence(c: Candidate) -> tuple[int, int, int, int, int, int, str]:
@@ -43,7 +46,7 @@ def _precedence(c: Candidate) -> tuple[int, int, int, int, int, int, str]:
         0 if m.method else 1,
         -len(m.headers),
         -len(m.query),
-        c.route.order,
+        c.order,
         c.route.name,
     )
 
@@ -81,8 +84,8 @@ class Router:
         exact: dict[str, list[Candidate]] = {}
         wildcard: dict[str, list[Candidate]] = {}
         anyhost: list[Candidate] = []
-        for route in routes:
-            cands = [Candidate(route, m, i) for i, m in enumerate(route.matches)]
+        for order, route in enumerate(routes):
+            cands = [Candidate(route, m, i, order) for i, m in enumerate(route.matches)]
             if not route.hostnames:
                 anyhost += cands
             for host in route.hostnames:

@@ -123,11 +123,11 @@ class Worker:
         runtime = Runtime(config, self.pools, self.services)
         old = self.gateway.runtime if self.gateway else None
         if self.gateway is None:
-            access = AccessLog(config.access_log)
+            access = AccessLog(config.access_log.format)
             self.gateway = Gateway(runtime, access, self.metrics)
         else:
             self.gateway.runtime = runtime
-            self.gateway.access_log.format = config.access_log
+            self.gateway.access_log.format = config.access_log.format
         runtime.start()
         if old is not None:
             old.stop()
@@ -148,7 +148,7 @@ class Worker:
             if name in self.listeners:
                 li = self.listeners[name]
                 if li.tls is not None:
-                    li.tls.update(spec.tls)
+                    li.tls.update(spec.certificates)
                 li.spec = spec
                 continue
             self.listeners[name] = await self.listen(spec)
@@ -168,7 +168,7 @@ class Worker:
             raise GatewayError(
                 f"listener {spec.name}: cannot listen on {spec.host}:{spec.port}: {exc}"
             ) from exc
-        tls = Termination(spec.tls) if spec.tls else None
+        tls = Termination(spec.certificates) if spec.tls else None
         scheme = "https" if tls else "http"
         assert self.gateway is not None
         gateway = self.gateway
@@ -178,8 +178,8 @@ class Worker:
             live = current.spec if current else spec  # (the spec is replaced on reload)
             return ServerConnection(
                 gateway.handle,
-                live.limits,
-                rules=live.rules,
+                live.server_limits,
+                rules=live.head_rules,
                 scheme=scheme,
                 sweeper=self.sweeper,
                 on_close=self.connections.discard,

@@ -16,7 +16,9 @@ camelCase as alias (`to_camel`), unknown fields refused, scalars strict (a port 
 an integer, not the string "80": YAML quoting mistakes are errors, as kubectl makes
 them), units through `Duration`/`Size`/`Port` (agent/common/units.py, the one parser
 of each), and rules pydantic cannot say in a type in `field_validator`s that raise
-`ValueError` with a message that reads after the field's name.
+`ValueError` with a message that reads after the field's name. A rule across fields
+(a reference to an unknown name, a name given twice) is a `model_validator` that
+raises `invalid(reason, *loc)`, naming the field it blames below the model.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from . import units
 from .errors import FieldError, UnitError
@@ -49,6 +52,7 @@ __all__ = [
     "Size",
     "Str",
     "field_path",
+    "invalid",
     "openapi",
     "parse",
 ]
@@ -101,11 +105,26 @@ Port = Annotated[StrictInt, Field(ge=1, le=65535)]
 T = TypeVar("T", bound=BaseModel)
 
 
+def invalid(reason: str, *loc: int | str, value: Any = None) -> ValidationError:
+    """An error at `loc` below what a validator is validating (names as written:
+    `invalid("no backend named 'x'", "backendRefs", 0, "name")`). Raised from a validator,
+    pydantic places it under the validator's own location, so a rule checked across
+    fields still names the one field it blames."""
+    details = InitErrorDetails(
+        type=PydanticCustomError("value_error", "{error}", {"error": reason}),
+        loc=loc,
+        input=value,
+    )
+    return ValidationError.from_exception_data("invalid", [details])
+
+
 def parse(kind: type[T], body: Any, path: str = "") -> T:
     """`body` (parsed YAML or JSON) as a `kind`, or a FieldError naming the first wrong
     field under `path` (the prefix where `body` sits in its document)."""
     try:
-        return kind.model_validate(body)
+        # by alias only: a manifest spells fields as written (`maxBody`), and `max_body`
+        # is an unknown field there, as it is to kubectl (code constructs by name)
+        return kind.model_validate(body, by_name=False)
     except ValidationError as exc:
         field, reason = describe(exc)
         raise FieldError(join(path, field), reason) from exc
@@ -132,12 +151,18 @@ def describe(exc: ValidationError) -> tuple[str, str]:
 
     Where a value matched none of a union's forms, pydantic reports one error per form,
     each with the form's name appended to the location; those are folded into one
-    error at the union's field."""
+    error at the union's field. (Errors of several fields of one object look alike by
+    location: they are told apart by their kind, a field missing or unknown, and by
+    their input, which for a union's forms is one value.)"""
     errors = exc.errors(include_url=False)
     first = errors[0]
     loc = tuple(first["loc"])
     siblings = [e for e in errors if tuple(e["loc"])[: len(loc) - 1] == loc[:-1]]
-    if len(siblings) > 1 and all(len(e["loc"]) == len(loc) for e in siblings):
+    one_value = all(
+        e["type"] not in ("missing", "extra_forbidden") and e.get("input") is first.get("input")
+        for e in siblings
+    )
+    if len(siblings) > 1 and one_value and all(len(e["loc"]) == len(loc) for e in siblings):
         tags = [str(e["loc"][-1]) for e in siblings]
         if not all(isinstance(e["loc"][-1], int) for e in siblings) and len(set(tags)) == len(tags):
             return field_path(loc[:-1]), f"{_shown(first)} is not one of the accepted forms"

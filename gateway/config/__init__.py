@@ -1,24 +1,44 @@
-"""The gateway's configuration: its model, parsed from YAML, and Gateway API objects.
+"""The gateway's configuration: one pydantic model per kind of object it is made of.
 
-`model.py` is the typed, validated configuration (`parse_config`, `load_config`)
-and `gatewayapi.py` turns the cluster's Gateway, HTTPRoute and Service objects
-into the same model, so the rest of the gateway sees one. Plugins parse their
-own `config` (gateway/plugins): this package imports them, never the reverse.
+What this package is: the definition of everything `slipstream gateway -c FILE`
+reads, written once as models on agent/common/schema.py, from which come the
+validation (errors name the field as written, and `load_config` the file and line:
+`gateway.yaml:12: routes[0].timeouts.request: 'soon' is not a duration`) and the
+typed, immutable objects the rest of the gateway reads. One module per area:
+
+- `listeners.py`: listeners, their TLS certificates, limits and head rules;
+- `backends.py`: backends, endpoints, load balancing, health checks;
+- `routes.py`: routes, matches, filters, timeouts, retries;
+- `model.py`: the whole configuration, and the rules across objects (names given
+  twice, a reference to no backend, one address for two listeners...);
+- `gatewayapi.py`: Gateway API objects (Gateway, HTTPRoute) and Services from the
+  cluster, turned into the same model, so the rest of the gateway sees one.
+
+The plugins' own models, with `Consumer` and `PluginSpec`, are in
+gateway/plugins/models.py: this package imports the plugins, never the reverse.
+None of these modules is compiled by mypyc (it cannot compile pydantic classes); the
+compiled request path reads their fields as plain attributes, and where the HTTP
+engine wants its own structures (`Limits`, `HeadRules`) a listener builds them once.
 """
 
-from ..plugins.base import Consumer, PluginSpec
-from .gatewayapi import ClusterSource, uses_services
-from .model import (
-    IDEMPOTENT,
+from ..plugins.models import Consumer, PluginSpec
+from .backends import (
     ActiveCheck,
-    BackendRef,
     BackendSpec,
     EndpointSpec,
-    Filters,
-    GatewayConfig,
-    HeaderModifier,
-    ListenerSpec,
+    HealthCheck,
     PassiveCheck,
+    ServiceRef,
+    parse_endpoint,
+)
+from .gatewayapi import ClusterSource, uses_services
+from .listeners import ListenerSpec, TlsCertificate
+from .model import GatewayConfig, load_config, parse_config
+from .routes import (
+    IDEMPOTENT,
+    BackendRef,
+    Filters,
+    HeaderModifier,
     PathMatch,
     PathModifier,
     Redirect,
@@ -26,12 +46,7 @@ from .model import (
     Rewrite,
     RouteMatch,
     RouteSpec,
-    ServiceRef,
-    TlsCertificate,
     ValueMatch,
-    load_config,
-    parse_config,
-    parse_endpoint,
 )
 
 __all__ = [
@@ -45,6 +60,7 @@ __all__ = [
     "Filters",
     "GatewayConfig",
     "HeaderModifier",
+    "HealthCheck",
     "ListenerSpec",
     "PassiveCheck",
     "PathMatch",

@@ -1,26 +1,14 @@
 """Plugins: what runs around the proxying, configured globally, per route or per consumer.
 
-Each module parses its own `config` (raising FieldError with the path) and
-implements `base.Plugin`. `PARSERS` and `CLASSES` register them by name;
-`SCOPES` says where each may be configured.
+Each plugin's configuration is a model in `models.py` (with `MODELS`, by name, and
+`SCOPES`, where each may be configured); each module here implements `base.Plugin`
+and is built from its typed config. `CLASSES` registers them by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from . import acl, cache, cors, jwt, keyauth, ratelimit
 from .base import Plugin
-
-PARSERS: dict[str, Callable[[dict[str, Any], str], Any]] = {
-    "cors": cors.parse,
-    "key-auth": keyauth.parse,
-    "jwt": jwt.parse,
-    "acl": acl.parse,
-    "rate-limit": ratelimit.parse,
-    "cache": cache.parse,
-}
 
 CLASSES: dict[str, type[Plugin]] = {
     "cors": cors.Cors,
@@ -29,13 +17,4 @@ CLASSES: dict[str, type[Plugin]] = {
     "acl": acl.Acl,
     "rate-limit": ratelimit.RateLimit,
     "cache": cache.Cache,
-}
-
-SCOPES: dict[str, frozenset[str]] = {
-    "cors": frozenset({"global", "route"}),
-    "key-auth": frozenset({"global", "route"}),
-    "jwt": frozenset({"global", "route"}),
-    "acl": frozenset({"global", "route"}),
-    "rate-limit": frozenset({"global", "route", "consumer"}),
-    "cache": frozenset({"global", "route"}),
 }

@@ -7,26 +7,9 @@ plugin (key-auth, jwt) before relying on an ACL.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
-from agent.state.fields import known_fields, need, strings
-
 from ..http.message import Response
 from .base import PHASE_ACL, Context, Plugin, Shared
-
-
-@dataclass(frozen=True)
-class AclConfig:
-    allow: frozenset[str] = frozenset()
-    deny: frozenset[str] = frozenset()
-
-
-def parse(cfg: dict[str, Any], where: str) -> AclConfig:
-    known_fields(cfg, {"allow", "deny"}, where)
-    allow, deny = strings(cfg, "allow", where), strings(cfg, "deny", where)
-    need(bool(allow or deny), where, "give allow or deny groups")
-    return AclConfig(frozenset(allow), frozenset(deny))
+from .models import AclConfig
 
 
 class Acl(Plugin):

@@ -6,9 +6,8 @@ A plugin is built once per configuration (per scope) from its typed config.
 the response head before it is sent, in reverse order. Plugins keep their
 state (counters, caches, key sets) in the instance or in `Shared`.
 
-`PluginSpec` and `Consumer` are configuration, defined here rather than in
-gateway/config so that the dependency runs one way: the configuration parser
-imports the plugins (to parse their `config`), the plugins never import it.
+`PluginSpec` and `Consumer` are configuration: they are models in models.py (which
+mypyc does not compile), with every plugin's own configuration.
 """
 
 from __future__ import annotations
@@ -18,29 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..http.message import Headers, Request, Response
+from .models import Consumer, PluginSpec
 
 S = TypeVar("S")
 
-
-@dataclass(frozen=True)
-class PluginSpec:
-    """One plugin configured in one scope (global, a route, a consumer)."""
-
-    name: str
-    config: Any
-    """The plugin's own typed configuration (plugins/<name>.py parses it)."""
-    where: str = ""
-
-
-@dataclass(frozen=True)
-class Consumer:
-    """Who a request's credentials prove is asking (key-auth, jwt), with their own plugins."""
-
-    name: str
-    groups: frozenset[str] = frozenset()
-    api_keys: tuple[str, ...] = ()
-    jwt_subjects: tuple[str, ...] = ()
-    plugins: tuple[PluginSpec, ...] = ()
+__all__ = ["Consumer", "Context", "Plugin", "PluginSpec", "Shared"]
 
 
 # Order of the request hooks; response hooks run in reverse.

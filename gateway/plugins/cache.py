@@ -32,89 +32,14 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
-
-from agent.state.fields import (
-    duration,
-    integer,
-    known_fields,
-    listing,
-    need,
-    opt,
-    size,
-    string,
-    strings,
-)
 
 from ..http.message import Headers, Response
 from .base import PHASE_CACHE, Context, Plugin, Shared
+from .models import CacheConfig
 
-CACHEABLE = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
 MAX_VARIANTS = 8
 """Answers kept per key that differ by their Vary fields (an upstream varying on User-Agent
 would otherwise make each lookup scan thousands)."""
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    ttl: float = 60.0
-    max_entries: int = 10_000
-    max_bytes: int = 64 << 20
-    max_body: int = 1 << 20
-    methods: frozenset[str] = frozenset({"GET", "HEAD"})
-    statuses: frozenset[int] = frozenset({200, 301, 404})
-    vary_query: tuple[str, ...] | None = None
-    """None: every query parameter is part of the key."""
-    vary_headers: tuple[bytes, ...] = ()
-    request_cookies: str = "private"
-    """private: a request with a Cookie counts as credentialed (see above); ignore: cookies
-    play no part (for sites whose cookies never change an answer)."""
-
-
-def parse(cfg: dict[str, Any], where: str) -> CacheConfig:
-    known_fields(
-        cfg,
-        {
-            "ttl",
-            "maxEntries",
-            "maxBytes",
-            "maxBody",
-            "methods",
-            "statuses",
-            "varyQuery",
-            "varyHeaders",
-            "requestCookies",
-        },
-        where,
-    )
-    cookies = string(cfg, "requestCookies", where, default="private")
-    need(
-        cookies in ("private", "ignore"),
-        f"{where}.requestCookies",
-        f"{cookies!r} is not private or ignore",
-    )
-    statuses = []
-    for i, s in enumerate(listing(cfg, "statuses", where)):
-        w = f"{where}.statuses[{i}]"
-        need(
-            isinstance(s, int) and s in CACHEABLE,
-            w,
-            f"{s!r} is not a cacheable status ({sorted(CACHEABLE)})",
-        )
-        statuses.append(int(s))
-    methods = {m.upper() for m in strings(cfg, "methods", where)} or {"GET", "HEAD"}
-    need(methods <= {"GET", "HEAD"}, f"{where}.methods", "only GET and HEAD responses are cached")
-    return CacheConfig(
-        ttl=opt(cfg, "ttl", where, duration, 60.0),
-        max_entries=opt(cfg, "maxEntries", where, lambda v, w: integer(v, w, 1, 10**7), 10_000),
-        max_bytes=opt(cfg, "maxBytes", where, size, 64 << 20),
-        max_body=opt(cfg, "maxBody", where, size, 1 << 20),
-        methods=frozenset(methods),
-        statuses=frozenset(statuses) or frozenset({200, 301, 404}),
-        vary_query=strings(cfg, "varyQuery", where) if "varyQuery" in cfg else None,
-        vary_headers=tuple(h.lower().encode() for h in strings(cfg, "varyHeaders", where)),
-        request_cookies=cookies,
-    )
 
 
 @dataclass

@@ -10,64 +10,10 @@ one that is not allowed gets 403 and no CORS headers.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
-
-from agent.state.fields import boolean, duration, known_fields, need, opt, strings
 
 from ..http.message import Headers, Response
 from .base import PHASE_CORS, Context, Plugin, Shared
-
-DEFAULT_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-
-
-@dataclass(frozen=True)
-class CorsConfig:
-    allow_origins: tuple[str, ...]
-    allow_methods: tuple[str, ...] = DEFAULT_METHODS
-    allow_headers: tuple[str, ...] = ()
-    """Lower-case; empty allows whatever the preflight asks for."""
-    expose_headers: tuple[str, ...] = ()
-    allow_credentials: bool = False
-    max_age: int = 600
-
-
-def parse(cfg: dict[str, Any], where: str) -> CorsConfig:
-    known_fields(
-        cfg,
-        {
-            "allowOrigins",
-            "allowMethods",
-            "allowHeaders",
-            "exposeHeaders",
-            "allowCredentials",
-            "maxAge",
-        },
-        where,
-    )
-    origins = strings(cfg, "allowOrigins", where)
-    need(bool(origins), f"{where}.allowOrigins", "list the origins allowed (or *)")
-    for i, o in enumerate(origins):
-        need(
-            o == "*" or bool(re.fullmatch(r"https?://(\*\.)?[a-z0-9.-]+(:\d+)?", o)),
-            f"{where}.allowOrigins[{i}]",
-            f"{o!r} is not an origin like https://app.example.com",
-        )
-    credentials = opt(cfg, "allowCredentials", where, boolean, False)
-    need(
-        not (credentials and "*" in origins),
-        f"{where}.allowCredentials",
-        "cannot be true with allowOrigins: [*] (browsers refuse it)",
-    )
-    methods = tuple(m.upper() for m in strings(cfg, "allowMethods", where)) or DEFAULT_METHODS
-    return CorsConfig(
-        allow_origins=origins,
-        allow_methods=methods,
-        allow_headers=tuple(h.lower() for h in strings(cfg, "allowHeaders", where)),
-        expose_headers=strings(cfg, "exposeHeaders", where),
-        allow_credentials=credentials,
-        max_age=int(opt(cfg, "maxAge", where, duration, 600)),
-    )
+from .models import CorsConfig
 
 
 class Cors(Plugin):

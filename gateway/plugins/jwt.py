@@ -36,10 +36,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from agent.state.fields import boolean, duration, known_fields, need, opt, string, strings
-
 from ..http.message import Headers, Response
 from .base import PHASE_AUTH, Context, Plugin, Shared
+from .models import JwtConfig
 
 log = logging.getLogger("gateway.jwt")
 
@@ -53,66 +52,6 @@ ALGORITHMS = {
 }
 CURVES = {"P-256": (ec.SECP256R1, "ES256", 32), "P-384": (ec.SECP384R1, "ES384", 48)}
 MAX_TOKEN = 8 * 1024
-
-
-@dataclass(frozen=True)
-class JwtConfig:
-    jwks_url: str | None
-    jwks_file: str | None
-    issuer: str | None = None
-    audiences: tuple[str, ...] = ()
-    algorithms: tuple[str, ...] = ("RS256", "ES256")
-    leeway: float = 30.0
-    require_exp: bool = True
-    refresh_interval: float = 300.0
-    min_refresh_interval: float = 30.0
-    header: bytes = b"authorization"
-    consumer_claim: str = "sub"
-
-
-def parse(cfg: dict[str, Any], where: str) -> JwtConfig:
-    known_fields(
-        cfg,
-        {
-            "jwksUrl",
-            "jwksFile",
-            "issuer",
-            "audiences",
-            "algorithms",
-            "leeway",
-            "requireExp",
-            "refreshInterval",
-            "minRefreshInterval",
-            "header",
-            "consumerClaim",
-        },
-        where,
-    )
-    url, path = string(cfg, "jwksUrl", where) or None, string(cfg, "jwksFile", where) or None
-    need((url is None) != (path is None), where, "give exactly one of jwksUrl or jwksFile")
-    if url is not None:
-        need(url.startswith(("http://", "https://")), f"{where}.jwksUrl", "must be an http(s) URL")
-    algs = strings(cfg, "algorithms", where) or ("RS256", "ES256")
-    for i, a in enumerate(algs):
-        need(
-            a in ALGORITHMS,
-            f"{where}.algorithms[{i}]",
-            f"{a!r} is not allowed (public-key algorithms only: {', '.join(ALGORITHMS)})",
-        )
-    refresh = opt(cfg, "refreshInterval", where, duration, 300.0)
-    return JwtConfig(
-        jwks_url=url,
-        jwks_file=path,
-        issuer=string(cfg, "issuer", where) or None,
-        audiences=strings(cfg, "audiences", where),
-        algorithms=algs,
-        leeway=opt(cfg, "leeway", where, duration, 30.0),
-        require_exp=opt(cfg, "requireExp", where, boolean, True),
-        refresh_interval=refresh,
-        min_refresh_interval=opt(cfg, "minRefreshInterval", where, duration, min(30.0, refresh)),
-        header=string(cfg, "header", where, default="authorization").lower().encode(),
-        consumer_claim=string(cfg, "consumerClaim", where, default="sub"),
-    )
 
 
 class TokenError(Exception):

@@ -10,29 +10,10 @@ With `hideCredentials` the key is not passed upstream.
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
-from typing import Any
-
-from agent.state.fields import boolean, known_fields, opt, string
 
 from ..http.message import Headers, Response
 from .base import PHASE_AUTH, Context, Plugin, Shared
-
-
-@dataclass(frozen=True)
-class KeyAuthConfig:
-    header: bytes = b"apikey"
-    query: str | None = "apikey"
-    hide_credentials: bool = True
-
-
-def parse(cfg: dict[str, Any], where: str) -> KeyAuthConfig:
-    known_fields(cfg, {"header", "query", "hideCredentials"}, where)
-    return KeyAuthConfig(
-        header=string(cfg, "header", where, default="apikey").lower().encode(),
-        query=string(cfg, "query", where, default="apikey") or None,
-        hide_credentials=opt(cfg, "hideCredentials", where, boolean, True),
-    )
+from .models import KeyAuthConfig
 
 
 class KeyAuth(Plugin):

@@ -28,82 +28,22 @@ import itertools
 import logging
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, NamedTuple
-
-from agent.state.fields import duration, integer, known_fields, mapping, need, opt, string
 
 from ..http.message import Headers, Response
 from ..redisclient import Redis, RedisReplyError, RedisUnavailable
 from .base import PHASE_RATE_LIMIT, Context, Plugin, Shared
+from .models import RateLimitConfig
 
 log = logging.getLogger("gateway.ratelimit")
 
-BY = ("consumer", "ip", "route", "header")
 MAX_REMEMBERED = 100_000
 """Finished-window counts a process keeps (then it forgets them all and reads them again)."""
 MAX_KEYS = 100_000
 """Keys (clients, header values...) a worker's local store counts at once, per algorithm."""
 MAX_KEY_PART = 64
 """A header value longer than this is counted by its digest (keys stay small)."""
-ALGORITHMS = ("sliding-window", "token-bucket")
 _HEADERS = frozenset({b"ratelimit-limit", b"ratelimit-remaining", b"ratelimit-reset"})
-
-
-@dataclass(frozen=True)
-class RateLimitConfig:
-    limit: int
-    window: float
-    by: str = "consumer"
-    header: bytes | None = None
-    algorithm: str = "sliding-window"
-    store: str = "local"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_timeout: float = 0.1
-    failure: str = "open"
-
-
-def parse(cfg: dict[str, Any], where: str) -> RateLimitConfig:
-    known_fields(cfg, {"limit", "window", "by", "header", "algorithm", "store", "redis"}, where)
-    need("limit" in cfg, f"{where}.limit", "is required")
-    need("window" in cfg, f"{where}.window", "is required")
-    window = duration(cfg["window"], f"{where}.window")
-    need(window >= 0.001, f"{where}.window", "must be at least 1ms")
-    by = string(cfg, "by", where, default="consumer")
-    need(by in BY, f"{where}.by", f"{by!r} is not one of {', '.join(BY)}")
-    header = string(cfg, "header", where) or None
-    need(
-        (by == "header") == (header is not None),
-        f"{where}.header",
-        "give header exactly when by: header",
-    )
-    algorithm = string(cfg, "algorithm", where, default="sliding-window")
-    need(
-        algorithm in ALGORITHMS,
-        f"{where}.algorithm",
-        f"{algorithm!r} is not one of {', '.join(ALGORITHMS)}",
-    )
-    store = string(cfg, "store", where, default="local")
-    need(store in ("local", "redis"), f"{where}.store", f"{store!r} is not local or redis")
-    redis = mapping(cfg, "redis", where)
-    rw = f"{where}.redis"
-    known_fields(redis, {"url", "timeout", "failure"}, rw)
-    need(not redis or store == "redis", rw, "only with store: redis")
-    url = string(redis, "url", rw, default="redis://127.0.0.1:6379/0")
-    need(url.startswith("redis://"), f"{rw}.url", "must be a redis:// URL")
-    failure = string(redis, "failure", rw, default="open")
-    need(failure in ("open", "closed"), f"{rw}.failure", f"{failure!r} is not open or closed")
-    return RateLimitConfig(
-        limit=integer(cfg["limit"], f"{where}.limit", 1, 10**9),
-        window=window,
-        by=by,
-        header=header.lower().encode() if header else None,
-        algorithm=algorithm,
-        store=store,
-        redis_url=url,
-        redis_timeout=opt(redis, "timeout", rw, duration, 0.1),
-        failure=failure,
-    )
 
 
 class Verdict(NamedTuple):  # (a tuple: made once per request, a frozen dataclass costs more)
@@ -307,9 +247,9 @@ class RateLimit(Plugin):
         self.store: RedisStore | LocalStore
         if config.store == "redis":
             self.store = shared.service(
-                f"ratelimit:{config.redis_url}",
+                f"ratelimit:{config.redis.url}",
                 RedisStore,
-                lambda: RedisStore(config.redis_url, config.redis_timeout),
+                lambda: RedisStore(config.redis.url, config.redis.timeout),
             )
         else:
             self.store = shared.service("ratelimit:local", LocalStore, LocalStore)
@@ -344,8 +284,8 @@ class RateLimit(Plugin):
             else:
                 verdict = self.store.bucket(key, c.limit, c.window)
         except RedisUnavailable:
-            ctx.notes["ratelimit"] = f"store-down-{c.failure}"
-            if c.failure == "open":
+            ctx.notes["ratelimit"] = f"store-down-{c.redis.failure}"
+            if c.redis.failure == "open":
                 return None
             return Response.text(503, "rate limiter unavailable")
         headers = [

@@ -4,9 +4,21 @@ it, units go through the one parser, and the OpenAPI schema is structural."""
 from __future__ import annotations
 
 import pytest
+from pydantic import model_validator
 
 from agent.common.errors import FieldError
-from agent.common.schema import Bool, Duration, Int, Model, Port, Size, Str, openapi, parse
+from agent.common.schema import (
+    Bool,
+    Duration,
+    Int,
+    Model,
+    Port,
+    Size,
+    Str,
+    invalid,
+    openapi,
+    parse,
+)
 
 
 class Target(Model):
@@ -33,6 +45,11 @@ class Spec(Model):
         ({"maxBody": "big"}, "spec.maxBody", "'big' is not a size"),
         ({"enabled": "yes"}, "spec.enabled", "'yes': must be a valid boolean"),
         ({"weight": 1.5}, "spec.weight", "1.5 is not one of the accepted forms"),
+        # two wrong fields of one object are not a union's forms: the first is named
+        ({"targets": [{"hostName": 1}]}, "spec.targets[0].port", "is required"),
+        ({"timeout": "soon", "maxBody": "big"}, "spec.timeout", "'soon' is not a duration"),
+        # fields are spelled as written: the Python name is an unknown field
+        ({"max_body": 10}, "spec.max_body", "unknown field"),
     ],
 )
 def test_errors_name_the_field_as_written(body, field, reason):
@@ -59,3 +76,27 @@ def test_the_openapi_schema_is_structural():
     assert target["required"] == ["port"] and target["additionalProperties"] is False
     assert "hostName" in target["properties"] and "maxBody" in schema["properties"]
     assert schema["properties"]["timeout"]["x-kubernetes-int-or-string"] is True
+
+
+class Pair(Model):
+    targets: tuple[Target, ...] = ()
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Pair:
+        seen: set[int] = set()
+        for i, t in enumerate(self.targets):
+            if t.port in seen:
+                raise invalid(f"port {t.port} is given twice", "targets", i, "port")
+            seen.add(t.port)
+        return self
+
+
+class Holder(Model):
+    pairs: tuple[Pair, ...] = ()
+
+
+def test_a_rule_across_fields_names_the_field_it_blames():
+    with pytest.raises(FieldError) as err:
+        parse(Holder, {"pairs": [{}, {"targets": [{"port": 1}, {"port": 2}, {"port": 1}]}]}, "spec")
+    assert err.value.field == "spec.pairs[1].targets[2].port"
+    assert err.value.reason == "port 1 is given twice"
