@@ -34,6 +34,7 @@ from pydantic import (
     StrictStr,
     ValidationError,
     WithJsonSchema,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -68,6 +69,15 @@ class Model(BaseModel):
         populate_by_name=True,
         hide_input_in_errors=False,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        # Kubernetes (and YAML's `key:` with nothing after it) writes an absent field as
+        # null: a null field takes its default, and a required one is reported missing.
+        if isinstance(data, dict) and any(v is None for v in data.values()):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
 
 def _unit(parse: Any) -> Any:
@@ -119,11 +129,15 @@ def join(path: str, field: str) -> str:
     return f"{path}.{field}"
 
 
-def field_path(loc: tuple[int | str, ...]) -> str:
-    """`('spec', 'ports', 0, 'port')` as `spec.ports[0].port`."""
+def field_path(loc: tuple[int | str, ...], key: bool = False) -> str:
+    """`('spec', 'ports', 0, 'port')` as `spec.ports[0].port`. `key`: the last part is a
+    mapping's key (`metadata.labels.bad key!`, `spec.1`), never an index."""
     out = ""
-    for part in loc:
-        out = f"{out}[{part}]" if isinstance(part, int) else join(out, str(part))
+    for i, part in enumerate(loc):
+        if isinstance(part, int) and not (key and i == len(loc) - 1):
+            out = f"{out}[{part}]"
+        else:
+            out = join(out, str(part))
     return out
 
 
@@ -136,12 +150,31 @@ def describe(exc: ValidationError) -> tuple[str, str]:
     errors = exc.errors(include_url=False)
     first = errors[0]
     loc = tuple(first["loc"])
+    if loc and loc[-1] == "[key]":  # a mapping's key was refused: name the key itself
+        return field_path(loc[:-1], key=True), reason(first)
+    if first["type"] == "invalid_key":  # YAML keys need not be strings (`1: x`)
+        return field_path(loc, key=True), "unknown field"
     siblings = [e for e in errors if tuple(e["loc"])[: len(loc) - 1] == loc[:-1]]
     if len(siblings) > 1 and all(len(e["loc"]) == len(loc) for e in siblings):
         tags = [str(e["loc"][-1]) for e in siblings]
         if not all(isinstance(e["loc"][-1], int) for e in siblings) and len(set(tags)) == len(tags):
             return field_path(loc[:-1]), f"{_shown(first)} is not one of the accepted forms"
     return field_path(loc), reason(first)
+
+
+_TYPE_WORDS = {
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "dict_type": "a mapping",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "string_type": "a string",
+}
+"""Errors of shape, said as the manifest's words: `must be a list, not str`."""
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "mapping", list: "list", str: "string"}.get(type(value), type(value).__name__)
 
 
 def _shown(err: Mapping[str, Any]) -> str:
@@ -158,6 +191,8 @@ def reason(err: Mapping[str, Any]) -> str:
         return "unknown field"
     if kind == "value_error":
         return str(err["ctx"]["error"])
+    if kind in _TYPE_WORDS:
+        return f"must be {_TYPE_WORDS[kind]}, not {_type_name(err.get('input'))}"
     if kind == "assertion_error":
         return str(err["ctx"]["error"]).removeprefix("AssertionError: ") or "is not valid"
     msg = str(err["msg"])

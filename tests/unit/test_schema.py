@@ -59,3 +59,30 @@ def test_the_openapi_schema_is_structural():
     assert target["required"] == ["port"] and target["additionalProperties"] is False
     assert "hostName" in target["properties"] and "maxBody" in schema["properties"]
     assert schema["properties"]["timeout"]["x-kubernetes-int-or-string"] is True
+
+
+class Labelled(Model):
+    labels: dict[Str, Str] = {}
+    spec: Spec | None = None
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "reason"),
+    [
+        ({"labels": "x"}, "labels", "must be a mapping, not string"),
+        ({"spec": {"targets": "x"}}, "spec.targets", "must be a list, not string"),
+        ({"spec": {"targets": [None]}}, "spec.targets[0]", "must be a mapping, not NoneType"),
+        ({"labels": {"a": 1}}, "labels.a", "must be a string, not int"),
+        ({1: "x"}, "1", "unknown field"),
+        ({"labels": {1: "x"}}, "labels.1", "must be a string, not int"),
+        ({"spec": {"targets": [{"port": None}]}}, "spec.targets[0].port", "is required"),
+    ],
+)
+def test_shapes_keys_and_nulls_read_as_the_manifest_says(body, field, reason):
+    with pytest.raises(FieldError) as err:
+        parse(Labelled, body)
+    assert (err.value.field, err.value.reason) == (field, reason)
+
+
+def test_null_is_an_absent_field():
+    assert parse(Labelled, {"labels": None, "spec": {"timeout": None}}) == Labelled(spec=Spec())
