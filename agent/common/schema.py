@@ -45,6 +45,7 @@ __all__ = [
     "Bool",
     "Duration",
     "Int",
+    "Invalid",
     "Model",
     "Port",
     "Size",
@@ -108,14 +109,25 @@ Port = Annotated[StrictInt, Field(ge=1, le=65535)]
 """A TCP port, 1-65535."""
 
 
+class Invalid(ValueError):
+    """What a validator raises for a rule that spans fields or items, naming the one at
+    fault below the validated value: `Invalid("is listed twice", "[1].port")` from a
+    validator of `spec.ports` reads `spec.ports[1].port: is listed twice`."""
+
+    def __init__(self, reason: str, field: str = "") -> None:
+        super().__init__(reason)
+        self.field = field
+
+
 T = TypeVar("T", bound=BaseModel)
 
 
-def parse(kind: type[T], body: Any, path: str = "") -> T:
+def parse(kind: type[T], body: Any, path: str = "", context: Any = None) -> T:
     """`body` (parsed YAML or JSON) as a `kind`, or a FieldError naming the first wrong
-    field under `path` (the prefix where `body` sits in its document)."""
+    field under `path` (the prefix where `body` sits in its document). `context` reaches
+    the validators (`info.context`): what a kind's rules depend on beyond its fields."""
     try:
-        return kind.model_validate(body)
+        return kind.model_validate(body, context=context)
     except ValidationError as exc:
         field, reason = describe(exc)
         raise FieldError(join(path, field), reason) from exc
@@ -159,6 +171,9 @@ def describe(exc: ValidationError) -> tuple[str, str]:
         tags = [str(e["loc"][-1]) for e in siblings]
         if not all(isinstance(e["loc"][-1], int) for e in siblings) and len(set(tags)) == len(tags):
             return field_path(loc[:-1]), f"{_shown(first)} is not one of the accepted forms"
+    error = (first.get("ctx") or {}).get("error")
+    if isinstance(error, Invalid) and error.field:
+        return join(field_path(loc), error.field), reason(first)
     return field_path(loc), reason(first)
 
 
@@ -191,6 +206,8 @@ def reason(err: Mapping[str, Any]) -> str:
         return "unknown field"
     if kind == "value_error":
         return str(err["ctx"]["error"])
+    if kind == "literal_error":
+        return f"{_shown(err)} is not one of {err['ctx']['expected']}"
     if kind in _TYPE_WORDS:
         return f"must be {_TYPE_WORDS[kind]}, not {_type_name(err.get('input'))}"
     if kind == "assertion_error":

@@ -3,10 +3,24 @@ it, units go through the one parser, and the OpenAPI schema is structural."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
+from pydantic import field_validator
 
 from agent.common.errors import FieldError
-from agent.common.schema import Bool, Duration, Int, Model, Port, Size, Str, openapi, parse
+from agent.common.schema import (
+    Bool,
+    Duration,
+    Int,
+    Invalid,
+    Model,
+    Port,
+    Size,
+    Str,
+    openapi,
+    parse,
+)
 
 
 class Target(Model):
@@ -86,3 +100,25 @@ def test_shapes_keys_and_nulls_read_as_the_manifest_says(body, field, reason):
 
 def test_null_is_an_absent_field():
     assert parse(Labelled, {"labels": None, "spec": {"timeout": None}}) == Labelled(spec=Spec())
+
+
+class Listed(Model):
+    mode: Literal["A", "B"] = "A"
+    ports: tuple[Port, ...] = ()
+
+    @field_validator("ports")
+    @classmethod
+    def _once(cls, ports: tuple[int, ...]) -> tuple[int, ...]:
+        for i, p in enumerate(ports):
+            if p in ports[:i]:
+                raise Invalid(f"port {p} is listed twice", f"[{i}]")
+        return ports
+
+
+def test_a_rule_across_items_names_the_item_and_literals_list_their_choices():
+    with pytest.raises(FieldError) as err:
+        parse(Listed, {"ports": [1, 2, 1]}, "spec")
+    assert (err.value.field, err.value.reason) == ("spec.ports[2]", "port 1 is listed twice")
+    with pytest.raises(FieldError) as err:
+        parse(Listed, {"mode": "C"}, "spec")
+    assert (err.value.field, err.value.reason) == ("spec.mode", "'C' is not one of 'A' or 'B'")
