@@ -168,8 +168,8 @@ def describe(exc: ValidationError) -> tuple[str, str]:
         return field_path(loc, key=True), "unknown field"
     siblings = [e for e in errors if tuple(e["loc"])[: len(loc) - 1] == loc[:-1]]
     if len(siblings) > 1 and all(len(e["loc"]) == len(loc) for e in siblings):
-        tags = [str(e["loc"][-1]) for e in siblings]
-        if not all(isinstance(e["loc"][-1], int) for e in siblings) and len(set(tags)) == len(tags):
+        tags = [e["loc"][-1] for e in siblings]
+        if all(_union_tag(t) for t in tags) and len(set(tags)) == len(tags):
             return field_path(loc[:-1]), f"{_shown(first)} is not one of the accepted forms"
     error = (first.get("ctx") or {}).get("error")
     if isinstance(error, Invalid) and error.field:
@@ -190,6 +190,18 @@ _TYPE_WORDS = {
 
 def _type_name(value: Any) -> str:
     return {dict: "mapping", list: "list", str: "string"}.get(type(value), type(value).__name__)
+
+
+_SCALAR_TAGS = frozenset({"int", "str", "bool", "float", "bytes", "none", "list", "dict", "tuple"})
+
+
+def _union_tag(tag: int | str) -> bool:
+    """Whether a location's last part names a union's form (`int`, `function-plain[...]`,
+    a model's class name) rather than a field (camelCase: two fields wrong side by side
+    are two errors, not one value matching no form)."""
+    if isinstance(tag, int):
+        return False
+    return tag in _SCALAR_TAGS or tag[:1].isupper() or "[" in tag or "-" in tag
 
 
 def _shown(err: Mapping[str, Any]) -> str:

@@ -122,3 +122,9 @@ def test_a_rule_across_items_names_the_item_and_literals_list_their_choices():
     with pytest.raises(FieldError) as err:
         parse(Listed, {"mode": "C"}, "spec")
     assert (err.value.field, err.value.reason) == ("spec.mode", "'C' is not one of 'A' or 'B'")
+
+
+def test_two_wrong_fields_side_by_side_are_not_a_union():
+    with pytest.raises(FieldError) as err:
+        parse(Spec, {"timeout": "soon", "enabled": "yes"}, "spec")
+    assert err.value.field == "spec.timeout"
