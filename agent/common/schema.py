@@ -164,8 +164,8 @@ def describe(exc: ValidationError) -> tuple[str, str]:
     loc = tuple(first["loc"])
     if loc and loc[-1] == "[key]":  # a mapping's key was refused: name the key itself
         return field_path(loc[:-1], key=True), reason(first)
-    if first["type"] == "invalid_key":  # YAML keys need not be strings (`1: x`)
-        return field_path(loc, key=True), "unknown field"
+    if first["type"] == "invalid_key":  # YAML keys need not be strings (`1: x`, `true: x`)
+        return join(field_path(loc[:-1]), str(first.get("input"))), "unknown field"
     siblings = [e for e in errors if tuple(e["loc"])[: len(loc) - 1] == loc[:-1]]
     if len(siblings) > 1 and all(len(e["loc"]) == len(loc) for e in siblings):
         tags = [e["loc"][-1] for e in siblings]
