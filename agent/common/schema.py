@@ -189,7 +189,8 @@ _TYPE_WORDS = {
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "mapping", list: "list", str: "string"}.get(type(value), type(value).__name__)
+    names: dict[type, str] = {dict: "mapping", list: "list", str: "string"}
+    return names.get(type(value), type(value).__name__)
 
 
 _SCALAR_TAGS = frozenset({"int", "str", "bool", "float", "bytes", "none", "list", "dict", "tuple"})
