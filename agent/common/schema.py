@@ -236,7 +236,11 @@ def reason(err: Mapping[str, Any]) -> str:
 def openapi(kind: type[BaseModel]) -> dict[str, Any]:
     """The structural OpenAPI v3 schema of `kind` (by its aliases), as a CRD's
     `openAPIV3Schema` carries it: definitions inlined, `null` alternatives dropped
-    (Kubernetes treats an absent field as null), titles removed."""
+    (Kubernetes treats an absent field as null), titles removed. Also dropped: defaults
+    (a model's default says what absence means; the API server would write it into the
+    stored object, where e.g. `from: []` means something else) and `additionalProperties`
+    beside `properties`, which Kubernetes forbids (unknown fields are pruned, or refused
+    by kubectl's strict field validation; the model refuses them when it reads)."""
     schema = kind.model_json_schema(by_alias=True, mode="validation")
     defs = schema.pop("$defs", {})
     return _structural(schema, defs)
@@ -263,7 +267,9 @@ def _structural(node: Any, defs: Mapping[str, Any]) -> Any:
         raise TypeError(f"{forms!r}: a CRD schema cannot say one of these (not structural)")
     out = {}
     for key, value in node.items():
-        if key == "title":
+        if key in ("title", "default"):
+            continue
+        if key == "additionalProperties" and "properties" in node:
             continue
         if key == "properties":
             out[key] = {name: _structural(v, defs) for name, v in value.items()}
