@@ -76,7 +76,7 @@ class Model(BaseModel):
     def _null_is_absent(cls, data: Any) -> Any:
         # Kubernetes (and YAML's `key:` with nothing after it) writes an absent field as
         # null: a null field takes its default, and a required one is reported missing.
-        if isinstance(data, dict) and any(v is None for v in data.values()):
+        if isinstance(data, dict) and None in data.values():
             return {k: v for k, v in data.items() if v is not None}
         return data
 

@@ -265,9 +265,9 @@ class _Matcher(Model):
     would match everything (Istio refuses an empty one too)."""
 
     def _something_set(self, what: str) -> None:
-        fields = type(self).model_fields
-        if any(getattr(self, name) for name in fields):
+        if any(self.__dict__.values()):  # the fields' values (all of them lists)
             return
+        fields = type(self).model_fields
         written = [fields[n].alias or n for n in fields if n in self.model_fields_set]
         if written:
             raise Invalid(
@@ -306,8 +306,9 @@ class Source(_Matcher):
     @model_validator(mode="after")
     def _meaningful(self) -> Source:
         self._something_set("source")
-        accounts = [k for k in SOURCE_ACCOUNTS if _snake(k) in self.model_fields_set]
-        identity = [k for k in SOURCE_IDENTITY if _snake(k) in self.model_fields_set]
+        written = self.model_fields_set
+        accounts = [k for k in SOURCE_ACCOUNTS if _snake(k) in written]
+        identity = accounts and [k for k in SOURCE_IDENTITY if _snake(k) in written]
         if accounts and identity:
             raise Invalid(
                 f"cannot be set with {identity[0]} (Istio refuses both together too)",
@@ -541,8 +542,14 @@ class AuthorizationPolicySpec(Model):
         return self
 
 
+_SNAKE = {
+    k: re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), k)
+    for k in (*SOURCE_L4, *SOURCE_L7, *OPERATION_L4, *OPERATION_L7)
+}
+
+
 def _snake(camel: str) -> str:
-    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), camel)
+    return _SNAKE[camel]
 
 
 @dataclass(frozen=True)
