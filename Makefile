@@ -7,7 +7,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint unit bench fuzz clean
+.PHONY: setup demo test lint unit bench fuzz crds clean
 
 setup:
 	@./scripts/setup.sh
@@ -28,6 +28,10 @@ test: lint
 
 unit: setup
 	$(BIN)/pytest tests/unit tests/functional
+
+# The CRDs in deploy/crds/, generated from the models (tests/unit/test_crds.py checks them).
+crds: setup
+	$(BIN)/python -m agent.tools.crds
 
 # Benchmarks against real peers in labs; reports land in tests/bench/results/.
 # BENCH_DURATION (s per measurement) and BENCH_ROUNDS tune the run.

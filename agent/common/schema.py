@@ -36,6 +36,7 @@ from pydantic import (
     StrictStr,
     ValidationError,
     WithJsonSchema,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -72,6 +73,15 @@ class Model(BaseModel):
         populate_by_name=True,
         hide_input_in_errors=False,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        # Kubernetes (and YAML's `key:` with nothing after it) writes an absent field as
+        # null: a null field takes its default, and a required one is reported missing.
+        if isinstance(data, dict) and None in data.values():
+            return {k: v for k, v in data.items() if v is not None}
+        return data
 
 
 def _unit(parse: Any) -> Any:
@@ -118,13 +128,14 @@ def invalid(reason: str, *loc: int | str, value: Any = None) -> ValidationError:
     return ValidationError.from_exception_data("invalid", [details])
 
 
-def parse(kind: type[T], body: Any, path: str = "") -> T:
+def parse(kind: type[T], body: Any, path: str = "", context: Any = None) -> T:
     """`body` (parsed YAML or JSON) as a `kind`, or a FieldError naming the first wrong
-    field under `path` (the prefix where `body` sits in its document)."""
+    field under `path` (the prefix where `body` sits in its document). `context` reaches
+    the validators (`info.context`): what a kind's rules depend on beyond its fields."""
     try:
         # by alias only: a manifest spells fields as written (`maxBody`), and `max_body`
         # is an unknown field there, as it is to kubectl (code constructs by name)
-        return kind.model_validate(body, by_name=False)
+        return kind.model_validate(body, by_name=False, context=context)
     except ValidationError as exc:
         field, reason = describe(exc)
         raise FieldError(join(path, field), reason) from exc
@@ -138,11 +149,15 @@ def join(path: str, field: str) -> str:
     return f"{path}.{field}"
 
 
-def field_path(loc: tuple[int | str, ...]) -> str:
-    """`('spec', 'ports', 0, 'port')` as `spec.ports[0].port`."""
+def field_path(loc: tuple[int | str, ...], key: bool = False) -> str:
+    """`('spec', 'ports', 0, 'port')` as `spec.ports[0].port`. `key`: the last part is a
+    mapping's key (`metadata.labels.bad key!`, `spec.1`), never an index."""
     out = ""
-    for part in loc:
-        out = f"{out}[{part}]" if isinstance(part, int) else join(out, str(part))
+    for i, part in enumerate(loc):
+        if isinstance(part, int) and not (key and i == len(loc) - 1):
+            out = f"{out}[{part}]"
+        else:
+            out = join(out, str(part))
     return out
 
 
@@ -157,16 +172,48 @@ def describe(exc: ValidationError) -> tuple[str, str]:
     errors = exc.errors(include_url=False)
     first = errors[0]
     loc = tuple(first["loc"])
+    if loc and loc[-1] == "[key]":  # a mapping's key was refused: name the key itself
+        return field_path(loc[:-1], key=True), reason(first)
+    if first["type"] == "invalid_key":  # YAML keys need not be strings (`1: x`, `true: x`)
+        return join(field_path(loc[:-1]), str(first.get("input"))), "unknown field"
     siblings = [e for e in errors if tuple(e["loc"])[: len(loc) - 1] == loc[:-1]]
     one_value = all(
         e["type"] not in ("missing", "extra_forbidden") and e.get("input") is first.get("input")
         for e in siblings
     )
     if len(siblings) > 1 and one_value and all(len(e["loc"]) == len(loc) for e in siblings):
-        tags = [str(e["loc"][-1]) for e in siblings]
-        if not all(isinstance(e["loc"][-1], int) for e in siblings) and len(set(tags)) == len(tags):
+        tags = [e["loc"][-1] for e in siblings]
+        if all(_union_tag(t) for t in tags) and len(set(tags)) == len(tags):
             return field_path(loc[:-1]), f"{_shown(first)} is not one of the accepted forms"
     return field_path(loc), reason(first)
+
+
+_TYPE_WORDS = {
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "dict_type": "a mapping",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "string_type": "a string",
+}
+"""Errors of shape, said as the manifest's words: `must be a list, not str`."""
+
+
+def _type_name(value: Any) -> str:
+    names: dict[type, str] = {dict: "mapping", list: "list", str: "string"}
+    return names.get(type(value), type(value).__name__)
+
+
+_SCALAR_TAGS = frozenset({"int", "str", "bool", "float", "bytes", "none", "list", "dict", "tuple"})
+
+
+def _union_tag(tag: int | str) -> bool:
+    """Whether a location's last part names a union's form (`int`, `function-plain[...]`,
+    a model's class name) rather than a field (camelCase: two fields wrong side by side
+    are two errors, not one value matching no form)."""
+    if isinstance(tag, int):
+        return False
+    return tag in _SCALAR_TAGS or tag[:1].isupper() or "[" in tag or "-" in tag
 
 
 def _shown(err: Mapping[str, Any]) -> str:
@@ -183,6 +230,10 @@ def reason(err: Mapping[str, Any]) -> str:
         return "unknown field"
     if kind == "value_error":
         return str(err["ctx"]["error"])
+    if kind == "literal_error":
+        return f"{_shown(err)} is not one of {err['ctx']['expected']}"
+    if kind in _TYPE_WORDS:
+        return f"must be {_TYPE_WORDS[kind]}, not {_type_name(err.get('input'))}"
     if kind == "assertion_error":
         return str(err["ctx"]["error"]).removeprefix("AssertionError: ") or "is not valid"
     msg = str(err["msg"])
@@ -196,7 +247,11 @@ def reason(err: Mapping[str, Any]) -> str:
 def openapi(kind: type[BaseModel]) -> dict[str, Any]:
     """The structural OpenAPI v3 schema of `kind` (by its aliases), as a CRD's
     `openAPIV3Schema` carries it: definitions inlined, `null` alternatives dropped
-    (Kubernetes treats an absent field as null), titles removed."""
+    (Kubernetes treats an absent field as null), titles removed. Also dropped: defaults
+    (a model's default says what absence means; the API server would write it into the
+    stored object, where e.g. `from: []` means something else) and `additionalProperties`
+    beside `properties`, which Kubernetes forbids (unknown fields are pruned, or refused
+    by kubectl's strict field validation; the model refuses them when it reads)."""
     schema = kind.model_json_schema(by_alias=True, mode="validation")
     defs = schema.pop("$defs", {})
     return _structural(schema, defs)
@@ -223,7 +278,9 @@ def _structural(node: Any, defs: Mapping[str, Any]) -> Any:
         raise TypeError(f"{forms!r}: a CRD schema cannot say one of these (not structural)")
     out = {}
     for key, value in node.items():
-        if key == "title":
+        if key in ("title", "default"):
+            continue
+        if key == "additionalProperties" and "properties" in node:
             continue
         if key == "properties":
             out[key] = {name: _structural(v, defs) for name, v in value.items()}

@@ -11,42 +11,46 @@ Objects are immutable: the store shares them between snapshots.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from agent.common.errors import FieldError
+from agent.common.schema import Bool, Model, Port, Str, invalid, parse
 
 from .authz import KIND as AUTHORIZATION_POLICY
 from .authz import parse_authorization_policy, refused_policy
-from .fields import (
-    DNS_LABEL,
-    DNS_SUBDOMAIN,
-    ipv4,
-    known_fields,
-    listing,
-    mapping,
-    match_labels,
-    need,
-    port_number,
-    string,
-    string_map,
-    strings,
-)
 from .resource import (
     CLUSTER_KINDS,
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
     GATEWAY_API,
     MESH_API,
     NAMESPACED_KINDS,
     POLICY_APIS,
+    KindName,
+    Labels,
+    LabelSelector,
     Meta,
     ObjectKey,
+    Quoted,
     Refusal,
     Resource,
     canonical_kind,
     document_key,
     parse_meta,
+    selector_of,
+    stand_in_meta,
 )
 
 __all__ = [
@@ -67,96 +71,6 @@ __all__ = [
 
 SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/16")
 
-
-@dataclass(frozen=True)
-class Namespace(Resource):
-    pass
-
-
-@dataclass(frozen=True)
-class ContainerPort:
-    container_port: int
-    name: str
-    protocol: str
-
-
-@dataclass(frozen=True)
-class EnvVar:
-    name: str
-    value: str | None
-    field_ref: str | None
-    """A Downward API path such as `status.podIP`, resolved where the pod runs."""
-
-
-@dataclass(frozen=True)
-class Container:
-    name: str
-    command: tuple[str, ...]
-    args: tuple[str, ...]
-    env: tuple[EnvVar, ...]
-    ports: tuple[ContainerPort, ...]
-    privileged: bool = False
-    """securityContext.privileged (the lab runs every container as root, whatever it says)."""
-    capabilities_add: tuple[str, ...] = ()
-    """securityContext.capabilities.add, upper case, without a CAP_ prefix."""
-
-
-@dataclass(frozen=True)
-class Pod(Resource):
-    node_name: str
-    service_account: str
-    containers: tuple[Container, ...]
-    restart_policy: str
-    ip: str
-    """status.podIP; empty until the pod has a sandbox."""
-    host_ip: str
-    phase: str
-
-    def named_port(self, name: str) -> int | None:
-        for c in self.containers:
-            for p in c.ports:
-                if p.name == name:
-                    return p.container_port
-        return None
-
-
-@dataclass(frozen=True)
-class ServicePort:
-    port: int
-    target_port: int | str
-    """A number, or the name of a container port."""
-    name: str
-    protocol: str
-
-
-@dataclass(frozen=True)
-class Service(Resource):
-    selector: Mapping[str, str] | None
-    """None: no selector, so the lab manages no endpoints for it."""
-    cluster_ip: str
-    """Empty until allocated; "None" for a headless Service."""
-    ports: tuple[ServicePort, ...]
-    type: str
-
-
-MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
-
-
-@dataclass(frozen=True)
-class PeerAuthentication(Resource):
-    """Whether a workload accepts plaintext besides mTLS (slipstream.dev/v1alpha1)."""
-
-    selector: Mapping[str, str] | None
-    """matchLabels; None applies to the whole namespace (or mesh, in the root namespace)."""
-    mode: str
-    refused: Refusal | None = None
-    """Set when the newest version did not validate; without `fail_closed` this is the last
-    good version, which keeps deciding."""
-    fail_closed: bool = False
-    """No good version exists: STRICT for every workload in its scope, whatever any other
-    PeerAuthentication says, until it is fixed or deleted."""
-
-
 FIELD_REFS = {
     "metadata.name",
     "metadata.namespace",
@@ -165,9 +79,350 @@ FIELD_REFS = {
     "status.podIP",
     "status.hostIP",
 }
-SERVICE_TYPES = {"ClusterIP", "NodePort", "LoadBalancer"}
-RESTART_POLICIES = {"Always", "OnFailure", "Never"}
-PROTOCOLS = {"TCP", "UDP", "SCTP"}
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
+
+
+# ---------------------------------------------------------------- field types
+
+
+def _port_number(value: Any) -> Any:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError("must be a port number")
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{value} is not a port number (1-65535)")
+    return value
+
+
+def _true_false(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {type(value).__name__}")
+    return value
+
+
+def _ipv4(value: str) -> str:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IPv4 address") from exc
+    return value
+
+
+PortNumber = Annotated[Port, BeforeValidator(_port_number)]
+TrueFalse = Annotated[Bool, BeforeValidator(_true_false)]
+Protocol = Literal["TCP", "UDP", "SCTP"]
+
+
+class _Read(Model):
+    """Kubernetes' own kinds: the fields the mesh reads. The rest belongs to Kubernetes (an
+    image, probes, the API server's defaults) and is ignored, not refused."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---------------------------------------------------------------- Pod
+
+
+class ContainerPort(_Read):
+    container_port: PortNumber
+    name: Str = ""
+    protocol: Protocol = "TCP"
+
+
+class FieldRef(_Read):
+    field_path: Str
+
+    @field_validator("field_path")
+    @classmethod
+    def _known(cls, path: str) -> str:
+        if path not in FIELD_REFS:
+            raise ValueError(f"{path!r} is not one of {sorted(FIELD_REFS)}")
+        return path
+
+
+class EnvSource(_Read):
+    field_ref: FieldRef | None = None
+
+    @model_validator(mode="after")
+    def _field_ref_only(self) -> EnvSource:
+        if self.field_ref is None:
+            raise ValueError("only fieldRef is supported in the lab")
+        return self
+
+
+class EnvVar(_Read):
+    name: Str
+    value: Quoted | None = None
+    value_from: EnvSource | None = None
+
+    @property
+    def field_ref(self) -> str | None:
+        """A Downward API path such as `status.podIP`, resolved where the pod runs."""
+        ref = self.value_from.field_ref if self.value_from is not None else None
+        return ref.field_path if ref is not None else None
+
+
+class Capabilities(_Read):
+    add: tuple[Str, ...] = ()
+
+
+class SecurityContext(_Read):
+    privileged: TrueFalse = False
+    capabilities: Capabilities | None = None
+
+
+class Container(_Read):
+    name: Str
+    args: tuple[Str, ...] = ()
+    command: tuple[Str, ...] = Field((), validate_default=True)
+    env: tuple[EnvVar, ...] = ()
+    ports: tuple[ContainerPort, ...] = ()
+    security_context: SecurityContext | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not DNS_LABEL.match(name):
+            raise ValueError(f"{name!r} is not a valid container name")
+        return name
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, command: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if not command and not info.data.get("args"):
+            raise ValueError(
+                "is required: lab pods have no image, so the command to run must be given"
+            )
+        return command
+
+    @property
+    def privileged(self) -> bool:
+        """securityContext.privileged (the lab runs every container as root, whatever it says)."""
+        return self.security_context is not None and self.security_context.privileged
+
+    @property
+    def capabilities_add(self) -> tuple[str, ...]:
+        """securityContext.capabilities.add, upper case, without a CAP_ prefix."""
+        sc = self.security_context
+        if sc is None or sc.capabilities is None:
+            return ()
+        return tuple(a.upper().removeprefix("CAP_") for a in sc.capabilities.add)
+
+
+class PodSpec(_Read):
+    containers: tuple[Container, ...] = Field((), validate_default=True)
+    node_name: Str = ""
+    service_account_name: Str = ""
+    service_account: Str = ""
+    """The deprecated spelling of serviceAccountName, read where that is empty."""
+    restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
+
+    @field_validator("containers")
+    @classmethod
+    def _containers(cls, containers: tuple[Container, ...]) -> tuple[Container, ...]:
+        if not containers:
+            raise ValueError("a Pod needs at least one container")
+        names = [c.name for c in containers]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate container name {dup[0]!r}")
+        return containers
+
+    @model_validator(mode="after")
+    def _account(self) -> PodSpec:
+        if not DNS_SUBDOMAIN.match(self.account):
+            raise invalid(f"{self.account!r} is not a valid name", "serviceAccountName")
+        return self
+
+    @property
+    def account(self) -> str:
+        return self.service_account_name or self.service_account or "default"
+
+
+class PodStatus(_Read):
+    pod_ip: Str = Field("", alias="podIP")
+    """Empty until the pod has a sandbox."""
+    host_ip: Str = Field("", alias="hostIP")
+    phase: Str = "Pending"
+
+    @field_validator("pod_ip")
+    @classmethod
+    def _ip(cls, ip: str) -> str:
+        return _ipv4(ip) if ip else ip
+
+
+@dataclass(frozen=True)
+class Namespace(Resource):
+    pass
+
+
+@dataclass(frozen=True)
+class Pod(Resource):
+    spec: PodSpec
+    status: PodStatus
+
+    @property
+    def node_name(self) -> str:
+        return self.spec.node_name
+
+    @property
+    def service_account(self) -> str:
+        return self.spec.account
+
+    @property
+    def containers(self) -> tuple[Container, ...]:
+        return self.spec.containers
+
+    @property
+    def restart_policy(self) -> str:
+        return self.spec.restart_policy
+
+    @property
+    def ip(self) -> str:
+        """status.podIP; empty until the pod has a sandbox."""
+        return self.status.pod_ip
+
+    @property
+    def host_ip(self) -> str:
+        return self.status.host_ip
+
+    @property
+    def phase(self) -> str:
+        return self.status.phase
+
+    def named_port(self, name: str) -> int | None:
+        for c in self.spec.containers:
+            for p in c.ports:
+                if p.name == name:
+                    return p.container_port
+        return None
+
+
+# ---------------------------------------------------------------- Service
+
+
+def _target_port(value: Any) -> Any:
+    if isinstance(value, str):
+        if not DNS_LABEL.match(value):
+            raise ValueError(f"{value!r} is not a port name")
+        return value
+    return _port_number(value)
+
+
+def _service_type(value: Any) -> Any:
+    if value not in SERVICE_TYPES:
+        raise ValueError(f"{value!r} is not supported (use one of {sorted(SERVICE_TYPES)})")
+    return value
+
+
+class ServicePort(_Read):
+    port: PortNumber
+    target_port: Annotated[
+        int | str,
+        BeforeValidator(_target_port),
+        WithJsonSchema({"x-kubernetes-int-or-string": True}),
+    ]
+    """A number, or the name of a container port; the port itself when not given."""
+    name: Str = ""
+    protocol: Protocol = "TCP"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _target_is_port(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("targetPort") is None and "port" in data:
+            return {**data, "targetPort": data["port"]}
+        return data
+
+
+class ServiceSpec(_Read):
+    type: Annotated[str, BeforeValidator(_service_type), WithJsonSchema({"type": "string"})] = (
+        "ClusterIP"
+    )
+    cluster_ip: Str = Field("", alias="clusterIP")
+    """Empty until allocated; "None" for a headless Service."""
+    ports: tuple[ServicePort, ...] = ()
+    selector: Labels | None = None
+
+    @field_validator("cluster_ip")
+    @classmethod
+    def _cluster_ip(cls, ip: str) -> str:
+        if ip and ip != "None" and ipaddress.IPv4Address(_ipv4(ip)) not in SERVICE_CIDR:
+            raise ValueError(f"{ip} is outside the service range {SERVICE_CIDR}")
+        return ip
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, ports: tuple[ServicePort, ...]) -> tuple[ServicePort, ...]:
+        seen: set[tuple[int, str]] = set()
+        for i, p in enumerate(ports):
+            if (p.port, p.protocol) in seen:
+                raise invalid(f"port {p.port}/{p.protocol} is listed twice", i, "port")
+            seen.add((p.port, p.protocol))
+        if len(ports) > 1 and not all(p.name for p in ports):
+            raise ValueError("every port needs a name when a Service has more than one")
+        return ports
+
+
+@dataclass(frozen=True)
+class Service(Resource):
+    spec: ServiceSpec
+
+    @property
+    def selector(self) -> Mapping[str, str] | None:
+        """None: no selector, so the lab manages no endpoints for it."""
+        return self.spec.selector or None
+
+    @property
+    def cluster_ip(self) -> str:
+        """Empty until allocated; "None" for a headless Service."""
+        return self.spec.cluster_ip
+
+    @property
+    def ports(self) -> tuple[ServicePort, ...]:
+        return self.spec.ports
+
+    @property
+    def type(self) -> str:
+        return self.spec.type
+
+
+# ---------------------------------------------------------------- PeerAuthentication
+
+
+class MutualTLS(Model):
+    mode: Literal["UNSET", "DISABLE", "PERMISSIVE", "STRICT"] = "UNSET"
+
+
+class PeerAuthenticationSpec(Model):
+    """Istio's PeerAuthentication spec, less portLevelMtls (refused: no agent reads it, and
+    ignoring it could leave a port in plaintext that its author meant STRICT)."""
+
+    selector: LabelSelector | None = None
+    """None (or no labels) applies to the whole namespace (or mesh, in the root namespace)."""
+    mtls: MutualTLS | None = None
+
+
+@dataclass(frozen=True)
+class PeerAuthentication(Resource):
+    """Whether a workload accepts plaintext besides mTLS (slipstream.dev/v1alpha1, or
+    Istio's security.istio.io)."""
+
+    spec: PeerAuthenticationSpec
+    refused: Refusal | None = None
+    """Set when the newest version did not validate; without `fail_closed` this is the last
+    good version, which keeps deciding."""
+    fail_closed: bool = False
+    """No good version exists: STRICT for every workload in its scope, whatever any other
+    PeerAuthentication says, until it is fixed or deleted."""
+
+    @property
+    def selector(self) -> Mapping[str, str] | None:
+        """matchLabels; None applies to the whole namespace (or mesh, in the root namespace)."""
+        return selector_of(self.spec)
+
+    @property
+    def mode(self) -> str:
+        return self.spec.mtls.mode if self.spec.mtls is not None else "UNSET"
 
 
 # ---------------------------------------------------------------- parsing
@@ -175,32 +430,36 @@ PROTOCOLS = {"TCP", "UDP", "SCTP"}
 
 def parse_object(body: Any) -> Resource:
     """Validate one manifest document and return its typed object."""
-    need(
-        isinstance(body, dict),
-        "",
-        f"a manifest document must be a mapping, not {type(body).__name__}",
-    )
-    api_version = string(body, "apiVersion", "", required=True)
-    kind = string(body, "kind", "", required=True)
-    need(bool(re.match(r"^[A-Z][A-Za-z0-9]*$", kind)), "kind", f"{kind!r} is not a kind name")
+    if not isinstance(body, dict):
+        raise FieldError("", f"a manifest document must be a mapping, not {type(body).__name__}")
+    head = parse(KindName, body)
+    api_version, kind = head.api_version, head.kind
     meta = parse_meta(body, kind)
     if kind == "Pod" and api_version == "v1":
-        return _parse_pod(api_version, meta, body)
+        return Pod(
+            api_version, kind, meta, body, _spec(PodSpec, body), _spec(PodStatus, body, "status")
+        )
     if kind == "Service" and api_version == "v1":
-        return _parse_service(api_version, meta, body)
+        return Service(api_version, kind, meta, body, _spec(ServiceSpec, body))
     if kind == "Namespace" and api_version == "v1":
         return Namespace(api_version, kind, meta, body)
     if kind in ("AuthorizationPolicy", "PeerAuthentication"):
         # A policy nobody reads would fail open: refuse one we do not understand.
-        need(
-            api_version in POLICY_APIS,
-            "apiVersion",
-            f"{api_version!r} is not a {kind} version we read ({', '.join(POLICY_APIS)})",
-        )
+        if api_version not in POLICY_APIS:
+            raise FieldError(
+                "apiVersion",
+                f"{api_version!r} is not a {kind} version we read ({', '.join(POLICY_APIS)})",
+            )
         if kind == "AuthorizationPolicy":
             return parse_authorization_policy(api_version, meta, body)
-        return _parse_peer_authentication(api_version, meta, body)
+        spec = _spec(PeerAuthenticationSpec, body)
+        return PeerAuthentication(api_version, kind, meta, body, spec)
     return Resource(api_version, kind, meta, body)
+
+
+def _spec(model: type[Any], body: Mapping[str, Any], field: str = "spec") -> Any:
+    value = body.get(field)
+    return parse(model, {} if value is None else value, field)
 
 
 POLICY_KINDS = (AUTHORIZATION_POLICY, "PeerAuthentication")
@@ -245,203 +504,21 @@ def _refused_peer_authentication(
     key = document_key(body, "PeerAuthentication", document or where)
     spec = body.get("spec")
     try:
-        need(spec is None or isinstance(spec, dict), "spec", "is not a mapping")
-        selector = match_labels(spec or {})
+        raw = spec.get("selector") if isinstance(spec, dict) else None
+        selector = None if raw is None else parse(LabelSelector, raw, "spec.selector")
     except FieldError:
         selector = None  # cannot tell which workloads: all of the namespace
     api_version = body.get("apiVersion")
     return PeerAuthentication(
         api_version if isinstance(api_version, str) else "",
         "PeerAuthentication",
-        Meta(key.name, key.namespace, {}, {}),
+        stand_in_meta(key.name, key.namespace),
         body,
-        selector,
-        "STRICT",
+        PeerAuthenticationSpec.model_construct(
+            selector=selector, mtls=MutualTLS.model_construct(mode="STRICT")
+        ),
         refused=refusal,
         fail_closed=True,
-    )
-
-
-def _parse_peer_authentication(
-    api_version: str, meta: Meta, body: Mapping[str, Any]
-) -> PeerAuthentication:
-    spec = mapping(body, "spec", "")
-    known_fields(spec, {"selector", "mtls"}, "spec")
-    mtls = mapping(spec, "mtls", "spec")
-    known_fields(mtls, {"mode"}, "spec.mtls")
-    mode = string(mtls, "mode", "spec.mtls", default="UNSET")
-    need(mode in MTLS_MODES, "spec.mtls.mode", f"{mode!r} is not one of {', '.join(MTLS_MODES)}")
-    return PeerAuthentication(
-        api_version, "PeerAuthentication", meta, body, match_labels(spec), mode
-    )
-
-
-def _parse_env(c: Mapping[str, Any], path: str) -> tuple[EnvVar, ...]:
-    out = []
-    for i, e in enumerate(listing(c, "env", path)):
-        where = f"{path}.env[{i}]"
-        need(isinstance(e, dict), where, "must be a mapping with name and value")
-        name = string(e, "name", where, required=True)
-        value_from = mapping(e, "valueFrom", where)
-        if value_from:
-            ref = mapping(value_from, "fieldRef", f"{where}.valueFrom")
-            need(bool(ref), f"{where}.valueFrom", "only fieldRef is supported in the lab")
-            fp = string(ref, "fieldPath", f"{where}.valueFrom.fieldRef", required=True)
-            need(
-                fp in FIELD_REFS,
-                f"{where}.valueFrom.fieldRef.fieldPath",
-                f"{fp!r} is not one of {sorted(FIELD_REFS)}",
-            )
-            out.append(EnvVar(name, None, fp))
-        else:
-            value = e.get("value", "")
-            need(
-                isinstance(value, str),
-                f"{where}.value",
-                f"must be a string (quote it), not {type(value).__name__}",
-            )
-            out.append(EnvVar(name, value, None))
-    return tuple(out)
-
-
-def _parse_container(c: Any, path: str) -> Container:
-    need(isinstance(c, dict), path, "must be a mapping")
-    name = string(c, "name", path, required=True)
-    need(bool(DNS_LABEL.match(name)), f"{path}.name", f"{name!r} is not a valid container name")
-    command = strings(c, "command", path)
-    args = strings(c, "args", path)
-    need(
-        bool(command) or bool(args),
-        f"{path}.command",
-        "is required: lab pods have no image, so the command to run must be given",
-    )
-    ports = []
-    for j, p in enumerate(listing(c, "ports", path)):
-        where = f"{path}.ports[{j}]"
-        need(isinstance(p, dict), where, "must be a mapping")
-        protocol = string(p, "protocol", where, default="TCP")
-        need(
-            protocol in PROTOCOLS,
-            f"{where}.protocol",
-            f"{protocol!r} is not one of {sorted(PROTOCOLS)}",
-        )
-        ports.append(
-            ContainerPort(
-                port_number(p.get("containerPort"), f"{where}.containerPort"),
-                string(p, "name", where),
-                protocol,
-            )
-        )
-    security = mapping(c, "securityContext", path)
-    privileged = security.get("privileged", False)
-    need(
-        isinstance(privileged, bool),
-        f"{path}.securityContext.privileged",
-        f"must be true or false, not {type(privileged).__name__}",
-    )
-    caps = mapping(security, "capabilities", f"{path}.securityContext")
-    add = strings(caps, "add", f"{path}.securityContext.capabilities")
-    return Container(
-        name,
-        command,
-        args,
-        _parse_env(c, path),
-        tuple(ports),
-        privileged,
-        tuple(a.upper().removeprefix("CAP_") for a in add),
-    )
-
-
-def _parse_pod(api_version: str, meta: Meta, body: Mapping[str, Any]) -> Pod:
-    spec = mapping(body, "spec", "")
-    status = mapping(body, "status", "")
-    raw_containers = listing(spec, "containers", "spec")
-    need(bool(raw_containers), "spec.containers", "a Pod needs at least one container")
-    containers = tuple(
-        _parse_container(c, f"spec.containers[{i}]") for i, c in enumerate(raw_containers)
-    )
-    names = [c.name for c in containers]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise FieldError("spec.containers", f"duplicate container name {dup[0]!r}")
-    restart = string(spec, "restartPolicy", "spec", default="Always")
-    need(
-        restart in RESTART_POLICIES,
-        "spec.restartPolicy",
-        f"{restart!r} is not one of {sorted(RESTART_POLICIES)}",
-    )
-    sa = string(spec, "serviceAccountName", "spec", default="") or string(
-        spec, "serviceAccount", "spec", default="default"
-    )
-    need(bool(DNS_SUBDOMAIN.match(sa)), "spec.serviceAccountName", f"{sa!r} is not a valid name")
-    ip = string(status, "podIP", "status")
-    if ip:
-        ipv4(ip, "status.podIP")
-    return Pod(
-        api_version,
-        "Pod",
-        meta,
-        body,
-        node_name=string(spec, "nodeName", "spec"),
-        service_account=sa,
-        containers=containers,
-        restart_policy=restart,
-        ip=ip,
-        host_ip=string(status, "hostIP", "status"),
-        phase=string(status, "phase", "status", default="Pending"),
-    )
-
-
-def _parse_service(api_version: str, meta: Meta, body: Mapping[str, Any]) -> Service:
-    spec = mapping(body, "spec", "")
-    stype = string(spec, "type", "spec", default="ClusterIP")
-    need(
-        stype in SERVICE_TYPES,
-        "spec.type",
-        f"{stype!r} is not supported (use one of {sorted(SERVICE_TYPES)})",
-    )
-    cluster_ip = string(spec, "clusterIP", "spec")
-    if cluster_ip and cluster_ip != "None":
-        addr = ipv4(cluster_ip, "spec.clusterIP")
-        need(
-            addr in SERVICE_CIDR,
-            "spec.clusterIP",
-            f"{cluster_ip} is outside the service range {SERVICE_CIDR}",
-        )
-    ports = []
-    seen: set[tuple[int, str]] = set()
-    for i, p in enumerate(listing(spec, "ports", "spec")):
-        where = f"spec.ports[{i}]"
-        need(isinstance(p, dict), where, "must be a mapping")
-        port = port_number(p.get("port"), f"{where}.port")
-        target = p.get("targetPort", port)
-        if isinstance(target, str):
-            need(
-                bool(DNS_LABEL.match(target)),
-                f"{where}.targetPort",
-                f"{target!r} is not a port name",
-            )
-        else:
-            target = port_number(target, f"{where}.targetPort")
-        protocol = string(p, "protocol", where, default="TCP")
-        need(
-            protocol in PROTOCOLS,
-            f"{where}.protocol",
-            f"{protocol!r} is not one of {sorted(PROTOCOLS)}",
-        )
-        need(
-            (port, protocol) not in seen, f"{where}.port", f"port {port}/{protocol} is listed twice"
-        )
-        seen.add((port, protocol))
-        ports.append(ServicePort(port, target, string(p, "name", where), protocol))
-    need(
-        len(ports) < 2 or all(p.name for p in ports),
-        "spec.ports",
-        "every port needs a name when a Service has more than one",
-    )
-    selector = string_map(spec, "selector", "spec", labels=True) if "selector" in spec else None
-    return Service(
-        api_version, "Service", meta, body, selector or None, cluster_ip, tuple(ports), stype
     )
 
 

@@ -1,17 +1,36 @@
 """The parts every object shares: its kind and key, its metadata, the manifest as written.
 
 `ObjectKey` names an object everywhere (store, lab, sources); `Resource` is the
-base of every typed object in `objects` and `authz`; `Refusal` is why a source
-refused an object's newest version (policies carry it: see `authz.refused_policy`).
+base of every typed object in `objects` and `authz`: the envelope (apiVersion,
+kind, `Meta`, the manifest as written) around the kind's spec, a model on
+agent/common/schema.py. `Refusal` is why a source refused an object's newest
+version (policies carry it: see `authz.refused_policy`). The models every kind
+shares live here too: `Meta`, label maps, `LabelSelector`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from .fields import DNS_LABEL, DNS_SUBDOMAIN, mapping, need, string, string_map
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from agent.common.schema import Model, Str, parse
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
 
 MESH_API = "slipstream.dev/v1alpha1"
 GATEWAY_API = "gateway.networking.k8s.io/v1"
@@ -55,12 +74,124 @@ class ObjectKey:
         return cls(kind, "" if kind in CLUSTER_KINDS else namespace, name)
 
 
-@dataclass(frozen=True)
-class Meta:
-    name: str
-    namespace: str
-    labels: Mapping[str, str]
-    annotations: Mapping[str, str]
+# ---------------------------------------------------------------- shared models
+
+
+def valid_label_key(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    if prefix and not (len(prefix) <= 253 and DNS_SUBDOMAIN.match(prefix)):
+        return False
+    return bool(LABEL_NAME.match(name))
+
+
+def _label_key(key: Any) -> Any:
+    if isinstance(key, str) and not valid_label_key(key):
+        raise ValueError("is not a valid label key")
+    return key
+
+
+def _quoted(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError(f"value must be a string (quote it), not {type(value).__name__}")
+    return value
+
+
+def _label_value(value: Any) -> Any:
+    value = _quoted(value)
+    if not (LABEL_VALUE.match(value) and len(value) <= 63):
+        raise ValueError(f"{value!r} is not a valid label value")
+    return value
+
+
+_STRING = WithJsonSchema({"type": "string"})
+Quoted = Annotated[str, BeforeValidator(_quoted), _STRING]
+"""A string where YAML makes numbers and booleans of what was meant as text: refused with
+`quote it`, not read as text."""
+LabelValue = Annotated[str, BeforeValidator(_label_value), _STRING]
+Labels = dict[Annotated[Str, BeforeValidator(_label_key)], LabelValue]
+"""Label keys and values as Kubernetes allows them."""
+Annotations = dict[Str, Quoted]
+
+
+class LabelSelector(Model):
+    """`selector: {matchLabels: ...}` (equality only: matchExpressions is refused, as an
+    unknown field, rather than ignored, which would widen the selection)."""
+
+    match_labels: Labels = {}
+
+
+class Meta(Model):
+    """metadata: what the mesh reads of it. The rest (uid, resourceVersion, managedFields...)
+    belongs to the API server and is ignored. Validated with the kind in the context
+    (`parse_meta`): a Namespace's or Service's name is a DNS label, other names DNS
+    subdomains; a cluster-scoped kind has no namespace, a namespaced one "default"."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: Str
+    namespace: Str = Field("", validate_default=True)
+    labels: Labels = {}
+    annotations: Annotations = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _namespace_default(cls, data: Any, info: ValidationInfo) -> Any:
+        kind = (info.context or {}).get("kind")
+        if isinstance(data, dict) and kind is not None:
+            if kind in CLUSTER_KINDS:
+                data = {**data, "namespace": ""}
+            elif data.get("namespace") is None:
+                data = {**data, "namespace": "default"}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str, info: ValidationInfo) -> str:
+        kind = (info.context or {}).get("kind")
+        pattern = DNS_LABEL if kind in ("Namespace", "Service") else DNS_SUBDOMAIN
+        if not pattern.match(name):
+            raise ValueError(f"{name!r} is not a valid name (lowercase letters, digits and '-')")
+        return name
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, namespace: str, info: ValidationInfo) -> str:
+        kind = (info.context or {}).get("kind")
+        if kind not in CLUSTER_KINDS and not DNS_LABEL.match(namespace):
+            raise ValueError(f"{namespace!r} is not a valid namespace")
+        return namespace
+
+
+def stand_in_meta(name: str, namespace: str, annotations: Mapping[str, str] | None = None) -> Meta:
+    """The metadata of what stands in for a document that did not validate: its name may
+    be made up (`(unnamed: ...)`) and its namespace "" (the whole mesh), so it is not
+    validated."""
+    return Meta.model_construct(
+        name=name, namespace=namespace, labels={}, annotations=dict(annotations or {})
+    )
+
+
+def selector_of(spec: Any) -> Mapping[str, str] | None:
+    """matchLabels of a spec (as parsed: anything with `selector`); None: no selector, or an
+    empty one, which selects every workload in scope."""
+    sel: LabelSelector | None = getattr(spec, "selector", None)
+    return (sel.match_labels or None) if sel is not None else None
+
+
+class KindName(Model):
+    """apiVersion and kind: what says how to read the rest."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Str
+    kind: Str
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, kind: str) -> str:
+        if not re.match(r"^[A-Z][A-Za-z0-9]*$", kind):
+            raise ValueError(f"{kind!r} is not a kind name")
+        return kind
 
 
 @dataclass(frozen=True)
@@ -155,26 +286,6 @@ def canonical_kind(kind: str) -> str:
 
 
 def parse_meta(body: Mapping[str, Any], kind: str) -> Meta:
-    meta = mapping(body, "metadata", "")
-    name = string(meta, "name", "metadata", required=True)
-    pattern = DNS_LABEL if kind in ("Namespace", "Service") else DNS_SUBDOMAIN
-    need(
-        bool(pattern.match(name)),
-        "metadata.name",
-        f"{name!r} is not a valid name (lowercase letters, digits and '-')",
-    )
-    if kind in CLUSTER_KINDS:
-        namespace = ""
-    else:
-        namespace = string(meta, "namespace", "metadata", default="default")
-        need(
-            bool(DNS_LABEL.match(namespace)),
-            "metadata.namespace",
-            f"{namespace!r} is not a valid namespace",
-        )
-    return Meta(
-        name=name,
-        namespace=namespace,
-        labels=string_map(meta, "labels", "metadata", labels=True),
-        annotations=string_map(meta, "annotations", "metadata", labels=False),
-    )
+    """The metadata of a document of `kind` (FieldError naming `metadata.<field>`)."""
+    meta = body.get("metadata")
+    return parse(Meta, {} if meta is None else meta, "metadata", {"kind": kind})

@@ -25,7 +25,7 @@ from agent.common.errors import FieldError
 from agent.policy.authz import Authorizer, PolicyPeer
 from agent.state import Snapshot, parse_object
 from agent.state.authz import AuthorizationPolicy
-from agent.state.objects import Meta, Pod, refused_version
+from agent.state.objects import Meta, Pod, PodSpec, PodStatus, refused_version
 from tests.fuzz import harness
 
 KEYS = [
@@ -166,8 +166,15 @@ def document(fdp: atheris.FuzzedDataProvider) -> dict[str, Any]:
 
 def target(policy: AuthorizationPolicy) -> Pod:
     """A workload in the policy's scope: its namespace, the labels its selector wants."""
-    meta = Meta("dst", policy.meta.namespace or "anywhere", dict(policy.selector or {}), {})
-    return Pod("v1", "Pod", meta, {}, "n1", "default", (), "Always", "10.244.2.9", "", "Running")
+    meta = Meta.model_construct(
+        name="dst",
+        namespace=policy.meta.namespace or "anywhere",
+        labels=dict(policy.selector or {}),
+        annotations={},
+    )
+    spec = PodSpec.model_construct(node_name="n1", service_account="default", containers=())
+    status = PodStatus.model_validate({"podIP": "10.244.2.9", "phase": "Running"})
+    return Pod("v1", "Pod", meta, {}, spec, status)
 
 
 def decide_all(policy: AuthorizationPolicy, fdp: atheris.FuzzedDataProvider) -> list[bool]:
@@ -213,7 +220,7 @@ def fuzz_one(data: bytes) -> None:
         assert stand_in.refused is not None and stand_in.refused.field == exc.field
         decide_all(stand_in, fdp)
         kept = refused_version(body, exc, GOOD, "fuzz:1")
-        assert isinstance(kept, AuthorizationPolicy) and kept.rules == GOOD.rules  # type: ignore[union-attr]
+        assert isinstance(kept, AuthorizationPolicy) and kept.rules == GOOD.rules  # type: ignore[attr-defined]
         assert not kept.fail_closed and kept.refused is not None
         return
     assert isinstance(obj, AuthorizationPolicy), obj

@@ -13,7 +13,6 @@ from agent.common.units import (
     parse_timedelta,
 )
 from agent.hbone.protocol import BadRequest, parse_connect
-from agent.state import fields
 from gateway.config import parse_config
 
 
@@ -127,15 +126,6 @@ def test_a_listener_may_ask_for_any_free_port():
 
 
 # ---------------------------------------------------------------- its users say where
-
-
-def test_field_readers_name_the_field():
-    with pytest.raises(FieldError, match=r"^spec.ttl: 'soon' is not a duration"):
-        fields.duration("soon", "spec.ttl")
-    with pytest.raises(FieldError, match=r"^limits.maxBody: 'big' is not a size"):
-        fields.size("big", "limits.maxBody")
-    with pytest.raises(FieldError, match=r"^admin.address: .* no valid port"):
-        fields.address("127.0.0.1:http", "admin.address")
 
 
 def test_the_gateway_config_takes_every_unit_of_the_one_parser():
