@@ -18,10 +18,13 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator
 
 from agent.common import constants
 from agent.common.errors import FieldError, SlipstreamError
+from agent.common.schema import Bool, Model, Str, invalid, parse
 from agent.common.units import parse_duration
 from agent.state.enrollment import ANNOTATION_NETNS
 from agent.state.objects import (
@@ -63,61 +66,75 @@ class LabSpec:
     """More flags for every agent (`spec.mesh.agentArgs`), e.g. its HBONE limits."""
 
 
+def _node_name(name: str) -> str:
+    if not DNS_LABEL.match(name):
+        raise ValueError(f"{name!r} is not a valid node name")
+    return name
+
+
+def _duration_text(value: Any) -> str:
+    """A duration, checked by the one parser and kept as written (agents get it as a flag)."""
+    try:
+        parse_duration(value if isinstance(value, str | int | float) else repr(value))
+    except SlipstreamError as exc:
+        raise ValueError(str(exc)) from exc
+    return str(value)
+
+
+def _trust_domain(value: str) -> str:
+    if not DNS_SUBDOMAIN.match(value):
+        raise ValueError(f"{value!r} is not a trust domain")
+    return value
+
+
+DurationText = Annotated[str, BeforeValidator(_duration_text)]
+
+
+class LabMesh(Model):
+    """`spec.mesh` of a Lab."""
+
+    enabled: Bool = True
+    capture: Literal["ebpf", "iptables"] = "ebpf"
+    certificate_ttl: DurationText = Field("24h", alias="certificateTTL")
+    trust_domain: Annotated[Str, AfterValidator(_trust_domain)] = constants.DEFAULT_TRUST_DOMAIN
+    bundle_refresh: DurationText = "10s"
+    agent_args: tuple[Str, ...] = ()
+
+
+class LabBody(Model):
+    """`spec` of a Lab: the nodes, and the mesh on them."""
+
+    nodes: tuple[Annotated[Str, AfterValidator(_node_name)], ...]
+    mesh: LabMesh = LabMesh.model_validate({})
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes(cls, nodes: tuple[str, ...]) -> tuple[str, ...]:
+        if not nodes:
+            raise ValueError("must be a non-empty list of node names")
+        if len(nodes) > MAX_NODES:
+            raise ValueError(f"at most {MAX_NODES} nodes")
+        for i, n in enumerate(nodes):
+            if nodes.index(n) != i:
+                raise invalid(f"node {n!r} is listed twice", i)
+        return nodes
+
+
 def parse_lab_spec(body: Mapping[str, Any]) -> LabSpec:
     if body.get("apiVersion") != MESH_API:
         raise FieldError("apiVersion", f"a Lab must have apiVersion {MESH_API}")
     meta = parse_meta(body, "Lab")
-    spec = body.get("spec")
-    if not isinstance(spec, dict):
-        raise FieldError("spec", "is required and must be a mapping")
-    nodes = spec.get("nodes")
-    if not isinstance(nodes, list) or not nodes:
-        raise FieldError("spec.nodes", "must be a non-empty list of node names")
-    if len(nodes) > MAX_NODES:
-        raise FieldError("spec.nodes", f"at most {MAX_NODES} nodes")
-    for i, n in enumerate(nodes):
-        if not isinstance(n, str) or not DNS_LABEL.match(n):
-            raise FieldError(f"spec.nodes[{i}]", f"{n!r} is not a valid node name")
-        if nodes.index(n) != i:
-            raise FieldError(f"spec.nodes[{i}]", f"node {n!r} is listed twice")
-    mesh = spec.get("mesh", {})
-    if not isinstance(mesh, dict):
-        raise FieldError("spec.mesh", "must be a mapping")
-    known = {"enabled", "capture", "certificateTTL", "trustDomain", "bundleRefresh", "agentArgs"}
-    unknown = sorted(set(mesh) - known)
-    if unknown:
-        raise FieldError(
-            f"spec.mesh.{unknown[0]}", f"unknown field (known: {', '.join(sorted(known))})"
-        )
-    enabled = mesh.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise FieldError("spec.mesh.enabled", "must be true or false")
-    capture = mesh.get("capture", "ebpf")
-    if capture not in ("ebpf", "iptables"):
-        raise FieldError("spec.mesh.capture", f"{capture!r} is not one of ebpf, iptables")
-    durations = {}
-    for field_name, default in (("certificateTTL", "24h"), ("bundleRefresh", "10s")):
-        value = mesh.get(field_name, default)
-        try:
-            parse_duration(str(value))
-        except SlipstreamError as exc:
-            raise FieldError(f"spec.mesh.{field_name}", str(exc)) from exc
-        durations[field_name] = str(value)
-    trust_domain = mesh.get("trustDomain", constants.DEFAULT_TRUST_DOMAIN)
-    if not isinstance(trust_domain, str) or not DNS_SUBDOMAIN.match(trust_domain):
-        raise FieldError("spec.mesh.trustDomain", f"{trust_domain!r} is not a trust domain")
-    agent_args = mesh.get("agentArgs", [])
-    if not isinstance(agent_args, list) or not all(isinstance(a, str) for a in agent_args):
-        raise FieldError("spec.mesh.agentArgs", "must be a list of strings (agent flags)")
+    lab = parse(LabBody, body.get("spec"), "spec")
+    m = lab.mesh
     return LabSpec(
         meta.name,
-        tuple(nodes),
-        enabled,
-        capture,
-        durations["certificateTTL"],
-        trust_domain,
-        durations["bundleRefresh"],
-        tuple(agent_args),
+        lab.nodes,
+        m.enabled,
+        m.capture,
+        m.certificate_ttl,
+        m.trust_domain,
+        m.bundle_refresh,
+        m.agent_args,
     )
 
 
@@ -176,55 +193,52 @@ DEFAULT_CAPABILITIES = (
 default set (root in a container, without SYS_ADMIN, NET_ADMIN, SYS_PTRACE...)."""
 
 
+def _capability(raw: str) -> str:
+    name = raw.upper().removeprefix("CAP_")
+    if name != "ALL" and name not in CAPABILITIES:
+        raise ValueError(f"{raw!r} is not a Linux capability")
+    return name
+
+
+class LabCapabilities(Model):
+    add: tuple[Annotated[Str, AfterValidator(_capability)], ...] = ()
+    drop: tuple[Annotated[Str, AfterValidator(_capability)], ...] = ()
+
+
+class LabSecurityContext(Model):
+    """A container's `securityContext` as the lab runs it. Stricter than the agent's view
+    (agent/state/objects.py reads only what the mesh needs and ignores the rest): a field
+    the lab cannot honour is refused, never ignored (a manifest asking for `runAsNonRoot`
+    must not run as root silently)."""
+
+    privileged: Bool = False
+    allow_privilege_escalation: Bool = False
+    capabilities: LabCapabilities = LabCapabilities()
+
+
 def container_capabilities(container: Mapping[str, Any], where: str) -> tuple[str, ...]:
     """The capabilities a container runs with, from `securityContext` as containerd reads
     it: the default set; `privileged: true` or `capabilities.add: [ALL]` gives all, `drop:
     [ALL]` none; then the named ones are added, then the named ones dropped. Names may carry
-    the `CAP_` prefix. Fields the lab cannot honour are refused, never ignored (a manifest
-    asking for `runAsNonRoot` must not run as root silently)."""
-    sc = container.get("securityContext")
-    if sc is None:
+    the `CAP_` prefix."""
+    if container.get("securityContext") is None:
         return DEFAULT_CAPABILITIES
-    where = f"{where}.securityContext"
-    if not isinstance(sc, dict):
-        raise FieldError(where, "must be a mapping")
-    unknown = sorted(set(sc) - {"privileged", "capabilities", "allowPrivilegeEscalation"})
-    if unknown:
+    try:
+        sc = parse(LabSecurityContext, container["securityContext"], f"{where}.securityContext")
+    except FieldError as exc:
+        if exc.reason != "unknown field":
+            raise
         raise FieldError(
-            f"{where}.{unknown[0]}",
+            exc.field,
             "is not implemented by the lab (it honours privileged, capabilities and "
             "allowPrivilegeEscalation; pods run as root)",
-        )
-    for flag in ("privileged", "allowPrivilegeEscalation"):
-        if not isinstance(sc.get(flag, False), bool):
-            raise FieldError(f"{where}.{flag}", "must be true or false")
-    caps = sc.get("capabilities", {})
-    if not isinstance(caps, dict):
-        raise FieldError(f"{where}.capabilities", "must be a mapping")
-    unknown = sorted(set(caps) - {"add", "drop"})
-    if unknown:
-        raise FieldError(f"{where}.capabilities.{unknown[0]}", "unknown field (add, drop)")
-    lists: dict[str, list[str]] = {}
-    for op in ("add", "drop"):
-        names = caps.get(op, [])
-        if not isinstance(names, list):
-            raise FieldError(f"{where}.capabilities.{op}", "must be a list of capability names")
-        lists[op] = []
-        for i, raw in enumerate(names):
-            name = raw.upper().removeprefix("CAP_") if isinstance(raw, str) else None
-            if name != "ALL" and name not in CAPABILITIES:
-                raise FieldError(
-                    f"{where}.capabilities.{op}[{i}]", f"{raw!r} is not a Linux capability"
-                )
-            lists[op].append(name)
-    if sc.get("privileged", False) or "ALL" in lists["add"]:
-        result = set(CAPABILITIES)
-    else:
-        result = set(DEFAULT_CAPABILITIES)
-    if "ALL" in lists["drop"]:
+        ) from exc
+    add, drop = sc.capabilities.add, sc.capabilities.drop
+    result = set(CAPABILITIES) if sc.privileged or "ALL" in add else set(DEFAULT_CAPABILITIES)
+    if "ALL" in drop:
         result = set()
-    result |= {n for n in lists["add"] if n != "ALL"}
-    result -= set(lists["drop"])
+    result |= {n for n in add if n != "ALL"}
+    result -= set(drop)
     return tuple(n for n in CAPABILITIES if n in result)
 
 
