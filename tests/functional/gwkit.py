@@ -7,6 +7,7 @@ pass or fail.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -229,6 +230,18 @@ class GatewayProc:
             if "request_id" in rec:
                 out.append(rec)
         return out
+
+    async def logged(self, request_id: str, timeout: float = 15) -> dict[str, Any]:
+        """The access-log record of one request, once it is written (polled, never slept for:
+        a worker writes it after the response, on a loaded machine maybe much later)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for rec in self.access_log():
+                if rec["request_id"] == request_id:
+                    return rec
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no access-log record for request {request_id}")
+            await asyncio.sleep(0.05)
 
     def refusals(self, timeout: float = 10) -> list[dict[str, Any]]:
         """The engine's "request refused" log records, once there is at least one."""
