@@ -139,7 +139,8 @@ def test_traffic_between_enrolled_pods_crosses_the_bridge_encrypted(lab, tmp_pat
         )
         assert res.stdout.strip() == secret, res.stderr
         assert curl(lab, "client", f"http://{ip(lab, 'server', 'plain')}:8080/{visible}", "plain")
-        time.sleep(0.5)
+        # The marker sent after the secret is on the wire, so the secret's packets are too.
+        wait_until(lambda: visible.encode() in pcap.read_bytes(), 15, "the visible marker")
     finally:
         dump.send_signal(signal.SIGINT)
         dump.wait(10)
