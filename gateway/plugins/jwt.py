@@ -6,9 +6,10 @@ never be used as an HMAC secret), an algorithm the key's type or the JWK's
 own `alg` does not fit, an unknown `kid` (after one rate-limited JWKS
 refresh), a bad signature, `exp` in the past, `nbf` in the future, a wrong
 `iss` or `aud`. Keys are picked by `kid` and type (a kid may name an RSA and an
-EC key); RSA keys under 2048 bits and EC points off their curve are skipped. The JWKS is fetched at start, refreshed every
-`refreshInterval`, and at most every `minRefreshInterval` on an unknown `kid`;
-a failed refresh keeps the keys already known.
+EC key); RSA keys under 2048 bits and EC points off their curve are skipped.
+The JWKS is fetched at start, refreshed every `refreshInterval`, and at most
+every `minRefreshInterval` on an unknown `kid`; a failed refresh keeps the
+keys already known.
 
 A token has one spelling: each segment must be canonical base64url (no padding,
 no `+` or `/`, no stray low bits: re-encoding the bytes gives the segment back),
