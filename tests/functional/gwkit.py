@@ -33,7 +33,7 @@ from cryptography.x509.oid import NameOID
 from .cakit import free_port
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 15) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -203,7 +203,7 @@ class GatewayProc:
         before = self.live_config()
         time.sleep(0.01)  # a different mtime even on coarse clocks
         self.write(config)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             now = self.live_config()
             if (
@@ -243,7 +243,7 @@ class GatewayProc:
                 raise AssertionError(f"no access-log record for request {request_id}")
             await asyncio.sleep(0.05)
 
-    def refusals(self, timeout: float = 10) -> list[dict[str, Any]]:
+    def refusals(self, timeout: float = 20) -> list[dict[str, Any]]:
         """The engine's "request refused" log records, once there is at least one."""
         deadline = time.monotonic() + timeout
         while True:
@@ -255,7 +255,7 @@ class GatewayProc:
                 return recs
             time.sleep(0.05)
 
-    def wait_access(self, count: int, route: str | None = None, timeout: float = 10) -> list:
+    def wait_access(self, count: int, route: str | None = None, timeout: float = 20) -> list:
         """The access-log records (of `route`), once there are `count` of them (lines are
         flushed in batches)."""
         deadline = time.monotonic() + timeout
