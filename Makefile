@@ -2,12 +2,13 @@
 # links for bcc, .venv), so on a fresh Debian 12 machine, as root:
 #   make demo    run the demo lab until Ctrl-C
 #   make test    lint, type-check and run every test (unit, functional, lab)
+#   make test-loaded   the same beside a CPU hog (the suite must not need an idle machine)
 #   make bench   benchmarks (BENCH=capture for one of them)
 #   make fuzz    coverage-guided fuzzing of tests/fuzz targets (not in CI)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint unit bench fuzz crds clean
+.PHONY: setup demo test test-loaded lint unit bench fuzz crds clean
 
 setup:
 	@./scripts/setup.sh
@@ -25,6 +26,16 @@ lint: setup
 # Lab tests may not be skipped here: CI runs this as root.
 test: lint
 	SLIPSTREAM_REQUIRE_LAB=1 $(BIN)/pytest
+
+# `make test` with two CPU-bound processes beside it for its whole run, killed after (also on
+# Ctrl-C or failure): no test may depend on how much work an idle machine fits in a window.
+HOGS ?= 2
+test-loaded: setup
+	@set -e; hogs=""; \
+	trap 'kill $$hogs 2>/dev/null || true' EXIT INT TERM; \
+	for i in $$(seq $(HOGS)); do python3 -c 'while True: pass' & hogs="$$hogs $$!"; done; \
+	echo "test-loaded: $(HOGS) CPU hogs running (pids$$hogs)"; \
+	$(MAKE) --no-print-directory test
 
 unit: setup
 	$(BIN)/pytest tests/unit tests/functional

@@ -17,8 +17,17 @@ must-revalidate: we do not revalidate, so we do not count it). Fields an
 upstream may read as another URL or method (X-Original-URL...) never reach it
 (pipeline.CLIENT_CANNOT_SET), so they cannot make one key hold another answer.
 
-Freshness: `s-maxage`, else `max-age`, else the configured `ttl`. A stored
-response's `Vary` fields are compared with the next request's before reuse.
+Freshness (RFC 9111 §4.2): the lifetime is `s-maxage`, else `max-age`, else
+`Expires` minus `Date` (or minus now, without a Date), else the configured `ttl`
+(our heuristic); the upstream's `Age` (its first member, when a non-negative
+integer) counts against it, and a response whose lifetime is spent is not
+stored. A directive given twice with different values, a `max-age` that is not
+a number, and an `Expires` that is not a date (`0`) make a response stale, as
+§4.2.1 and §5.3 allow: we do not revalidate, so stale is not stored. We do not
+add the apparent age (now minus `Date`): a skewed upstream clock would then
+decide what is cached. A hit's `Age` is the upstream's plus the time it spent
+here. A stored response's `Vary` fields are compared with the next request's
+before reuse.
 
 `X-Cache-Status`: HIT (served from here), MISS (looked up, fetched; stored if
 allowed), BYPASS (the request cannot use a cache: method, body, upgrade, or
@@ -31,7 +40,10 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 
 from ..http.message import Headers, Response
 from .base import PHASE_CACHE, Context, Plugin, Shared
@@ -56,6 +68,8 @@ class Entry:
     shared: bool
     """The response said it may be shared (public, s-maxage): usable for credentialed
     requests."""
+    age: float = 0.0
+    """The response's age when it was stored (its upstream `Age`)."""
 
     @property
     def cost(self) -> int:
@@ -125,7 +139,8 @@ class Store:
         return removed
 
 
-_MAX_AGE = re.compile(rb"(s-maxage|max-age)\s*=\s*\"?(\d+)")
+_AGES = re.compile(rb"(?:^|[,\s])(s-maxage|max-age)\s*(?:=\s*(\"?)([^,\s\"]*)\2)?", re.IGNORECASE)
+"""A max-age or s-maxage directive, whole (not the tail of `x-max-age`), and its value."""
 _NOT_STORED = re.compile(rb"(?:^|[,\s])(?:no-store|no-cache|private)\s*(?:[,=]|$)", re.IGNORECASE)
 
 
@@ -138,22 +153,67 @@ def explicitly_shared(headers: Headers) -> bool:
     return b"public" in cc or any(t.startswith(b"s-maxage") for t in cc)
 
 
-def freshness(headers: Headers, default: float) -> float | None:
-    """Seconds a shared cache may keep this response, or None if it must not. `no-cache` and
-    `private` in any form, with field names too (`no-cache="Set-Cookie"`), keep it out: we
-    would have to strip those fields, and do not revalidate (RFC 9111 §5.2.2.4, §5.2.2.7)."""
-    for v in headers.get_all(b"cache-control"):
+def _date(value: bytes | None) -> float | None:
+    """An HTTP-date (RFC 9110 §5.6.7, all three forms) in seconds, or None."""
+    if value is None:
+        return None
+    try:
+        when = parsedate_to_datetime(value.decode("latin-1"))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # (asctime and "-0000" forms: HTTP dates are always GMT)
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def initial_age(headers: Headers) -> float:
+    """The upstream's Age: its first member if a non-negative integer, else 0 (RFC 9111
+    §5.1: an invalid Age is ignored)."""
+    raw = headers.get(b"age")
+    if raw is None:
+        return 0.0
+    first = raw.split(b",")[0].strip()
+    return float(first) if first.isdigit() else 0.0
+
+
+def lifetime(headers: Headers, default: float, now: float) -> float | None:
+    """The freshness lifetime (RFC 9111 §4.2.1) in seconds, None if the response must not be
+    stored. `no-cache` and `private` in any form, with field names too
+    (`no-cache="Set-Cookie"`), keep it out: we would have to strip those fields, and do not
+    revalidate (RFC 9111 §5.2.2.4, §5.2.2.7). `now` is the wall clock, for Expires."""
+    values = headers.get_all(b"cache-control")
+    for v in values:
         if _NOT_STORED.search(v):
             return None
     ages: dict[bytes, bytes] = {}
-    for v in headers.get_all(b"cache-control"):
-        for m in _MAX_AGE.finditer(v.lower()):
-            ages[m.group(1)] = m.group(2)
+    for v in values:
+        for m in _AGES.finditer(v):
+            name, value = m.group(1).lower(), m.group(3) or b""
+            if not value.isdigit() or ages.get(name, value) != value:
+                return None  # not a number, or two different answers: stale
+            ages[name] = value
     if b"s-maxage" in ages:
         return float(ages[b"s-maxage"])
     if b"max-age" in ages:
         return float(ages[b"max-age"])
+    expires = headers.get_all(b"expires")
+    if expires:
+        when = _date(expires[0]) if len(set(expires)) == 1 else None
+        if when is None:
+            return None  # RFC 9111 §5.3: an invalid date, "0" above all, is in the past
+        date = _date(headers.get(b"date"))
+        return when - (date if date is not None else now)
     return default
+
+
+def freshness(headers: Headers, default: float, now: float | None = None) -> float | None:
+    """Seconds a shared cache may still keep this response (its lifetime less its Age), or
+    None if it must not be stored."""
+    life = lifetime(headers, default, time.time() if now is None else now)
+    if life is None:
+        return None
+    left = life - initial_age(headers)
+    return left if left > 0 else None
 
 
 class Cache(Plugin):
@@ -163,6 +223,8 @@ class Cache(Plugin):
     def __init__(self, config: CacheConfig, shared: Shared, scope: str) -> None:
         self.config = config
         self.store = shared.service(f"cache:{scope}", Store, Store)
+        self.clock: Callable[[], float] = time.monotonic
+        """Seconds for entry lifetimes and Age (tests set it: no test waits for an expiry)."""
 
     def key(self, ctx: Context) -> str:
         req = ctx.request
@@ -201,7 +263,7 @@ class Cache(Plugin):
             ctx.scratch["cache"] = ("BYPASS", "", False)
             return None
         key = self.key(ctx)
-        now = time.monotonic()
+        now = self.clock()
         credentialed = self.credentialed(req.headers)
         entry = self.store.get(key, req.headers, now, credentialed)
         if entry is None:
@@ -210,7 +272,7 @@ class Cache(Plugin):
             return None
         ctx.notes["cache"] = "HIT"
         h = entry.headers.copy()
-        h.set(b"age", b"%d" % int(now - entry.stored))
+        h.set(b"age", b"%d" % int(entry.age + now - entry.stored))
         h.set(b"x-cache-status", b"HIT")
         return Response(entry.status, h, entry.body)
 
@@ -222,6 +284,7 @@ class Cache(Plugin):
         if state != "MISS" or status not in self.config.statuses:
             return
         ttl = freshness(headers, self.config.ttl)
+        age = initial_age(headers)
         vary = headers.tokens(b"vary")
         if not ttl or b"set-cookie" in headers or b"*" in vary:
             return
@@ -242,7 +305,7 @@ class Cache(Plugin):
                 return
             if total[0] > limit:
                 return
-            now = time.monotonic()
+            now = self.clock()
             self.store.put(
                 key,
                 Entry(
@@ -255,6 +318,7 @@ class Cache(Plugin):
                     ctx.route_name,
                     req.path,
                     shared,
+                    age,
                 ),
                 self.config,
             )

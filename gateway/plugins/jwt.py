@@ -5,9 +5,11 @@ with 401 and a reason: `alg: none`, any HMAC algorithm (so a public key can
 never be used as an HMAC secret), an algorithm the key's type or the JWK's
 own `alg` does not fit, an unknown `kid` (after one rate-limited JWKS
 refresh), a bad signature, `exp` in the past, `nbf` in the future, a wrong
-`iss` or `aud`. The JWKS is fetched at start, refreshed every
-`refreshInterval`, and at most every `minRefreshInterval` on an unknown `kid`;
-a failed refresh keeps the keys already known.
+`iss` or `aud`. Keys are picked by `kid` and type (a kid may name an RSA and an
+EC key); RSA keys under 2048 bits and EC points off their curve are skipped.
+The JWKS is fetched at start, refreshed every `refreshInterval`, and at most
+every `minRefreshInterval` on an unknown `kid`; a failed refresh keeps the
+keys already known.
 
 A token has one spelling: each segment must be canonical base64url (no padding,
 no `+` or `/`, no stray low bits: re-encoding the bytes gives the segment back),
@@ -130,18 +132,31 @@ def _int(text: str) -> int:
     return int.from_bytes(_b64(text), "big")
 
 
+MIN_RSA_BITS = 2048
+"""RFC 7518 §3.3: RS and PS keys of 2048 bits or more (a 512-bit modulus is factored in
+hours, and then anyone signs)."""
+
+
 def parse_jwks(doc: Any) -> list[Key]:
-    """Public signing keys of a JWKS document; symmetric and unknown keys are skipped."""
+    """Public signing keys of a JWKS document. Skipped, each with a warning, keeping the
+    others: symmetric and unknown key types, keys for encryption (`use`, `key_ops`), RSA
+    keys under MIN_RSA_BITS, EC points off their curve, and anything malformed."""
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
         raise ValueError("a JWKS is an object with a `keys` list")
     out = []
     for jwk in doc["keys"]:
         if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
             continue
+        ops = jwk.get("key_ops")
+        if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
+            continue
         kty, kid, alg = jwk.get("kty"), jwk.get("kid"), jwk.get("alg")
         try:
             if kty == "RSA":
                 pub: Any = rsa.RSAPublicNumbers(_int(jwk["e"]), _int(jwk["n"])).public_key()
+                if pub.key_size < MIN_RSA_BITS:
+                    log.warning("JWKS key skipped: RSA under 2048 bits", extra={"kid": kid})
+                    continue
                 out.append(Key(kid, "RSA", alg, pub))
             elif kty == "EC" and jwk.get("crv") in CURVES:
                 curve, _, size = CURVES[jwk["crv"]]
@@ -209,8 +224,10 @@ class Jwks:
             return await r.json(content_type=None)
 
     def find(self, kid: str | None, kty: str) -> Key | None:
+        """The key a token names, of the type its alg needs: two keys may share a kid when
+        their types differ (RFC 7517 §4.5), as during a move from RSA to EC."""
         if kid is not None:
-            return next((k for k in self.keys if k.kid == kid), None)
+            return next((k for k in self.keys if k.kid == kid and k.kty == kty), None)
         candidates = [k for k in self.keys if k.kty == kty]
         return candidates[0] if len(candidates) == 1 else None
 

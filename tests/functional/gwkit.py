@@ -7,6 +7,7 @@ pass or fail.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -32,7 +33,7 @@ from cryptography.x509.oid import NameOID
 from .cakit import free_port
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 15) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -202,7 +203,7 @@ class GatewayProc:
         before = self.live_config()
         time.sleep(0.01)  # a different mtime even on coarse clocks
         self.write(config)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             now = self.live_config()
             if (
@@ -230,7 +231,19 @@ class GatewayProc:
                 out.append(rec)
         return out
 
-    def refusals(self, timeout: float = 10) -> list[dict[str, Any]]:
+    async def logged(self, request_id: str, timeout: float = 15) -> dict[str, Any]:
+        """The access-log record of one request, once it is written (polled, never slept for:
+        a worker writes it after the response, on a loaded machine maybe much later)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for rec in self.access_log():
+                if rec["request_id"] == request_id:
+                    return rec
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no access-log record for request {request_id}")
+            await asyncio.sleep(0.05)
+
+    def refusals(self, timeout: float = 20) -> list[dict[str, Any]]:
         """The engine's "request refused" log records, once there is at least one."""
         deadline = time.monotonic() + timeout
         while True:
@@ -242,7 +255,7 @@ class GatewayProc:
                 return recs
             time.sleep(0.05)
 
-    def wait_access(self, count: int, route: str | None = None, timeout: float = 10) -> list:
+    def wait_access(self, count: int, route: str | None = None, timeout: float = 20) -> list:
         """The access-log records (of `route`), once there are `count` of them (lines are
         flushed in batches)."""
         deadline = time.monotonic() + timeout

@@ -62,7 +62,7 @@ def agent(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 40  # (starting a Python process on a loaded machine)
     while True:
         try:
             if get(f"http://127.0.0.1:{ready}/healthz/ready")[0] == 200:
@@ -108,7 +108,7 @@ def test_config_dump_shows_policies_their_scope_and_what_l4_makes_of_them(agent)
             for p in json.loads(get(f"{admin}/config_dump")[1])["authorizationPolicies"]
         }
 
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 20
     while len(policies()) < 3:
         assert time.monotonic() < deadline, "policies never showed up"
         time.sleep(0.05)
@@ -133,7 +133,7 @@ def test_config_dump_follows_the_directory(agent):
     assert dump["node"] == "n1" and dump["ready"] is True
     assert {"name": "shop", "labels": {"team": "a"}, "annotations": {}} in dump["namespaces"]
     (objects / "ns.yaml").write_text(NS.format(name="shop", team="b"))
-    deadline = time.monotonic() + 1.0
+    deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         dump = json.loads(get(f"{admin}/config_dump")[1])
         if dump["namespaces"][0]["labels"] == {"team": "b"}:

@@ -197,7 +197,7 @@ def test_a_broken_credentials_file_keeps_the_last_good_one(ca):
     sign(ca, "n1", WEB)
     wait_until(
         lambda: [e for e in ca.log() if e["msg"].startswith("credentials file changed")],
-        5,
+        15,
         "the CA to report the broken file",
     )
     problem = next(e for e in ca.log() if e["msg"].startswith("credentials file changed"))

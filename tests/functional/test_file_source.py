@@ -18,16 +18,17 @@ async def source(tmp_path):
     drain = asyncio.Event()
     (tmp_path / "base.yaml").write_text(NS.format(name="base", team="a"))
     task = asyncio.create_task(src.run(drain))
-    async with asyncio.timeout(2):
+    async with asyncio.timeout(15):
         while not store.synced:
             await asyncio.sleep(0.01)
     yield store, src, tmp_path
     drain.set()
-    await asyncio.wait_for(task, 2)
+    await asyncio.wait_for(task, 15)
 
 
-async def next_change(store, timeout=1.0):
-    """The store's next snapshot, which must come within `timeout` seconds."""
+async def next_change(store, timeout=15.0):
+    """The store's next snapshot (the timeout bounds a hang: a loaded machine decides the
+    latency, which the benchmarks measure)."""
     return await asyncio.wait_for(store.wait_for_version(store.snapshot.version), timeout)
 
 

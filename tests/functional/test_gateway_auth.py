@@ -134,15 +134,15 @@ async def get(gw, path, headers=None):
 
 async def test_api_key_in_header_or_query_binds_the_consumer_and_is_not_forwarded(world):
     gw, _, _ = world
-    status, _, echo = await get(gw, "/key", {"apikey": "alice-key-123"})
+    status, h1, echo = await get(gw, "/key", {"apikey": "alice-key-123"})
     assert status == 200
     assert "apikey" not in echo["headers"]
-    status, _, echo = await get(gw, "/key/x?apikey=bob-key-4567&keep=1")
+    status, h2, echo = await get(gw, "/key/x?apikey=bob-key-4567&keep=1")
     assert status == 200
     assert echo["target"] == "/key/x?keep=1"
-    await asyncio.sleep(0.3)
-    consumers = {r["consumer"] for r in gw.access_log() if r["route"] == "key"}
-    assert {"alice", "bob"} <= consumers
+    # each request is logged with the consumer its own key belongs to
+    assert (await gw.logged(h1["x-request-id"]))["consumer"] == "alice"
+    assert (await gw.logged(h2["x-request-id"]))["consumer"] == "bob"
 
 
 @pytest.mark.parametrize("headers", [{}, {"apikey": "wrong-key-000"}, {"apikey": ""}])
@@ -155,11 +155,11 @@ async def test_missing_or_wrong_api_key_is_401(world, headers):
 async def test_valid_rs256_and_es256_tokens_are_accepted_and_mapped_to_consumers(world, keys):
     gw = world[0]
     for key, alg in ((keys["rsa"], "RS256"), (keys["ec"], "ES256")):
-        status, _, echo = await get(gw, "/jwt", {"Authorization": f"Bearer {mint(key, alg)}"})
+        status, h, echo = await get(gw, "/jwt", {"Authorization": f"Bearer {mint(key, alg)}"})
         assert status == 200, echo
         assert echo["headers"]["authorization"].startswith("Bearer ")
-    await asyncio.sleep(0.3)
-    assert any(r["consumer"] == "bob" for r in gw.access_log() if r["route"] == "jwt")
+        rec = await gw.logged(h["x-request-id"])
+        assert (rec["route"], rec["consumer"]) == ("jwt", "bob"), (alg, rec)
 
 
 def forged(keys) -> dict[str, str]:
@@ -234,7 +234,7 @@ async def test_jwks_url_rotation_is_picked_up_and_unknown_kids_cannot_hammer_it(
     # The issuer rotates in a new key; a token with its kid works once the cap allows a fetch.
     write_jwks(tmp / "jwks" / "keys.json", keys["rsa"], keys["ec"], keys["rotated"])
     rotated = mint(keys["rotated"], "ES256")
-    deadline = time.monotonic() + 8
+    deadline = time.monotonic() + 20
     status = 0
     while time.monotonic() < deadline and status != 200:
         status = (await get(gw, "/jwturl", {"Authorization": f"Bearer {rotated}"}))[0]

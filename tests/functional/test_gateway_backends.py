@@ -74,9 +74,15 @@ async def test_least_request_avoids_the_busy_endpoint(echoes, gw):
     gw.start(one_route({"name": "up", "endpoints": [a.url, b.url],
                         "loadBalancer": "least-request"}))  # fmt: skip
     async with aiohttp.ClientSession() as s:
-        slow = asyncio.ensure_future(server_of(s, gw, {"x-echo-delay": "1.5"}))
-        await asyncio.sleep(0.3)
+        # The slow request is held by its upstream until the quick ones are done, and they
+        # start once the gateway shows it in flight: nothing here depends on how fast they run.
+        slow = asyncio.ensure_future(server_of(s, gw, {"x-echo-delay": "8"}))
+        deadline = time.monotonic() + 15
+        while not any(e["active"] for e in endpoint_status(gw).values()):
+            assert time.monotonic() < deadline and not slow.done(), "the slow request in flight"
+            await asyncio.sleep(0.05)
         quick = [(await server_of(s, gw))[1] for _ in range(8)]
+        assert not slow.done(), "the slow request was still in flight for every quick one"
         busy = (await slow)[1]
     assert busy in ("a", "b")
     assert set(quick) == {"b" if busy == "a" else "a"}, (busy, quick)
@@ -89,7 +95,7 @@ async def test_passive_ejection_and_recovery(echoes, gw, tmp_path):
         failing = f"127.0.0.1:{port}"
         gw.start(one_route(
             {"name": "up", "endpoints": [a.url, f"http://{failing}"],
-             "healthCheck": {"passive": {"consecutiveFailures": 2, "ejection": "1s"}}},
+             "healthCheck": {"passive": {"consecutiveFailures": 2, "ejection": "5s"}}},
             retry={"attempts": 1},
         ))  # fmt: skip
         async with aiohttp.ClientSession() as s:
@@ -97,8 +103,13 @@ async def test_passive_ejection_and_recovery(echoes, gw, tmp_path):
             assert first.count(503) == 2  # round robin: the failing endpoint twice, then out
             assert endpoint_status(gw)[failing]["ejected"]
             assert [(await server_of(s, gw))[0] for _ in range(10)] == [200] * 10
-            await asyncio.sleep(1.2)  # the ejection ends: it is tried again
-            again = [(await server_of(s, gw))[0] for _ in range(4)]
+            # (all ten within the ejection: else the failing endpoint would have had a turn)
+            assert endpoint_status(gw)[failing]["ejected"], "ejection too short for this machine"
+            deadline = time.monotonic() + 30
+            while endpoint_status(gw)[failing]["ejected"]:  # the ejection ends...
+                assert time.monotonic() < deadline, "the ejection did not end"
+                await asyncio.sleep(0.1)
+            again = [(await server_of(s, gw))[0] for _ in range(4)]  # ...and it is tried again
             assert 503 in again
     finally:
         stop(nginx)
@@ -114,7 +125,7 @@ async def test_active_probes_take_a_dead_endpoint_out_and_back(echoes, gw):
         retry={"attempts": 1},
     ))  # fmt: skip
     dead = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 20
     while endpoint_status(gw)[dead]["healthy"]:
         assert time.monotonic() < deadline, "the probe did not mark the endpoint down"
         await asyncio.sleep(0.1)
@@ -122,7 +133,7 @@ async def test_active_probes_take_a_dead_endpoint_out_and_back(echoes, gw):
         assert [(await server_of(s, gw))[1] for _ in range(6)] == ["a"] * 6
         revived = start_echo(tmp, "revived", port)
         try:
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 20
             while not endpoint_status(gw)[dead]["healthy"]:
                 assert time.monotonic() < deadline, "the probe did not bring it back"
                 await asyncio.sleep(0.1)

@@ -190,10 +190,12 @@ async def test_cache_hit_miss_bypass_and_cache_control(peers, gateway):
             status, h, body = await fetch(s, gw.url(path), headers, method)
             return status, h.get("X-Cache-Status"), json.loads(body) if body else {}, h
 
+    first_at = time.monotonic()
     _, st1, b1, _ = await get("/c/item?page=1&utm=x")
     _, st2, b2, h2 = await get("/c/item?utm=y&page=1")  # utm is not part of the key
     assert (st1, st2) == ("MISS", "HIT") and b1["n"] == b2["n"]
-    assert int(h2["Age"]) >= 0
+    # the hit says how long it has been stored: less than the time since the first answer
+    assert 0 <= int(h2["Age"]) <= time.monotonic() - first_at, h2["Age"]
     assert (await get("/c/item?page=2"))[1] == "MISS"
     # the client may insist on a fresh answer; POST is never cached
     assert (await get("/c/item?page=1", {"Cache-Control": "no-cache"}))[1] == "BYPASS"
@@ -205,10 +207,16 @@ async def test_cache_hit_miss_bypass_and_cache_control(peers, gateway):
         second = await get(f"/c/{cc}", hdr)
         assert (first[1], second[1]) == ("MISS", "MISS"), cc
         assert first[2]["n"] != second[2]["n"]
-    short = {"x-echo-header": "Cache-Control: public, max-age=1"}
+    # max-age ends the entry: polled for (no sleep), and never before max-age has passed
+    # since the first request was sent (the exact edge is tests/unit/test_gateway_cache.py's)
+    short = {"x-echo-header": "Cache-Control: public, max-age=3"}
+    sent = time.monotonic()
     assert [(await get("/c/short", short))[1] for _ in range(2)] == ["MISS", "HIT"]
-    await asyncio.sleep(1.3)
-    assert (await get("/c/short", short))[1] == "MISS"
+    deadline = sent + 30
+    while (await get("/c/short", short))[1] == "HIT":
+        assert time.monotonic() < deadline, "the entry outlived its max-age"
+        await asyncio.sleep(0.1)
+    assert time.monotonic() - sent >= 3, "the entry expired before its max-age"
     # s-maxage (for shared caches) wins over max-age
     shared = {"x-echo-header": "Cache-Control: max-age=0, s-maxage=30"}
     assert [(await get("/c/shared", shared))[1] for _ in range(2)] == ["MISS", "HIT"]

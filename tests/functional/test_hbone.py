@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 
 import h2.config
 import h2.connection
@@ -232,8 +233,7 @@ async def test_a_stream_reaches_the_app_as_the_real_client(server, caplog):
     conn = await server.connect()
     assert await echo_once(conn, server, b"hello mesh") == b"hello mesh"
     assert server.app_peers[-1][0] == APP_CLIENT[0], "the app sees the client's own address"
-    await asyncio.sleep(0.05)
-    (rec,) = server.records
+    (rec,) = await wait_records(server, 1)
     assert (rec.src_identity, rec.dst_identity) == (f"spiffe://{WEB.principal}", str(DB))
     assert rec.transport == "hbone" and rec.outcome == "ok" and rec.bytes_sent == 10
     assert any(
@@ -258,8 +258,7 @@ async def test_a_traceparent_on_the_connect_reaches_the_access_record(server):
     stream.write(b"traced")
     stream.write_eof()
     await asyncio.wait_for(out.eof.wait(), 10)
-    await asyncio.sleep(0.05)
-    assert [r.traceparent for r in server.records] == [trace]
+    assert [r.traceparent for r in await wait_records(server, 1)] == [trace]
 
 
 async def test_many_streams_share_one_pooled_connection(server):
@@ -290,7 +289,9 @@ async def test_many_streams_share_one_pooled_connection(server):
 
 
 async def test_the_pool_caps_streams_per_connection_and_closes_idle_ones(server):
-    pool = hbone.HbonePool(max_streams=2, idle_timeout=0.2)
+    # (an idle timeout long enough that no stall of a loaded machine passes it before the
+    # first sweep below, which must keep the connection)
+    pool = hbone.HbonePool(max_streams=2, idle_timeout=3.0)
     key = hbone.PoolKey("127.0.0.5", str(WEB), str(DB), ("127.0.0.1", server.port))
     dialed: list = []
     ctx = server.client_context()
@@ -311,8 +312,11 @@ async def test_the_pool_caps_streams_per_connection_and_closes_idle_ones(server)
         await asyncio.wait_for(out.eof.wait(), 10)
     pool.close_idle()
     assert len(pool.status()) == 1, "not idle for long enough yet: kept"
-    await asyncio.sleep(0.3)
-    pool.close_idle()
+    # Polled: the idle time passes, then the next sweep closes them (however late it runs).
+    deadline = time.monotonic() + 10
+    while pool.status() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        pool.close_idle()
     assert pool.status() == []
     assert all(not c.usable for c in dialed), "idle connections are closed"
     again = await pool.stream(key, server.headers(), dial)
@@ -345,8 +349,8 @@ async def test_unreachable_app_is_503_and_wrong_authority_is_400(server):
     with pytest.raises(TunnelError) as exc:
         await conn.open_stream(server.headers(host="127.0.0.2"))
     assert exc.value.status == 400
-    await asyncio.sleep(0.05)
-    assert [r.outcome for r in server.records] == ["upstream_refused", "bad_request"]
+    records = await wait_records(server, 2)
+    assert [r.outcome for r in records] == ["upstream_refused", "bad_request"]
     assert await echo_once(conn, server, b"still fine") == b"still fine", (
         "the connection keeps serving"
     )
@@ -366,8 +370,7 @@ async def test_a_stream_policy_denies_gets_401_and_the_connection_serves_on(serv
     with pytest.raises(TunnelError) as exc:
         await conn.open_stream(server.headers())
     assert exc.value.status == 401
-    await asyncio.sleep(0.05)
-    (rec,) = server.records
+    (rec,) = await wait_records(server, 1)
     assert rec.outcome == "denied" and "shop/only-api" in rec.detail
     assert rec.authz is not None and rec.authz["decision"] == "deny"
     assert server.app_peers == [], "the app never saw the denied connection"
@@ -400,11 +403,13 @@ def ip_policy(action: str, field: str, cidr: str) -> object:
 
 
 async def wait_records(server, n: int) -> list[FlowRecord]:
-    for _ in range(500):
-        if len(server.records) >= n:
-            return server.records
+    """The server's access records once there are `n` (each is written when its stream ends)."""
+    deadline = time.monotonic() + 15
+    while len(server.records) < n:
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"waited for {n} access records, have {len(server.records)}")
         await asyncio.sleep(0.01)
-    raise AssertionError(f"waited for {n} access records, have {len(server.records)}")
+    return server.records
 
 
 CLAIMS = [

@@ -626,11 +626,12 @@ async def test_a_client_that_sends_nothing_is_closed_after_the_preface_timeout(t
 
 async def test_the_preface_timeout_starts_after_a_slow_tls_handshake(tmp_path):
     """A client slow to start TLS still has the whole preface timeout after its handshake."""
-    limits = ConnectionLimits(preface_timeout=1.0)
+    # (the margins are seconds, not tenths: a loaded machine may stall a thread that long)
+    limits = ConnectionLimits(preface_timeout=3.0)
     async with running(make_server(tmp_path, connection=limits)) as server:
 
         def slow_client() -> dict[int, str]:
-            a = Attacker(server, handshake_after=2.0)
+            a = Attacker(server, handshake_after=4.0)  # longer than the whole timeout
             time.sleep(0.3)  # within the timeout, counted from the handshake
             a.preface()
             a.connect(1, server.app_port)

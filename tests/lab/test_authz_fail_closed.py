@@ -109,7 +109,7 @@ def test_a_new_invalid_policy_denies_its_scope_and_nothing_outside_it(lab):
             and r.get("authz", {}).get("decision") == "deny"
             and r["src_workload"] in ("mesh/web", "plain/legacy")
         ],
-        5,
+        15,
         "the denials in n2's access log",
     )
     assert {r["transport"] for r in denied} == {"hbone", "plaintext"}
@@ -117,13 +117,13 @@ def test_a_new_invalid_policy_denies_its_scope_and_nothing_outside_it(lab):
     assert all(r["authz"]["policy"] == f"mesh/{NAME}" for r in denied)
     # Reported: /config_dump on both agents, the agent's log, `policy check`.
     for node in ("n1", "n2"):
-        e = wait_until(lambda n=node: entry(lab, n), 5, f"{node} to list the policy")
+        e = wait_until(lambda n=node: entry(lab, n), 15, f"{node} to list the policy")
         assert e["state"] == "refused: denies every connection in its scope"
         assert (e["field"], e["scope"]) == (FIELD, "selected pods")
         assert e["error"].startswith(f"{FIELD}: must not be empty") and FILE in e["source"]
     (obj,) = [o for o in config_dump(lab, "n2")["objects"] if o["name"] == NAME]
     assert obj["refused"]["enforcing"] == "fail-closed stand-in"
-    (logged,) = wait_until(lambda: agent_log(lab, "n2", "authorization policy refused"), 5, "log")
+    (logged,) = wait_until(lambda: agent_log(lab, "n2", "authorization policy refused"), 15, "log")
     assert (logged["policy"], logged["field"]) == (f"mesh/{NAME}", FIELD)
     assert logged["level"] == "error" and FILE in logged["source"]
     res = policy_check(lab, "--from", "mesh/web", "--to", "mesh/db:8080")
@@ -168,4 +168,4 @@ def test_an_invalid_update_keeps_the_last_good_version_enforcing(lab):
     write_behind_the_labs_back(lab, json.dumps(body(fixed)))
     wait_until(lambda: reaches(lab, "api", "db"), 10, "the fixed version to let api in")
     assert not reaches(lab, "web", "db")
-    assert wait_until(lambda: entry(lab, "n2").get("state") == "enforced", 5, "state")
+    assert wait_until(lambda: entry(lab, "n2").get("state") == "enforced", 15, "state")

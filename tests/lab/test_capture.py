@@ -101,6 +101,31 @@ def records(lab: Lab, since: float, **match: str) -> list[dict]:
     return out
 
 
+def records_before_a_marker(lab: Lab, since: float) -> list[dict]:
+    """Every record since `since` but a marker's, once the marker is logged on both nodes.
+
+    The marker is a connection both agents capture (mesh/client on n1 to mesh/far on n2),
+    made after the connections under test have ended: each agent logs a connection when it
+    closes, so by the time the marker's records are there, any record of an earlier
+    connection would be too. A positive marker to wait for instead of a sleep that hopes.
+    """
+    client, dst = ip(lab, "client"), f"{ip(lab, 'far')}:8080"
+
+    def marker(r: dict) -> bool:
+        return r["dst"] == dst and r["src"].rpartition(":")[0] == client
+
+    start = time.time()
+    assert curl(lab, "client", f"http://{dst}/marker", "mesh")["pod"] == "far"
+    wait_until(
+        lambda: (
+            {r["direction"] for r in records(lab, start) if marker(r)} == {"outbound", "inbound"}
+        ),
+        10,
+        "the marker connection's records on both nodes",
+    )
+    return [r for r in records(lab, since) if not marker(r)]
+
+
 def fails(lab: Lab, pod: str, ns: str, url: str) -> bool:
     res = lab.exec(pod, ["curl", "-sS", "--connect-timeout", "2", "-m", "3", url], namespace=ns)
     return res.returncode != 0
@@ -116,7 +141,7 @@ def test_outbound_same_and_cross_node_is_captured_and_servers_see_the_client(lab
         assert answer["client"].split(":")[0] == client, "the server sees the client pod's own IP"
         (rec,) = wait_until(
             lambda d=dst, s=since: records(lab, s, direction="outbound", dst=d),
-            2,
+            15,
             f"outbound access-log record for {dst}",
         )
         assert rec["node"] == "n1"
@@ -128,7 +153,7 @@ def test_outbound_same_and_cross_node_is_captured_and_servers_see_the_client(lab
         # The destination is enrolled too: its agent captured the connection arriving.
         node = "n1" if target == "near" else "n2"
         inbound = wait_until(
-            lambda d=dst, s=since: records(lab, s, direction="inbound", dst=d), 2, "inbound"
+            lambda d=dst, s=since: records(lab, s, direction="inbound", dst=d), 15, "inbound"
         )
         assert inbound[0]["node"] == node and inbound[0]["src"].split(":")[0] == client
 
@@ -141,18 +166,20 @@ def test_inbound_plaintext_from_outside_the_mesh_is_captured(lab):
         "the app sees the real client IP"
     )
     (rec,) = wait_until(
-        lambda: records(lab, since, direction="inbound", dst=dst), 2, "inbound record"
+        lambda: records(lab, since, direction="inbound", dst=dst), 10, "inbound record"
     )
     assert rec["node"] == "n2" and rec["src_workload"] == "plain/client" and rec["outcome"] == "ok"
-    assert not records(lab, since, direction="outbound"), "the plain client is not captured"
+    seen = records_before_a_marker(lab, since)
+    assert [r for r in seen if r["direction"] == "outbound"] == [], (
+        "the plain client is not captured"
+    )
 
 
 def test_unlabelled_namespace_and_opted_out_pod_are_not_captured(lab):
     since = time.time()
     curl(lab, "client", f"http://{ip(lab, 'server', 'plain')}:8080/", "plain")
     curl(lab, "optout", f"http://{ip(lab, 'server', 'plain')}:8080/", "mesh")
-    time.sleep(0.5)
-    assert records(lab, since) == [], "no agent saw these connections"
+    assert records_before_a_marker(lab, since) == [], "no agent saw these connections"
     for name, ns in (("client", "plain"), ("optout", "mesh")):
         assert workload(lab, "n1", ns, name)["state"] == "not-enrolled"
         view = netns_view(lab, name, ns)
@@ -164,8 +191,7 @@ def test_loopback_and_own_ip_inside_a_pod_are_not_captured(lab):
     since = time.time()
     assert curl(lab, "near", "http://127.0.0.1:8080/", "mesh")["client"].startswith("127.0.0.1:")
     assert curl(lab, "near", f"http://{ip(lab, 'near')}:8080/", "mesh")["pod"] == "near"
-    time.sleep(0.5)
-    assert records(lab, since) == []
+    assert records_before_a_marker(lab, since) == []
 
 
 def test_listeners_filters_and_rules_in_an_enrolled_pod(lab):
@@ -186,31 +212,33 @@ def test_labelling_a_namespace_live_starts_and_stops_capture(lab):
         "metadata: {name: plain}",
         "metadata:\n  name: plain\n  labels: {slipstream.dev/dataplane-mode: ambient}",
     )
-    start = time.monotonic()
     lab.apply(load_text(labelled, "label.yaml"))
+    # (live: the watch enrolls it; no restart, no resync period. How fast is not asserted:
+    # a loaded machine decides that.)
     wait_until(
-        lambda: workload(lab, "n1", "plain", "client").get("state") == "enrolled", 1.0, "enrollment"
+        lambda: workload(lab, "n1", "plain", "client").get("state") == "enrolled", 15, "enrollment"
     )
-    assert time.monotonic() - start < 1.0
     since = time.time()
     assert curl(lab, "client", target, "plain")["client"].split(":")[0] == ip(
         lab, "client", "plain"
     )
     wait_until(
-        lambda: records(lab, since, direction="outbound", src_workload="plain/client"), 2, "capture"
+        lambda: records(lab, since, direction="outbound", src_workload="plain/client"),
+        15,
+        "capture",
     )
     assert lab.get("pod", "plain")[0]["status"]["containerStatuses"][0]["restarts"] == 0
 
     lab.apply(load_text(PLAIN_NS, "unlabel.yaml"))
     wait_until(
         lambda: workload(lab, "n1", "plain", "client").get("state") == "not-enrolled",
-        1.0,
+        15,
         "release",
     )
     since = time.time()
     curl(lab, "client", target, "plain")
-    time.sleep(0.5)
-    assert records(lab, since, direction="outbound") == []
+    released = records_before_a_marker(lab, since)
+    assert [r for r in released if r["direction"] == "outbound"] == [], released
     view = netns_view(lab, "client", "plain")
     assert view["eth0_egress"] == view["eth0_ingress"] == view["lo_ingress"] == ""
     assert (
@@ -243,11 +271,11 @@ def test_agent_killed_fails_closed_then_readopts_without_duplicates(lab):
 
     lab.start_agent("n1")
     wait_until(
-        lambda: workload(lab, "n1", "mesh", "client").get("state") == "enrolled", 5, "re-adoption"
+        lambda: workload(lab, "n1", "mesh", "client").get("state") == "enrolled", 15, "re-adoption"
     )
     assert curl(lab, "client", url, "mesh")["client"].split(":")[0] == ip(lab, "client")
     wait_until(
-        lambda: records(lab, since, direction="outbound", src_workload="mesh/client"), 2, "capture"
+        lambda: records(lab, since, direction="outbound", src_workload="mesh/client"), 15, "capture"
     )
     view = netns_view(lab, "client", "mesh")
     for hook, prog in (
@@ -269,7 +297,7 @@ def test_agent_stopped_with_cleanup_leaves_nothing_in_its_pods(lab):
     lab.stop_agent("n1")
     lab.start_agent("n1", cleanup=True)
     wait_until(
-        lambda: workload(lab, "n1", "mesh", "client").get("state") == "enrolled", 5, "enrolled"
+        lambda: workload(lab, "n1", "mesh", "client").get("state") == "enrolled", 15, "enrolled"
     )
     lab.stop_agent("n1")
     for name in ("client", "near"):
@@ -297,9 +325,9 @@ def test_deleting_a_pod_releases_its_namespace(lab):
         return any(os.readlink(os.path.join(fds, fd)) == f"net:[{inode}]" for fd in os.listdir(fds))
 
     wait_until(
-        lambda: not agent_holds_netns(), 2, "the agent to let go of the deleted pod's namespace"
+        lambda: not agent_holds_netns(), 15, "the agent to let go of the deleted pod's namespace"
     )
-    wait_until(lambda: workload(lab, "n1", "mesh", "near") == {}, 1, "the agent to forget the pod")
+    wait_until(lambda: workload(lab, "n1", "mesh", "near") == {}, 15, "the agent to forget the pod")
 
 
 REUSE_PORT = """
@@ -381,7 +409,7 @@ def test_bad_pod_objects_are_reported_and_the_agent_carries_on(lab):
             w = workload(lab, "n1", "mesh", f"bad-{n}")
             return w if w.get("state") == want else {}
 
-        seen = wait_until(refused, 2, f"bad-{name} refused")
+        seen = wait_until(refused, 15, f"bad-{name} refused")
         assert reason in seen["reason"], seen
     # The agent still serves its real pods.
     assert curl(lab, "client", f"http://{ip(lab, 'far')}:8080/", "mesh")["pod"] == "far"

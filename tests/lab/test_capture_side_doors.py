@@ -144,7 +144,7 @@ def bridge_capture(lab: Lab, path: Path) -> Iterator[Path]:
         stderr=subprocess.PIPE,
     )
     try:
-        wait_until(lambda: path.exists() and path.stat().st_size > 0, 5, "tcpdump to start")
+        wait_until(lambda: path.exists() and path.stat().st_size > 0, 15, "tcpdump to start")
         yield path
     finally:
         dump.send_signal(signal.SIGINT)
@@ -180,7 +180,7 @@ def test_fragmented_tcp_from_outside_the_mesh_never_reaches_a_strict_app(lab, sp
         dropped = before + len(order)
         wait_until(
             lambda n=dropped: counter(lab, "n2", "drop_fragment") > n,
-            5,
+            15,
             "the STRICT pod's capture to drop the fragments",
         )
         assert not app_saw(lab, "server", secret), "the STRICT pod's app saw a fragmented SYN"
@@ -191,7 +191,7 @@ def test_fragmented_tcp_from_outside_the_mesh_never_reaches_a_strict_app(lab, sp
     src = f"{ip(lab, 'outsider')}:{port}"
     (rec,) = wait_until(
         lambda: [r for r in access_log(lab, "n2", since) if r["src"] == src],
-        5,
+        15,
         "the agent's record of the unfragmented attempt",
     )
     assert rec["direction"] == "inbound" and rec["outcome"] == "refused_plaintext", rec
@@ -212,7 +212,7 @@ def test_ip_options_do_not_hide_a_syn_from_capture(lab):
     src = f"{ip(lab, 'outsider')}:{port}"
     (rec,) = wait_until(
         lambda: [r for r in access_log(lab, "n2", since) if r["src"] == src],
-        5,
+        15,
         "the agent's record of the connection with IP options",
     )
     assert rec["outcome"] == "refused_plaintext", rec
@@ -252,7 +252,7 @@ def test_fragmented_tcp_never_leaves_an_enrolled_pod(lab, tmp_path, caps):
         # A datagram after the attack (UDP is not captured): once it shows, so would have
         # anything the pod sent before it.
         attack(lab, "attacker", "udp", ip(lab, "web"), 9, after, caps=caps)
-        wait_until(lambda: after.encode() in pcap.read_bytes(), 5, "the marker on the bridge")
+        wait_until(lambda: after.encode() in pcap.read_bytes(), 15, "the marker on the bridge")
     me = ip(lab, "attacker")
     assert seen(pcap, f"src host {me} and ip[6:2] & 0x3fff != 0") == []
     assert seen(pcap, f"src host {me} and tcp dst port 8080") == [], "no plaintext left the pod"
@@ -278,10 +278,10 @@ def test_a_syn_cookie_minted_by_the_agent_does_not_open_the_app(lab):
     server = ip(lab, "server")
     sent = syncookies(lab, "server", "Sent")
     attack(lab, "server", "flood", server, 8080, 40, "--src", "10.99.0.1")  # the app overflows
-    wait_until(lambda: syncookies(lab, "server", "Sent") > sent, 5, "the app to send cookies")
+    wait_until(lambda: syncookies(lab, "server", "Sent") > sent, 15, "the app to send cookies")
     sent = syncookies(lab, "server", "Sent")
     attack(lab, "outsider", "flood", server, 8080, 1100)  # so does the agent's listener
-    wait_until(lambda: syncookies(lab, "server", "Sent") > sent, 5, "the agent to send cookies")
+    wait_until(lambda: syncookies(lab, "server", "Sent") > sent, 15, "the agent to send cookies")
     cookies = syncookies(lab, "server", "Recv")
     port, since, secret = sport(), time.time(), marker()
     got = attack(lab, "outsider", "handshake", server, 8080, port, secret)
@@ -289,7 +289,7 @@ def test_a_syn_cookie_minted_by_the_agent_does_not_open_the_app(lab):
     src = f"{ip(lab, 'outsider')}:{port}"
     recs = wait_until(
         lambda: [r for r in access_log(lab, "n2", since) if r["src"] == src],
-        5,
+        15,
         "the agent to accept the cookie",
     )
     assert {r["outcome"] for r in recs} == {"refused_plaintext"}, recs
@@ -310,7 +310,7 @@ def test_a_socket_carrying_the_agents_mark_is_captured_like_any_other(lab):
     dst = f"{ip(lab, 'web')}:8080"
     (rec,) = wait_until(
         lambda: [r for r in access_log(lab, "n1", since) if r["dst"] == dst],
-        5,
+        15,
         "the agent's record of the marked connection",
     )
     assert rec["src_workload"] == "mesh/attacker" and rec["outcome"] == "refused_plaintext"
@@ -452,9 +452,9 @@ def test_ipv6_tcp_is_dropped_both_ways(lab):
     with v6_listener(lab, "web", port) as web_app, v6_listener(lab, "server", port) as server_app:
         assert v6_connect(lab, "visitor", "web", port) == "connected", "positive control"
         assert v6_connect(lab, "visitor", "server", port).startswith("failed")
-        wait_until(lambda: counter(lab, "n2", "drop_ipv6") > in_before, 5, "the inbound drop")
+        wait_until(lambda: counter(lab, "n2", "drop_ipv6") > in_before, 15, "the inbound drop")
         assert v6_connect(lab, "attacker", "web", port).startswith("failed")
-        wait_until(lambda: counter(lab, "n1", "drop_ipv6") > out_before, 5, "the outbound drop")
+        wait_until(lambda: counter(lab, "n1", "drop_ipv6") > out_before, 15, "the outbound drop")
     assert [ln for ln in web_app if ln.startswith("accepted")] == [f"accepted {v6(lab, 'visitor')}"]
     assert not [ln for ln in server_app if ln.startswith("accepted")], "the STRICT app saw IPv6"
     # Neighbour discovery still works for the enrolled pods: the node resolved them.

@@ -447,7 +447,7 @@ def test_a_connect_to_the_pods_mesh_ports_is_refused_at_once(arena, lab, bystand
             if r["outcome"] == "bad_request" and "mesh port" in r["detail"]
         ]
 
-    assert len(wait_until(records, 5, "the refusals in the access log")) == 6
+    assert len(wait_until(records, 15, "the refusals in the access log")) == 6
     bystander.still_served(lab)
 
 
