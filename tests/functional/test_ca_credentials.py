@@ -105,6 +105,8 @@ def test_the_issuance_log_needs_a_credential_and_shows_only_what_it_may(ca):
     assert exc.status == 403 and "has nothing signed" in exc.reason
 
 
+# Four CLI processes: ~8 s each to start on a loaded two-core machine, past the 60 s default.
+@pytest.mark.timeout(180)
 def test_an_expired_credential_is_refused_with_the_reason(ca):
     long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
     rec = credentials.mint(
