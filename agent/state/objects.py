@@ -18,6 +18,7 @@ from typing import Any
 
 from agent.common.errors import FieldError
 
+from . import endpointslice
 from .authz import KIND as AUTHORIZATION_POLICY
 from .authz import parse_authorization_policy, refused_policy
 from .fields import (
@@ -190,6 +191,8 @@ def parse_object(body: Any) -> Resource:
         return _parse_service(api_version, meta, body)
     if kind == "Namespace" and api_version == "v1":
         return Namespace(api_version, kind, meta, body)
+    if kind == endpointslice.KIND and api_version == endpointslice.API_VERSION:
+        return endpointslice.parse_endpoint_slice(api_version, meta, body)
     if kind in ("AuthorizationPolicy", "PeerAuthentication"):
         # A policy nobody reads would fail open: refuse one we do not understand.
         need(
