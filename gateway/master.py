@@ -121,7 +121,7 @@ class Master:
             raw = self.sources.merge(raw)
         elif uses_services(raw):
             raise ConfigError(
-                f"{self.config_path}: backends name a Service, which needs --source (file:DIR or kube)"
+                f"{self.config_path}: backends name a Service, which needs --source"
             )
         try:
             config = parse_config(raw)
