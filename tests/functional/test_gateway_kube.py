@@ -116,9 +116,7 @@ def test_httproute_and_service_from_the_api(api, tmp_path):
             tmp_path, extra_args=("--source", "kube", "--kubeconfig", api.kubeconfig)
         ).start({})
         try:
-            _, body = until(
-                lambda: (r := fetch(gw, "shop.example", "/store/a"))[0] == 200 and r
-            )
+            _, body = until(lambda: (r := fetch(gw, "shop.example", "/store/a"))[0] == 200 and r)
             assert body is not None and body["server"] == "web" and body["target"] == "/store/a"
             src = gw.live_config()["gatewayApi"]["source"]
             assert src["type"] == "kube" and src["synced"] is True

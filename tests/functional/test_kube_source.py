@@ -4,6 +4,7 @@ list, watch, bookmarks, resumption, 410s, restarts, and servers that misbehave."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from typing import Any
 
@@ -349,3 +350,46 @@ def _yaml_docs(path) -> list[dict]:
     import yaml
 
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+@pytest.mark.parametrize("mode", ["garbage", "not-a-list", "huge", "no-version", "slow-drip"])
+async def test_a_first_list_that_is_broken_leaves_it_not_synced(api, run, tmp_path, mode):
+    async def hostile(request: web.Request) -> web.StreamResponse:
+        if mode == "garbage":
+            return web.Response(body=b"<html>proxy error</html>", content_type="text/html")
+        if mode == "not-a-list":
+            return web.json_response({"kind": "NamespaceList", "items": {}, "metadata": {}})
+        if mode == "no-version":
+            return web.json_response({"kind": "NamespaceList", "items": [], "metadata": {}})
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        if mode == "huge":  # 20 MiB of a list that never ends: over the 16 MiB bound
+            await resp.write(b'{"kind":"NamespaceList","items":[')
+            item = b'{"metadata":{"name":"' + b"n" * 1000 + b'"}},'
+            with contextlib.suppress(ConnectionError):
+                for _ in range(20 * 1024):
+                    await resp.write(item)
+        else:  # a byte a second: the page must come within the request time
+            with contextlib.suppress(ConnectionError):
+                for _ in range(3600):
+                    await resp.write(b" ")
+                    await asyncio.sleep(1)
+        return resp
+
+    runner, port = await hostile_server(api, hostile)
+    try:
+        r = await run(kubeconfig_via(api, port, tmp_path / "hostile.kubeconfig"), [NAMESPACES])
+        await wait_for(lambda: r.kind("namespaces").lists == 0 and r.kind("namespaces").error)
+        text = r.source.readiness()
+        assert text.startswith("namespaces: not synced (") and "namespaces" in text[24:], text
+        assert not r.store.synced and r.store.snapshot.objects == {}
+        expected = {
+            "garbage": "not a JSON object",
+            "not-a-list": "not a list",
+            "huge": "over 16777216 bytes",
+            "no-version": "no metadata.resourceVersion",
+            "slow-drip": "no answer in time",
+        }[mode]
+        assert expected in r.kind("namespaces").error, r.kind("namespaces").error
+    finally:
+        await runner.cleanup()
