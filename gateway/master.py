@@ -120,9 +120,7 @@ class Master:
         if self.sources is not None:
             raw = self.sources.merge(raw)
         elif uses_services(raw):
-            raise ConfigError(
-                f"{self.config_path}: backends name a Service, which needs --source"
-            )
+            raise ConfigError(f"{self.config_path}: backends name a Service, which needs --source")
         try:
             config = parse_config(raw)
         except FieldError as exc:
