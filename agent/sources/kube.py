@@ -59,6 +59,10 @@ PAGE = 500
 """Objects per list page (client-go's default): a page is a bounded answer."""
 MAX_OBJECTS = 200_000
 """Objects of one kind we hold at most: past it a server is broken or hostile."""
+MAX_BYTES = 512 * 1024 * 1024
+"""What the objects of one kind may weigh, as the server sent them (a list page's bytes
+shared among its items, an event's line): 10,000 pods weigh about 40 MiB; without a bound a
+server could send 200,000 objects of 4 MiB each."""
 
 
 @dataclass(frozen=True)
@@ -163,10 +167,16 @@ def slim(obj: dict[str, Any]) -> dict[str, Any]:
 class Reflection:
     """One kind as the API server last told it, and where to resume (sans-IO)."""
 
-    def __init__(self, spec: KindSpec, max_objects: int = MAX_OBJECTS) -> None:
+    def __init__(
+        self, spec: KindSpec, max_objects: int = MAX_OBJECTS, max_bytes: int = MAX_BYTES
+    ) -> None:
         self.spec = spec
         self.max_objects = max_objects
+        self.max_bytes = max_bytes
         self.objects: dict[Key, dict[str, Any]] = {}
+        self.sizes: dict[Key, int] = {}
+        """What each object weighed as sent; `weight` is their sum."""
+        self.weight = 0
         self.resource_version = ""
         """Where the next watch starts; empty: list first."""
         self.synced = False
@@ -182,17 +192,23 @@ class Reflection:
         """Lists forced by a 410."""
 
     # -- inputs -----------------------------------------------------------
-    def listed(self, items: Iterable[Any], resource_version: str) -> Delta:
-        """A complete list (every page) at `resource_version`: the difference to hold."""
+    def listed(self, items: Iterable[Any], resource_version: str, size: int = 0) -> Delta:
+        """A complete list (every page, `size` bytes in all) at `resource_version`: the
+        difference to hold."""
         what = f"list {self.spec.name}"
         if not resource_version:
             raise KubeError(f"{what}: the list has no metadata.resourceVersion")
+        if size > self.max_bytes:
+            raise KubeError(f"{what}: more than {self.max_bytes} bytes of objects")
         fresh: dict[Key, dict[str, Any]] = {}
         for item in items:
             key = _key(item, what)
             fresh[key] = slim(item)
             if len(fresh) > self.max_objects:
                 raise KubeError(f"{what}: more than {self.max_objects} objects")
+        each = size // max(1, len(fresh))
+        self.sizes = dict.fromkeys(fresh, each)
+        self.weight = each * len(fresh)
         delta = Delta(deletes=[k for k in self.objects if k not in fresh])
         for key, obj in fresh.items():
             old = self.objects.get(key)
@@ -207,7 +223,7 @@ class Reflection:
     def not_served(self) -> Delta:
         """The server answered 404 for the resource: synced and empty (see module doc)."""
         delta = Delta(deletes=list(self.objects))
-        self.objects = {}
+        self.objects, self.sizes, self.weight = {}, {}, 0
         self.resource_version = ""
         self.synced, self.served = True, False
         return delta
@@ -244,11 +260,16 @@ class Reflection:
                 return delta  # seen already: a repeat changes nothing
             if old is None and len(self.objects) >= self.max_objects:
                 raise KubeError(f"{what}: more than {self.max_objects} objects")
+            weight = self.weight - self.sizes.get(key, 0) + len(line)
+            if weight > self.max_bytes:
+                raise KubeError(f"{what}: more than {self.max_bytes} bytes of objects")
             obj = slim(obj)
             self.objects[key] = obj
+            self.sizes[key], self.weight = len(line), weight
             delta.upserts.append(obj)
         elif kind == "DELETED":
             if self.objects.pop(key, None) is not None:
+                self.weight -= self.sizes.pop(key, 0)
                 delta.deletes.append(key)
         else:
             raise KubeError(f"{what}: unknown event type {kind!r}")
@@ -276,6 +297,7 @@ class Reflection:
             "kind": self.spec.name,
             "synced": self.synced,
             "objects": len(self.objects),
+            "bytes": self.weight,
             "resourceVersion": self.resource_version,
             "lists": self.lists,
             "relists": self.relists,
@@ -350,6 +372,7 @@ class Reflector:
     async def list(self) -> None:
         spec = self.state.spec
         items: list[Any] = []
+        sizes: list[int] = []
         rv, cont = "", ""
         while True:
             page = await self.client.call(
@@ -357,6 +380,7 @@ class Reflector:
                 spec.path,
                 query=self._query(limit=str(PAGE), **{"continue": cont}),
                 timeout=self.timing.request,
+                sizes=sizes,
             )
             got, meta = page.get("items"), page.get("metadata")
             if not isinstance(got, list) or not isinstance(meta, dict):
@@ -364,11 +388,13 @@ class Reflector:
             items += got
             if len(items) > self.state.max_objects:
                 raise KubeError(f"list {spec.name}: more than {self.state.max_objects} objects")
+            if sum(sizes) > self.state.max_bytes:
+                raise KubeError(f"list {spec.name}: more than {self.state.max_bytes} bytes")
             rv = rv or str(meta.get("resourceVersion") or "")
             cont = meta.get("continue") or ""
             if not isinstance(cont, str) or not cont:
                 break
-        self.deliver(self.state, self.state.listed(items, rv))
+        self.deliver(self.state, self.state.listed(items, rv, sum(sizes)))
         self.state.up()
 
     async def watch(self) -> None:

@@ -190,8 +190,10 @@ class KubeClient:
         content_type: str = "application/json",
         timeout: float = 30.0,
         max_bytes: int = MAX_ANSWER,
+        sizes: list[int] | None = None,
     ) -> dict[str, Any]:
-        """One request whose answer is a JSON object; an error answer raises ApiStatusError."""
+        """One request whose answer is a JSON object; an error answer raises ApiStatusError.
+        The answer's size in bytes is appended to `sizes` when given."""
         what = f"{method} {path}"
         resp = await self.request(
             method, path, query=query, body=body, content_type=content_type, timeout=timeout
@@ -200,6 +202,8 @@ class KubeClient:
             data = await read_bounded(resp, max_bytes, what)
         finally:
             resp.release()
+        if sizes is not None:
+            sizes.append(len(data))
         return decode_answer(resp.status, data, what)
 
     async def close(self) -> None:

@@ -94,6 +94,27 @@ def test_object_count_is_bounded():
     assert sorted(r.objects) == [("", "a"), ("", "b")] and r.resource_version == "5"
 
 
+def test_bytes_held_are_bounded():
+    r = Reflection(NAMESPACES, max_bytes=1000)
+    r.listed([ns("a", "1")], "2", size=400)
+    assert r.weight == 400
+    big = ns("b", "3")
+    big["metadata"]["labels"] = {"pad": "x" * 700}
+    with pytest.raises(KubeError, match="more than 1000 bytes"):
+        r.event(line("ADDED", big))
+    assert list(r.objects) == [("", "a")] and r.weight == 400
+    # Replacing an object counts its new size instead of the old one; deleting frees it.
+    small = line("MODIFIED", ns("a", "4", v="1"))
+    r.event(small)
+    assert r.weight == len(small)
+    r.event(line("DELETED", ns("a", "5")))
+    assert r.weight == 0 and not r.objects
+    r.event(line("ADDED", big))
+    with pytest.raises(KubeError, match="more than 1000 bytes"):
+        r.listed([ns("c", "1")], "9", size=1001)
+    assert list(r.objects) == [("", "b")], "a refused list keeps what was held"
+
+
 def test_list_without_version_is_refused():
     with pytest.raises(KubeError, match="resourceVersion"):
         Reflection(NAMESPACES).listed([], "")
