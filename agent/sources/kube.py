@@ -145,7 +145,8 @@ def _key(obj: Any, what: str) -> Key:
 
 
 def _rv(obj: dict[str, Any]) -> str:
-    rv = (obj.get("metadata") or {}).get("resourceVersion")
+    meta = obj.get("metadata")
+    rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
     return rv if isinstance(rv, str) else ""
 
 
@@ -472,6 +473,10 @@ class Reflector:
                     extra={"kind": st.spec.name, "error": str(exc), "retry_in": round(delay, 2)},
                 )
                 await self._pause(drain, delay)
+            except Exception as exc:  # a bug here must not let a server stop the source
+                log.exception("reflector failed unexpectedly", extra={"kind": st.spec.name})
+                st.down(f"unexpected {type(exc).__name__}: {exc}", time.time())
+                await self._pause(drain, self.backoff.next())
 
     @staticmethod
     async def _pause(drain: asyncio.Event, delay: float) -> None:

@@ -14,6 +14,7 @@ parsed, or a policy's stand-in.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any
 
@@ -28,6 +29,8 @@ with atheris.instrument_imports():
     from agent.sources.kube import KindSpec, KubeSource
     from agent.sources.kubeclient import KubeError
     from agent.state import StateStore, StateUpdater
+
+logging.disable(logging.CRITICAL)  # refusals are logged; here they are the point
 
 SPEC = KindSpec("Mixed", "", "v1", "mixed")
 TYPES = ["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR", "SURPRISE"]

@@ -73,6 +73,10 @@ def test_410_error_event_is_expired_other_errors_are_not():
         b'{"type": "ADDED", "object": {"metadata": {"name": "x"}}}',
         b'{"type": "ADDED", "object": {"metadata": {"resourceVersion": "3"}}}',
         b'{"type": "ADDED", "object": {"metadata": {"name": 7, "resourceVersion": "3"}}}',
+        # found by fuzz_kube_watch: metadata that is not a mapping crashed the reflector
+        b'{"type": "ADDED", "object": {"metadata": "x"}}',
+        b'{"type": "BOOKMARK", "object": {"metadata": ["x"]}}',
+        b'{"type": "DELETED", "object": {"metadata": null}}',
     ],
 )
 def test_malformed_events_change_nothing(raw):
