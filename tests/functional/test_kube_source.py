@@ -393,3 +393,35 @@ async def test_a_first_list_that_is_broken_leaves_it_not_synced(api, run, tmp_pa
         assert expected in r.kind("namespaces").error, r.kind("namespaces").error
     finally:
         await runner.cleanup()
+
+
+async def test_in_cluster_credentials(api, tmp_path):
+    """No kubeconfig: the service-account token and CA in the standard layout and
+    KUBERNETES_SERVICE_HOST/PORT, as in a pod; the token is re-read when it rotates."""
+    from agent.lab.apiserver.launch import request_token
+    from agent.sources.kubeclient import ApiStatusError, KubeClient, KubeError, load_credentials
+
+    sa_dir = tmp_path / "serviceaccount"
+    sa_dir.mkdir()
+    (sa_dir / "ca.crt").write_text((api.certs / "ca.crt").read_text())
+    (sa_dir / "token").write_text(request_token(api.url, api.ca, api.token, "default", "default"))
+    env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(api.port)}
+    creds = await load_credentials(None, environ=env, service_account_dir=str(sa_dir))
+    assert "in-cluster" in creds.describe and creds.token_file == str(sa_dir / "token")
+    client = KubeClient(creds)
+    try:
+        # The server knows who is asking (RBAC then refuses the default account): the
+        # request went over TLS checked against ca.crt, with the file's token.
+        with pytest.raises(ApiStatusError) as err:
+            await client.call("GET", "/api/v1/namespaces/default")
+        assert err.value.code == 403
+        assert 'User "system:serviceaccount:default:default"' in err.value.message
+        # A rotated token is used at once (here a bad one: 401).
+        (sa_dir / "token").write_text("not-a-valid-token-at-all")
+        with pytest.raises(ApiStatusError) as err:
+            await client.call("GET", "/api/v1/namespaces/default")
+        assert err.value.code == 401
+    finally:
+        await client.close()
+    with pytest.raises(KubeError, match="no Kubernetes credentials"):
+        await load_credentials(None, environ={}, service_account_dir=str(tmp_path / "none"))
