@@ -27,8 +27,14 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.add_argument(
         "--source",
         default=os.environ.get("SLIPSTREAM_SOURCE"),
-        metavar="file:DIR",
-        help="Gateway API objects (Gateway, HTTPRoute) and Services, as the agents read them",
+        metavar="file:DIR|kube",
+        help="Gateway API objects (Gateway, HTTPRoute) and Services, as the agents read them:"
+        " a directory of manifests, or the Kubernetes API",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="with --source kube (default: $KUBECONFIG, else in-cluster)",
     )
     env = os.environ.get
     m = p.add_argument_group(
@@ -62,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     master = Master(
         args.config,
         source=args.source,
+        kubeconfig=args.kubeconfig,
         mesh=mesh,
         workers=args.workers,
         admin=parse_address(args.admin, "127.0.0.1", listen=True) if args.admin else None,

@@ -73,6 +73,7 @@ class Master:
         admin: tuple[str, int] | None = None,
         log_format: str = "json",
         log_level: str = "info",
+        kubeconfig: str | None = None,
     ) -> None:
         self.config_path = config_path
         self.workers_override = workers
@@ -90,7 +91,7 @@ class Master:
         self.mesh = mesh
         """How workers join the mesh (mesh.py), when a CA is configured."""
         self.sources = (
-            ClusterSource(source, mesh.trust_domain if mesh else "", mesh is not None)
+            ClusterSource(source, mesh.trust_domain if mesh else "", mesh is not None, kubeconfig)
             if source
             else None
         )
@@ -119,9 +120,7 @@ class Master:
         if self.sources is not None:
             raw = self.sources.merge(raw)
         elif uses_services(raw):
-            raise ConfigError(
-                f"{self.config_path}: backends name a Service, which needs --source file:DIR"
-            )
+            raise ConfigError(f"{self.config_path}: backends name a Service, which needs --source")
         try:
             config = parse_config(raw)
         except FieldError as exc:

@@ -8,14 +8,17 @@ import os
 
 from agent.common.constants import DEFAULT_TRUST_DOMAIN
 from agent.common.errors import SlipstreamError
-from agent.common.runtime import run_main, serve
+from agent.common.runtime import Component, run_main, serve
 from agent.common.units import parse_address, parse_duration, parse_timedelta
 from agent.sources.file import FileSource
+from agent.sources.kube import KubeSource, pods
+from agent.sources.kubeclient import KubeClient
 from agent.state import StateStore, StateUpdater
 
 from . import credentials
 from .authority import Authority, RootStore
-from .credentials import ADMIN, NODE, WORKLOAD, CredentialFile
+from .credentials import ADMIN, NODE, WORKLOAD, Authenticator, CredentialFile
+from .kubeauth import DEFAULT_NODE_ACCOUNTS, TokenReviewAuthenticator
 from .limits import DEFAULT_BURST, DEFAULT_RATE, IssueLimiter
 from .server import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_PEER, REQUEST_TIMEOUT, CAServer
 
@@ -40,13 +43,33 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         "--source",
         required=True,
         metavar="SOURCE",
-        help="cluster objects, to check which node runs which pods: file:DIR",
+        help="cluster objects, to check which node runs which pods: file:DIR, or kube (the"
+        " Kubernetes API; callers' service-account tokens are then checked by TokenReview)",
     )
     p.add_argument(
         "--credentials",
-        required=True,
         metavar="FILE",
-        help="the credentials this CA knows (see `slipstream ca token`); re-read when it changes",
+        help="the credentials this CA knows (see `slipstream ca token`); re-read when it"
+        " changes (required with file:DIR; optional with kube)",
+    )
+    g = p.add_argument_group("with --source kube")
+    g.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="the API server and credentials (default: $KUBECONFIG, else in-cluster)",
+    )
+    g.add_argument(
+        "--node-service-account",
+        action="append",
+        metavar="NS/SA",
+        help="a node agent's service account: its pod-bound token makes the caller that"
+        f" pod's node (repeatable; default {DEFAULT_NODE_ACCOUNTS[0]})",
+    )
+    g.add_argument(
+        "--token-audience",
+        action="append",
+        metavar="AUD",
+        help="audiences a token must carry (repeatable; default: the API server's own)",
     )
     p.add_argument("--listen", default="0.0.0.0:15012", metavar="ADDR", help="default %(default)s")
     p.add_argument(
@@ -147,17 +170,27 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
 
 def cmd_serve(args: argparse.Namespace) -> int:
     kind, _, directory = args.source.partition(":")
-    if kind != "file" or not os.path.isdir(directory):
+    kube = args.source == "kube"
+    if not kube and (kind != "file" or not os.path.isdir(directory)):
         raise SlipstreamError(
-            f"--source {args.source!r}: expected file:DIR of an existing directory"
+            f"--source {args.source!r}: expected kube, or file:DIR of an existing directory"
         )
+    if not kube and not args.credentials:
+        raise SlipstreamError("--credentials is required with --source file:DIR")
+    accounts = args.node_service_account or list(DEFAULT_NODE_ACCOUNTS)
+    for account in accounts:
+        ns, _, sa = account.partition("/")
+        if not ns or not sa or "/" in sa:
+            raise SlipstreamError(f"--node-service-account {account!r}: expected NS/SA")
     roots = RootStore(args.root_dir)
     roots.load()
     authority = Authority(roots, args.trust_domain, parse_timedelta(args.max_ttl))
     store = StateStore()
-    source = FileSource(directory, StateUpdater(store))
-    creds = CredentialFile(args.credentials)
-    creds.load()
+    authenticators: list[Authenticator] = []
+    if args.credentials:
+        creds = CredentialFile(args.credentials)
+        creds.load()
+        authenticators.append(creds)
     try:
         limiter = IssueLimiter(args.issue_burst, args.issue_rate)
     except ValueError as exc:
@@ -170,7 +203,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise SlipstreamError(f"--{flag.replace('_', '-')} must be at least 1")
     server = CAServer(
         authority,
-        [creds],
+        authenticators,
         store,
         parse_address(args.listen, "0.0.0.0", listen=True),
         limiter=limiter,
@@ -178,7 +211,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         max_connections_per_peer=args.max_connections_per_peer,
     )
-    run_main(serve({"source": source, "ca": server}))
+
+    async def main() -> None:
+        source: Component
+        if kube:
+            client = await KubeClient.open(args.kubeconfig, user_agent="slipstream-ca")
+            # Every node's pods: which node runs which pod decides what a node may have signed.
+            source = KubeSource(client, StateUpdater(store), [pods()])
+            authenticators.append(
+                TokenReviewAuthenticator(
+                    client, lambda: store.snapshot, accounts, args.token_audience or ()
+                )
+            )
+        else:
+            source = FileSource(directory, StateUpdater(store))
+        await serve({"source": source, "ca": server})
+
+    run_main(main())
     return 0
 
 

@@ -36,9 +36,12 @@ class AdminServer:
         *,
         admin_addr: tuple[str, int] = ("127.0.0.1", 15000),
         ready_addr: tuple[str, int] = ("0.0.0.0", 15021),
+        detail: Callable[[], str] = lambda: "",
     ) -> None:
         self._config_dump = config_dump
         self._ready = ready
+        self._detail = detail
+        """What is not synced or stale (one line each), said after ready / not ready."""
         self.admin_addr = admin_addr
         self.ready_addr = ready_addr
 
@@ -75,9 +78,11 @@ class AdminServer:
         return web.json_response({"level": logging.getLevelName(root.level).lower()})
 
     async def _handle_ready(self, request: web.Request) -> web.Response:
+        detail = self._detail()
+        detail = f"{detail}\n" if detail else ""
         if self._ready():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
+            return web.Response(text=f"ready\n{detail}")
+        return web.Response(status=503, text=f"not ready\n{detail}")
 
     async def run(self, drain: asyncio.Event) -> None:
         runners = []

@@ -23,6 +23,8 @@ from agent.identity.certs import SpiffeId
 from agent.identity.manager import CertManager
 from agent.policy.peerauth import ROOT_NAMESPACE
 from agent.sources.file import FileSource
+from agent.sources.kube import KubeSource, agent_kinds
+from agent.sources.kubeclient import KubeClient
 from agent.state import Snapshot, StateStore, StateUpdater
 from agent.state.dump import snapshot_json
 from agent.state.enrollment import decide
@@ -32,6 +34,7 @@ from .capture import EbpfCapture, IptablesCapture
 from .datapath.loader import Programs
 from .enroller import Capture, Enroller
 from .proxy.context import MeshContext
+from .writeback import CaptureWriter
 
 log = logging.getLogger("agent")
 
@@ -42,7 +45,10 @@ CAPTURE_MODES = ("ebpf", "iptables")
 class AgentConfig:
     node: str
     source: str
-    """`file:DIR` (later also `kube`)."""
+    """`file:DIR`, or `kube` (the Kubernetes API: `kubeconfig`, else in-cluster)."""
+    kubeconfig: str | None = None
+    kube_all_pods: bool = False
+    """Reflect every pod, not only this node's (see agent/sources/kube.py `agent_kinds`)."""
     admin_addr: tuple[str, int] = ("127.0.0.1", 15000)
     ready_addr: tuple[str, int] = ("0.0.0.0", 15021)
     state_dir: str = "/run/slipstream/agent"
@@ -72,17 +78,23 @@ class Agent:
         self.store = StateStore()
         self.updater = StateUpdater(self.store)
         kind, _, arg = config.source.partition(":")
-        if kind != "file" or not arg:
-            raise SlipstreamError(f"--source {config.source!r}: expected file:DIR")
+        if not ((kind == "file" and arg) or config.source == "kube"):
+            raise SlipstreamError(f"--source {config.source!r}: expected file:DIR or kube")
         if config.capture not in CAPTURE_MODES:
             raise SlipstreamError(
                 f"--capture {config.capture!r}: expected one of {', '.join(CAPTURE_MODES)}"
             )
-        if not os.path.isdir(arg):
-            raise SlipstreamError(f"manifest directory {arg} does not exist")
-        self.source = FileSource(arg, self.updater)
+        self.source: FileSource | KubeSource | None = None
+        if kind == "file":
+            if not os.path.isdir(arg):
+                raise SlipstreamError(f"manifest directory {arg} does not exist")
+            self.source = FileSource(arg, self.updater)
         self.admin = AdminServer(
-            self.config_dump, self.ready, admin_addr=config.admin_addr, ready_addr=config.ready_addr
+            self.config_dump,
+            self.ready,
+            admin_addr=config.admin_addr,
+            ready_addr=config.ready_addr,
+            detail=self._source_detail,
         )
         self.mesh = MeshContext(
             config.node,
@@ -141,6 +153,16 @@ class Agent:
             for proxy in self.enroller.proxies():
                 proxy.recheck()
 
+    async def _open_source(self) -> FileSource | KubeSource:
+        if self.source is None:
+            client = await KubeClient.open(self.config.kubeconfig, user_agent="slipstream-agent")
+            kinds = agent_kinds(self.config.node, all_pods=self.config.kube_all_pods)
+            self.source = KubeSource(client, self.updater, kinds)
+        return self.source
+
+    def _source_detail(self) -> str:
+        return self.source.readiness() if isinstance(self.source, KubeSource) else ""
+
     def ready(self) -> bool:
         return (
             self.store.synced
@@ -155,7 +177,7 @@ class Agent:
             "ready": self.ready(),
             "capture": self.config.capture,
             "trustDomain": self.config.trust_domain,
-            "sources": [self.source.status()],
+            "sources": [self.source.status()] if self.source else [],
             "workloads": [asdict(w) for w in self.enroller.workloads()] if self.enroller else [],
             "certificates": self.certs.status() if self.certs else [],
             "hbone": self.mesh.pool.status(),
@@ -167,7 +189,7 @@ class Agent:
         }
 
     def components(self) -> dict[str, Component]:
-        assert self.enroller is not None
+        assert self.enroller is not None and self.source is not None
         parts: dict[str, Component] = {
             "source": self.source,
             "admin": self.admin,
@@ -176,6 +198,11 @@ class Agent:
         }
         if self.certs is not None:
             parts["certificates"] = self.certs
+        if isinstance(self.source, KubeSource):
+            enroller = self.enroller
+            parts["capture-writeback"] = CaptureWriter(
+                self.config.node, self.store, self.source.client, enroller.workloads
+            )
         return parts
 
     async def run(self) -> None:
@@ -188,6 +215,7 @@ class Agent:
                 "ca": self.config.ca,
             },
         )
+        await self._open_source()
         capture = await asyncio.to_thread(self._capture)
         self.enroller = Enroller(
             self.config.node,

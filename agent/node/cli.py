@@ -26,7 +26,20 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         "--source",
         required=True,
         metavar="SOURCE",
-        help="where cluster objects come from: file:DIR (a watched directory of manifests)",
+        help="where cluster objects come from: file:DIR (a watched directory of manifests)"
+        " or kube (the Kubernetes API server)",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="with --source kube: the API server and credentials (default: $KUBECONFIG, else"
+        " in-cluster: the pod's service-account token and CA, KUBERNETES_SERVICE_HOST/PORT)",
+    )
+    p.add_argument(
+        "--kube-pods",
+        choices=["node", "all"],
+        default="node",
+        help="with --source kube: reflect this node's pods only (default), or every pod",
     )
     p.add_argument(
         "--admin",
@@ -120,6 +133,8 @@ def _run_agent(args: argparse.Namespace) -> int:
         AgentConfig(
             node=args.node,
             source=args.source,
+            kubeconfig=args.kubeconfig,
+            kube_all_pods=args.kube_pods == "all",
             admin_addr=parse_address(args.admin, "127.0.0.1", listen=True),
             ready_addr=parse_address(args.ready, "0.0.0.0", listen=True),
             state_dir=args.state_dir,

@@ -28,6 +28,7 @@ from pydantic import (
 from agent.common.errors import FieldError
 from agent.common.schema import Bool, Model, Port, Str, invalid, parse
 
+from . import endpointslice
 from .authz import KIND as AUTHORIZATION_POLICY
 from .authz import parse_authorization_policy, refused_policy
 from .resource import (
@@ -443,6 +444,8 @@ def parse_object(body: Any) -> Resource:
         return Service(api_version, kind, meta, body, _spec(ServiceSpec, body))
     if kind == "Namespace" and api_version == "v1":
         return Namespace(api_version, kind, meta, body)
+    if kind == endpointslice.KIND and api_version == endpointslice.API_VERSION:
+        return endpointslice.parse_endpoint_slice(api_version, meta, body)
     if kind in ("AuthorizationPolicy", "PeerAuthentication"):
         # A policy nobody reads would fail open: refuse one we do not understand.
         if api_version not in POLICY_APIS:

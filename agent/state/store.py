@@ -13,7 +13,8 @@ import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .objects import Namespace, ObjectKey, Pod, Resource, Service, ServicePort, selects
+from .endpointslice import Endpoint, EndpointSlice
+from .objects import Meta, Namespace, ObjectKey, Pod, Resource, Service, ServicePort, selects
 
 TERMINATED_PHASES = {"Succeeded", "Failed"}
 
@@ -87,9 +88,20 @@ class Snapshot:
             if pod.node_name:
                 pods_by_node.setdefault(pod.node_name, []).append(pod)
             pods_by_ns.setdefault(pod.meta.namespace, []).append(pod)
+        slices: dict[tuple[str, str], list[EndpointSlice]] = {}
+        for es in by_kind.get("EndpointSlice", []):
+            if isinstance(es, EndpointSlice) and es.service:
+                slices.setdefault((es.meta.namespace, es.service), []).append(es)
         services_by_addr: dict[tuple[str, int], ServiceBinding] = {}
         for svc in by_kind.get("Service", []):
             if not isinstance(svc, Service) or not svc.cluster_ip or svc.cluster_ip == "None":
+                continue
+            own = slices.get((svc.meta.namespace, svc.meta.name))
+            if own is not None:
+                for sp in svc.ports:
+                    if sp.protocol == "TCP":
+                        eps = _slice_endpoints(own, sp, objects)
+                        services_by_addr[(svc.cluster_ip, sp.port)] = ServiceBinding(svc, sp, eps)
                 continue
             candidates = [
                 p
@@ -113,6 +125,51 @@ class Snapshot:
             services_by_addr=services_by_addr,
             by_kind={k: tuple(v) for k, v in by_kind.items()},
         )
+
+
+def _slice_endpoints(
+    slices: list[EndpointSlice], sp: ServicePort, objects: Mapping[ObjectKey, Resource]
+) -> tuple[ServiceEndpoint, ...]:
+    """The ready IPv4 endpoints of `sp` in a Service's slices. A slice port matches by
+    name (a Service's ports are named when there are several). An endpoint whose pod the
+    store does not hold (another node's, for an agent that watches only its own) stands
+    as a pod known by name, node and address only: its service account is unknown."""
+    out: list[ServiceEndpoint] = []
+    for es in slices:
+        if es.body.address_type != "IPv4":
+            continue
+        port = next(
+            (p.port for p in es.body.ports if p.name == sp.name and p.protocol == sp.protocol),
+            None,
+        )
+        if port is None:
+            continue
+        for ep in es.body.endpoints:
+            if not ep.ready:
+                continue
+            key = es.pod_key(ep)
+            known = objects.get(key) if key is not None else None
+            for ip in ep.addresses[:1]:
+                pod = known if isinstance(known, Pod) and known.ip == ip else None
+                out.append(ServiceEndpoint(pod or _stand_in(es, ep, key, ip), ip, port))
+    return tuple(out)
+
+
+def _stand_in(es: EndpointSlice, ep: Endpoint, key: ObjectKey | None, ip: str) -> Pod:
+    name = key.name if key is not None else ip
+    return Pod(
+        "v1",
+        "Pod",
+        Meta(name, key.namespace if key is not None else es.meta.namespace, {}, {}),
+        {},
+        node_name=ep.node_name,
+        service_account="",
+        containers=(),
+        restart_policy="Always",
+        ip=ip,
+        host_ip="",
+        phase="Running",
+    )
 
 
 def _target_port(pod: Pod, sp: ServicePort) -> int | None:

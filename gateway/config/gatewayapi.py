@@ -1,7 +1,10 @@
 """What the gateway reads from the cluster: Gateway API objects, Services and their pods.
 
 `--source file:DIR` is the same directory of manifests the agents and the CA
-watch (the lab writes it). From it the master:
+watch (the lab writes it); `--source kube` reads the same kinds from the
+Kubernetes API (agent/sources/kube.py: Gateways, HTTPRoutes, Services,
+EndpointSlices, Namespaces and every pod, since any may be a backend). From it
+the master:
 
 - turns each `HTTPRoute` attached to a `Gateway` of class `slipstream` into
   routes of the gateway's own model (the YAML file's routes keep precedence
@@ -26,6 +29,8 @@ from typing import Any
 from agent.common.errors import FieldError
 from agent.identity.certs import SpiffeId
 from agent.sources.file import FileSource
+from agent.sources.kube import ENDPOINT_SLICES, NAMESPACES, SERVICES, KindSpec, KubeSource, pods
+from agent.sources.kubeclient import KubeClient
 from agent.state import StateStore, StateUpdater
 from agent.state.enrollment import decide
 from agent.state.objects import Pod, Resource
@@ -41,23 +46,42 @@ GATEWAY_API = "gateway.networking.k8s.io/"
 ROUTE_FIELDS = ("matches", "filters", "timeouts")
 
 
+GATEWAY_KINDS = [
+    NAMESPACES,
+    pods(),
+    SERVICES,
+    ENDPOINT_SLICES,
+    KindSpec("Gateway", "gateway.networking.k8s.io", "v1", "gateways"),
+    KindSpec("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes"),
+]
+"""What the gateway reads with --source kube."""
+
+
 class ClusterSource:
-    def __init__(self, spec: str, trust_domain: str, mesh: bool) -> None:
+    def __init__(
+        self, spec: str, trust_domain: str, mesh: bool, kubeconfig: str | None = None
+    ) -> None:
         kind, _, directory = spec.partition(":")
-        if kind != "file" or not directory:
-            raise ConfigError(f"--source {spec!r}: expected file:DIR")
+        if not ((kind == "file" and directory) or spec == "kube"):
+            raise ConfigError(f"--source {spec!r}: expected file:DIR or kube")
         self.trust_domain = trust_domain
         self.mesh = mesh
         """Whether enrolled endpoints get identities (the gateway has a mesh identity)."""
         self.store = StateStore()
-        self.file = FileSource(directory, StateUpdater(self.store))
+        self.kubeconfig = kubeconfig
+        self.source: FileSource | KubeSource | None = (
+            FileSource(directory, StateUpdater(self.store)) if kind == "file" else None
+        )
         self._drain = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._merged = -1
         self.problems: list[str] = []
 
     async def start(self) -> None:
-        self._task = asyncio.ensure_future(self.file.run(self._drain))
+        if self.source is None:
+            client = await KubeClient.open(self.kubeconfig, user_agent="slipstream-gateway")
+            self.source = KubeSource(client, StateUpdater(self.store), GATEWAY_KINDS)
+        self._task = asyncio.ensure_future(self.source.run(self._drain))
         while not self.store.synced:
             if self._task.done():
                 self._task.result()  # the directory is unreadable: say so
@@ -67,7 +91,10 @@ class ClusterSource:
         return self.store.snapshot.version != self._merged
 
     def status(self) -> dict[str, Any]:
-        return {"source": self.file.status(), "problems": self.problems}
+        return {
+            "source": self.source.status() if self.source else {},
+            "problems": self.problems,
+        }
 
     def merge(self, raw: dict[str, Any]) -> dict[str, Any]:
         """The YAML file's config plus the cluster's routes, with Services resolved."""

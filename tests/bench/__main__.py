@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from tests.bench import authz, capture, gateway, mesh
+from tests.bench import authz, capture, gateway, kube, mesh
 
-BENCHES = {"capture": capture.run, "mesh": mesh.run, "authz": authz.run, "gateway": gateway.run}
+BENCHES = {
+    "capture": capture.run,
+    "mesh": mesh.run,
+    "authz": authz.run,
+    "gateway": gateway.run,
+    "kube": kube.run,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -61,7 +61,7 @@ class ApiServerProc:
     def token(self) -> str:
         return (self.certs / "admin.token").read_text().strip()
 
-    def start(self) -> ApiServerProc:
+    def start(self, timeout: float = 30.0) -> ApiServerProc:
         argv = [
             sys.executable,
             "-m",
@@ -78,7 +78,7 @@ class ApiServerProc:
         ]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"apiserver exited: {self.log.read_text()[-2000:]}")
