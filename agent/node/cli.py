@@ -38,8 +38,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.add_argument(
         "--kube-pods",
         choices=["node", "all"],
-        default="node",
-        help="with --source kube: reflect this node's pods only (default), or every pod",
+        default="all",
+        help="with --source kube: reflect every pod (default: an endpoint's identity is its"
+        " pod's service account), or this node's only (endpoints on other nodes are then"
+        " not used: their identity is unknown)",
     )
     p.add_argument(
         "--admin",

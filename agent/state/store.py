@@ -13,8 +13,8 @@ import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .endpointslice import Endpoint, EndpointSlice
-from .objects import Meta, Namespace, ObjectKey, Pod, Resource, Service, ServicePort, selects
+from .endpointslice import EndpointSlice
+from .objects import Namespace, ObjectKey, Pod, Resource, Service, ServicePort, selects
 
 TERMINATED_PHASES = {"Succeeded", "Failed"}
 
@@ -132,8 +132,9 @@ def _slice_endpoints(
 ) -> tuple[ServiceEndpoint, ...]:
     """The ready IPv4 endpoints of `sp` in a Service's slices. A slice port matches by
     name (a Service's ports are named when there are several). An endpoint whose pod the
-    store does not hold (another node's, for an agent that watches only its own) stands
-    as a pod known by name, node and address only: its service account is unknown."""
+    store does not hold (another node's, for an agent that watches only its own) is left
+    out: its service account, hence the identity to demand of it, is unknown, and a guess
+    ("default") would let any pod at that address pass as it."""
     out: list[ServiceEndpoint] = []
     for es in slices:
         if es.body.address_type != "IPv4":
@@ -150,26 +151,9 @@ def _slice_endpoints(
             key = es.pod_key(ep)
             known = objects.get(key) if key is not None else None
             for ip in ep.addresses[:1]:
-                pod = known if isinstance(known, Pod) and known.ip == ip else None
-                out.append(ServiceEndpoint(pod or _stand_in(es, ep, key, ip), ip, port))
+                if isinstance(known, Pod) and known.ip == ip:
+                    out.append(ServiceEndpoint(known, ip, port))
     return tuple(out)
-
-
-def _stand_in(es: EndpointSlice, ep: Endpoint, key: ObjectKey | None, ip: str) -> Pod:
-    name = key.name if key is not None else ip
-    return Pod(
-        "v1",
-        "Pod",
-        Meta(name, key.namespace if key is not None else es.meta.namespace, {}, {}),
-        {},
-        node_name=ep.node_name,
-        service_account="",
-        containers=(),
-        restart_policy="Always",
-        ip=ip,
-        host_ip="",
-        phase="Running",
-    )
 
 
 def _target_port(pod: Pod, sp: ServicePort) -> int | None:
