@@ -147,7 +147,7 @@ def test_label_change_reaches_every_agent_within_a_second(make_lab):
         wait_until(lambda n=node: labelled(n), 1.0, f"agent on {node} to see the new label")
     assert time.monotonic() - start < 1.0
     # The pod kept running: same process, same IP.
-    assert lab.get("pod", "team")[2]["status"]["containerStatuses"][0]["restarts"] == 0
+    assert lab.get("pod", "team")[2]["status"]["containerStatuses"][0]["restartCount"] == 0
 
 
 SERVICE = """\

@@ -210,7 +210,8 @@ def test_a_service_spreads_over_both_nodes_and_skips_a_killed_endpoint(lab):
     # Kill server-2's app (the pod stays, so its endpoint stays in the Service).
     pid = lab.get("pod", "mesh")[
         [p["metadata"]["name"] for p in lab.get("pod", "mesh")].index("server-2")
-    ]["status"]["containerStatuses"][0]["pid"]
+    ]["status"]["containerStatuses"][0]["containerID"]
+    pid = int(pid.removeprefix("lab://"))
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not served(lab, "server-2", "mesh"), 5, "server-2 to be down")
     after = [curl(lab, "client", f"http://{svc}:80/", "mesh")["pod"] for _ in range(12)]
