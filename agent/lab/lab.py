@@ -621,8 +621,17 @@ class Lab:
         if not pod.node_name:
             # The scheduler's whole rule: the node with the fewest pods.
             node = state.choose_node().name
-            body = api.merge_patch(pod_rt, name, ns, {"spec": {"nodeName": node}})
-            pod = parse_object(body)
+            api.request(
+                "POST",
+                pod_rt.path(ns, name, "binding"),
+                {
+                    "apiVersion": "v1",
+                    "kind": "Binding",
+                    "metadata": {"name": name, "namespace": ns},
+                    "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+                },
+            )
+            pod = parse_object(api.get(pod_rt, name, ns))
             assert isinstance(pod, Pod)
         rec = pods.create_sandbox(state, self.dirs, self.name, pod)
         rec.uid = str(meta.get("uid", ""))

@@ -265,7 +265,7 @@ def test_a_pod_made_with_kubectl_is_scheduled_run_watched_and_deleted(lab: Lab) 
         assert "extra" not in {p["metadata"]["name"] for p in lab.get("pod", "shop")}
     finally:
         watch.kill()
-        watch.wait()
+        watch.communicate()  # closes the pipe
 
 
 @pytest.mark.timeout(180)
