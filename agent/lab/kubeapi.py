@@ -13,8 +13,10 @@ that would load hundreds of generated modules into every `slipstream lab` comman
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -66,6 +68,11 @@ class KubeClient:
         self.timeout = timeout
         self.ctx = ssl.create_default_context(cafile=ca_path)
         self._types: dict[tuple[str, str], ResourceType] | None = None
+        parsed = urllib.parse.urlsplit(self.url)
+        self._host = parsed.hostname or "127.0.0.1"
+        self._port = parsed.port or 443
+        self._local = threading.local()
+        """Each thread's kept-alive connection (the kubelet's watch threads list too)."""
 
     # ------------------------------------------------------------ requests
 
@@ -81,24 +88,36 @@ class KubeClient:
         if query:
             path += "?" + urllib.parse.urlencode(query)
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            self.url + path,
-            data=data,
-            method=method,
-            headers={
-                "Authorization": f"Bearer {self.token}",
-                "Content-Type": content_type,
-                "Accept": "application/json",
-                "User-Agent": f"{FIELD_MANAGER}/1",
-            },
-        )
-        try:
-            with urllib.request.urlopen(req, context=self.ctx, timeout=self.timeout) as resp:
+        headers = {
+            "Authorization": f"Bearer {self.token}",
+            "Content-Type": content_type,
+            "Accept": "application/json",
+            "User-Agent": f"{FIELD_MANAGER}/1",
+        }
+        for attempt in (1, 2):
+            # One kept-alive connection per thread: a lab command makes dozens of requests,
+            # and a TLS handshake each would cost more than the requests.
+            conn: http.client.HTTPSConnection | None = getattr(self._local, "conn", None)
+            reused = conn is not None
+            try:
+                if conn is None:
+                    conn = http.client.HTTPSConnection(
+                        self._host, self._port, timeout=self.timeout, context=self.ctx
+                    )
+                    self._local.conn = conn
+                conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
                 raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise _error(method, path, exc.code, exc.read()) from exc
-        except (OSError, ssl.SSLError) as exc:
-            raise KubeApiError(f"{method} {path}: the lab's API server: {exc}") from exc
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                if conn is not None:
+                    conn.close()
+                self._local.conn = None
+                # Only a connection the server had closed while idle is tried again.
+                if attempt == 2 or not reused:
+                    raise KubeApiError(f"{method} {path}: the lab's API server: {exc}") from exc
+        if resp.status >= 400:
+            raise _error(method, path, resp.status, raw)
         return json.loads(raw) if raw else None
 
     def watch(

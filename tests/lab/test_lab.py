@@ -350,6 +350,8 @@ def test_cli(make_lab):
     st = json.loads(cli("status", "-o", "json").stdout)
     assert [n["ip"] for n in st["nodes"]] == ["172.30.0.1", "172.30.0.2"]
     assert {(p["kind"], p["name"], p["alive"]) for p in st["processes"]} == {
+        ("apiserver", "apiserver", True),
+        ("kubelet", "kubelet", True),
         ("ca", "ca", True),
         ("agent", "n1", True),
         ("agent", "n2", True),
