@@ -13,6 +13,7 @@ that would load hundreds of generated modules into every `slipstream lab` comman
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import ssl
@@ -73,6 +74,20 @@ class KubeClient:
         self._port = parsed.port or 443
         self._local = threading.local()
         """Each thread's kept-alive connection (the kubelet's watch threads list too)."""
+        self._conns: list[http.client.HTTPSConnection] = []
+        self._conns_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close every kept-alive connection (a later request opens a new one)."""
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
     # ------------------------------------------------------------ requests
 
@@ -105,6 +120,8 @@ class KubeClient:
                         self._host, self._port, timeout=self.timeout, context=self.ctx
                     )
                     self._local.conn = conn
+                    with self._conns_lock:
+                        self._conns.append(conn)
                 conn.request(method, path, body=data, headers=headers)
                 resp = conn.getresponse()
                 raw = resp.read()

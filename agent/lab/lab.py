@@ -228,6 +228,9 @@ class Lab:
 
     def down(self) -> bool:
         """Remove everything the lab made. True if there was anything to remove."""
+        if self._api is not None:
+            self._api.close()
+            self._api = None
         with self._locked():
             found = self.exists() or bool(net.list_netns(model.lab_prefix(self.name)))
             self._teardown()
@@ -599,6 +602,8 @@ class Lab:
         for rec, _ in created:
             state.live[str(ObjectKey("Pod", rec.namespace, rec.name))] = self._live(state, rec)
         self._write_objects(state)
+        # Saved before the status says Running: whoever reads that finds the pod's record.
+        self._save(state)
         self._write_statuses(state, api_pods)
 
     def _create_pod(
