@@ -483,7 +483,10 @@ class Lab:
             key = c.obj.key
             if key.kind == "Pod" and verb == "created":
                 created[f"{key.namespace}/{key.name}"] = stored["metadata"]["uid"]
+            state.manifests[str(key)] = stored
             results.append(f"{key.kind.lower()}/{key.name} {verb}")
+        # Changes to what runs reach the components now; the sync then reads everything back.
+        self._write_objects(state)
         self._sync(state)
         failed = {
             k: self._why_not_running(state, k)
