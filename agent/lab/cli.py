@@ -14,6 +14,7 @@ import yaml
 from agent.common.manifest import load_paths
 from agent.state.objects import canonical_kind
 
+from . import kubelet
 from .apiserver import cli as apiserver_cli
 from .errors import LabError
 from .lab import DEFAULT_ROOT, Lab
@@ -96,6 +97,20 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
 
     apiserver_cli.register(cmds, parents)
 
+    p = add("kubeconfig", "print the path of the lab's kubeconfig (for kubectl on this machine)")
+    p.set_defaults(func=cmd_kubeconfig)
+
+    p = cmds.add_parser(
+        "kubelet",
+        parents=parents,
+        help="(started by `lab up`) run the lab's pods as its API server says",
+        description="The lab's kubelet: watches the lab's API server, runs and stops pods, "
+        "writes their status and the components' file source. `lab up` starts it.",
+    )
+    p.add_argument("--name", required=True)
+    p.add_argument("--root", default=DEFAULT_ROOT)
+    p.set_defaults(func=cmd_kubelet)
+
     p = add("down", "remove everything the lab made")
     p.add_argument("--all", action="store_true", help="take down every lab on this machine")
     p.set_defaults(func=cmd_down)
@@ -157,8 +172,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     lab = Lab(name)
     state = lab.up(docs)
     print(f"lab {lab.name} is up: {len(state.nodes)} nodes, {len(state.pods)} pods")
-    print(f"  objects: {lab.objects_dir}")
-    print(f"  try:     slipstream lab get pods -A -o wide --name {lab.name}")
+    print(f"  kubeconfig: {lab.kubeconfig()}")
+    print(
+        f"  try:        KUBECONFIG=$(slipstream lab kubeconfig --name {lab.name}) "
+        "kubectl get pods -A -o wide"
+    )
     return 0
 
 
@@ -214,8 +232,8 @@ def _rows(kind: str, objs: list[dict[str, Any]], *, wide: bool, all_ns: bool) ->
         age = _age(m.get("creationTimestamp"))
         if kind == "Pod":
             cs = status.get("containerStatuses", [])
-            ready = sum(1 for c in cs if c.get("state") == "running")
-            restarts = sum(int(c.get("restarts", 0)) for c in cs)
+            ready = sum(1 for c in cs if c.get("ready"))
+            restarts = sum(int(c.get("restartCount", 0)) for c in cs)
             row = [
                 m["name"],
                 f"{ready}/{len(spec.get('containers', []))}",
@@ -353,6 +371,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
         lab.start_agent(args.node, cleanup=args.cleanup)
     print(f"agent on {args.node}: {args.action} done")
     return 0
+
+
+def cmd_kubeconfig(args: argparse.Namespace) -> int:
+    print(resolve(args).kubeconfig())
+    return 0
+
+
+def cmd_kubelet(args: argparse.Namespace) -> int:
+    return kubelet.run(args.name, args.root)
 
 
 def cmd_down(args: argparse.Namespace) -> int:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -13,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.common.manifest import load_paths, load_text
+from agent.state.enrollment import ENROLLED
 
 from .cli import cmd_status, table
+from .errors import LabError
 from .lab import Lab
 from .mesh import workloads
 
@@ -69,13 +73,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Bringing up lab {lab.name!r} from {args.filename} ...")
     lab.up(docs)
     try:
+        # Into the mesh as on a real cluster: label the namespace; its running pods are
+        # enrolled without a restart.
+        _kubectl(lab, "label", "namespace", "shop", "slipstream.dev/dataplane-mode=ambient")
+        _wait_enrolled(lab, "shop")
         print()
         cmd_status(argparse.Namespace(name=lab.name, output="table"))
         _print_enrollment(lab)
         me = f"--name {lab.name}"
         print(f"""
 Look around (in another terminal, as root):
-  slipstream lab get pods -A -o wide {me}     pods, their IPs and nodes
+  export KUBECONFIG=$(slipstream lab kubeconfig {me})
+  kubectl get pods -A -o wide                 pods, their IPs and nodes (the lab's API server)
+  kubectl label namespace legacy slipstream.dev/dataplane-mode=ambient
+                                                enroll a namespace's running pods
   slipstream lab logs -n shop frontend {me}   the client's calls, as it sees them
   slipstream lab logs -n shop backend-1 {me}  the server's view: which client address it saw
   slipstream lab exec -n shop frontend {me} -- ip addr
@@ -112,6 +123,45 @@ that decided.
         lab.down()
         print("Done: no namespace or process of the demo is left.")
     return 0
+
+
+def _kubectl(lab: Lab, *args: str) -> None:
+    """Run the machine's kubectl against the lab, printing the command and its answer."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        raise LabError("the demo needs kubectl: run scripts/setup.sh (kubernetes-client)")
+    print(f"$ kubectl {' '.join(args)}")
+    res = subprocess.run(
+        [kubectl, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "KUBECONFIG": lab.kubeconfig()},
+        check=False,
+    )
+    if res.returncode != 0:
+        raise LabError(f"kubectl {' '.join(args)}: {res.stderr.strip()}")
+    print(textwrap_indent(res.stdout))
+
+
+def textwrap_indent(text: str) -> str:
+    return "".join(f"    {line}\n" for line in text.splitlines())
+
+
+def _wait_enrolled(lab: Lab, namespace: str, timeout: float = 30.0) -> None:
+    want = {f"{p.namespace}/{p.name}": p.node for p in lab.load().pods.values()}
+    want = {k: n for k, n in want.items() if k.startswith(namespace + "/")}
+    deadline = time.monotonic() + timeout
+    while want and time.monotonic() < deadline:
+        for node in set(want.values()):
+            try:
+                seen = workloads(lab.load(), node)
+            except (OSError, ValueError):
+                continue
+            want = {k: n for k, n in want.items() if seen.get(k, {}).get("state") != ENROLLED}
+        time.sleep(0.05)
+    if want:
+        raise LabError(f"not enrolled after the label: {', '.join(sorted(want))}")
 
 
 def _print_enrollment(lab: Lab) -> None:
@@ -164,8 +214,7 @@ def _apply_policy(lab: Lab, path: str) -> None:
     for doc in docs:
         meta = doc.body.get("metadata", {})
         print(f"    {doc.body.get('kind')} {meta.get('namespace')}/{meta.get('name')}")
-    for line in lab.apply(docs):
-        print(f"    {line}")
+    _kubectl(lab, "apply", "-f", path)
     print(
         "    Only shop/frontend and edge/gateway may now reach the backends: "
         "watch legacy/old-client's calls.\n"

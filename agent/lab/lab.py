@@ -3,8 +3,18 @@
 `Lab` is the API behind `slipstream lab ...` and the lab tests. It keeps its
 state on disk (/run/slipstream/lab/<name>/state.json) and every command takes
 the lab's lock, so commands from different processes see one consistent lab.
-Nothing runs on behalf of the lab between commands except what it started:
-per-pod supervisors and the mesh processes (agents), all inside lab namespaces.
+
+The lab is a Kubernetes cluster (one truth: its API server, cluster.py). `up`,
+`apply`, `delete` and `get` read and write objects through the API, as kubectl
+does; the lab then plays kubelet and scheduler (`_sync`): it runs the pods bound
+to its nodes (a pod without `spec.nodeName` goes to the node with the fewest
+pods), writes their status back through the API, stops the pods that are gone,
+and writes the components' file source from the API. `_sync` runs in the
+command that changed something (so `lab apply` returns once its pods run) and in
+the lab's kubelet process (kubelet.py), which watches the API for what kubectl
+changes. Both take the lab's lock, so there is one `_sync` at a time. state.json
+keeps what only the lab knows (nodes, pod sandboxes, processes) and a cache of
+the API's objects as of the last `_sync` (`manifests`).
 
 Order of work in every mutating command: validate everything first (errors
 name file, line, object and field), then build; if building fails, undo what
@@ -28,7 +38,7 @@ from typing import Any
 from agent.common.errors import FieldError, ManifestError, SlipstreamError
 from agent.common.manifest import Document
 from agent.state.dump import endpoints_objects
-from agent.state.enrollment import capture_warning, decide
+from agent.state.enrollment import ANNOTATION_NETNS, capture_warning, decide
 from agent.state.objects import (
     Namespace,
     ObjectKey,
@@ -40,14 +50,34 @@ from agent.state.objects import (
 )
 from agent.state.store import Snapshot
 
-from . import mesh, model, net, pods
+from . import cluster, mesh, model, net, pods
 from .errors import LabError
+from .kubeapi import KubeApiError, KubeClient, ResourceType
 from .model import LabSpec, LabState, NodeRecord, PodRecord
 
 log = logging.getLogger("agent.lab")
 
 DEFAULT_ROOT = os.environ.get("SLIPSTREAM_LAB_ROOT", "/run/slipstream/lab")
 IMPLICIT_NAMESPACES = ("default", "kube-system", "slipstream-system")
+SYNCED = (
+    ("v1", "Namespace"),
+    ("v1", "ServiceAccount"),
+    ("v1", "Service"),
+    ("v1", "Pod"),
+    ("v1", "ConfigMap"),
+    (model.MESH_API, "AuthorizationPolicy"),
+    (model.MESH_API, "PeerAuthentication"),
+    ("security.istio.io/v1", "AuthorizationPolicy"),
+    ("security.istio.io/v1", "PeerAuthentication"),
+    ("gateway.networking.k8s.io/v1", "GatewayClass"),
+    ("gateway.networking.k8s.io/v1", "Gateway"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+)
+"""What the lab reads from its API server: what it runs (Pods) and what the components
+read (written to their file source). Kinds without a registered CRD are skipped."""
+NOT_FOR_COMPONENTS = ("Service default/kubernetes",)
+"""The API server's own Service has no selector: the file source could give it no endpoints."""
+FAILED_REASON = "LabCannotRun"
 
 
 def _now_iso() -> str:
@@ -74,6 +104,15 @@ class Lab:
         self.objects_dir = self.dirs.objects
         self.state_path = self.dirs.state
         self.lock_path = os.path.join(root, f".{name}.lock")
+        self._api: KubeClient | None = None
+        self._status_written: dict[str, dict[str, Any]] = {}
+        """Pod status last written through the API by this process, by "namespace/name"."""
+
+    def api(self) -> KubeClient:
+        """The lab's client of its API server (admin)."""
+        if self._api is None:
+            self._api = cluster.client(self.dirs)
+        return self._api
 
     # ------------------------------------------------------------ discovery
 
@@ -156,10 +195,14 @@ class Lab:
                 net.build_bridge(self.name)
                 for node in state.nodes.values():
                     net.build_node(self.name, node, state.nodes.values())
+                net.build_control_plane(self.name, state.nodes.values())
+                cluster.start_apiserver(state, self.dirs)
+                self._save(state)
+                cluster.wait_apiserver(state, self.dirs)
+                self._register_nodes(state)
                 if spec.mesh:
                     # The CA, then the agents, then pods: a pod in the mesh starts only
                     # once its agent captures it.
-                    net.build_control_plane(self.name, state.nodes.values())
                     mesh.start_ca(state, self.dirs)
                     self._save(state)
                     mesh.wait_ca_ready(state, self.dirs)
@@ -168,6 +211,10 @@ class Lab:
                     self._save(state)
                     for node in state.nodes.values():
                         mesh.wait_agent_ready(state, node)
+                cluster.spawn(
+                    state, self.dirs, "kubelet", cluster.kubelet_argv(self.name, self.root)
+                )
+                self._save(state)
                 self._apply_checked(state, implicit + checked)
                 self._save(state)
             except BaseException:
@@ -181,6 +228,9 @@ class Lab:
 
     def down(self) -> bool:
         """Remove everything the lab made. True if there was anything to remove."""
+        if self._api is not None:
+            self._api.close()
+            self._api = None
         with self._locked():
             found = self.exists() or bool(net.list_netns(model.lab_prefix(self.name)))
             self._teardown()
@@ -189,6 +239,10 @@ class Lab:
         return found
 
     def _teardown(self) -> None:
+        try:
+            cluster.stop(self.load() if self.exists() else None)
+        except LabError as exc:  # a damaged state file: the namespaces still go
+            log.warning("could not read the lab's processes", extra={"error": str(exc)})
         names = net.list_netns(model.lab_prefix(self.name))
         net.kill_in(names)
         pods.reap()
@@ -205,7 +259,8 @@ class Lab:
     # ------------------------------------------------------------ apply / delete
 
     def apply(self, documents: Sequence[Document]) -> list[str]:
-        """Create or change objects on a running lab. Returns kubectl-style lines."""
+        """Create or change objects on a running lab, through its API. Returns kubectl-style
+        lines once the new pods run; a pod that cannot run is deleted again and named."""
         with self._locked():
             state = self.load()
             for doc in documents:
@@ -219,39 +274,29 @@ class Lab:
                     ):
                         reason = "a running lab's nodes and mesh cannot change; down and up again"
                         raise LabError(str(doc.error(FieldError("spec", reason))))
+            self._refresh(state)
             checked = self._check(state, [d for d in documents if _kind(d) != "Lab"])
-            work = LabState.from_json(state.to_json())
             try:
-                results = self._apply_checked(work, checked)
-            except BaseException:
-                for key in set(work.pods) - set(state.pods):
-                    self._remove_pod(work, key)
-                for c in checked:  # the agents go back to what the lab still says
-                    self._write_object(state, c.obj.key)
-                pods.write_all_hosts(state)
-                raise
-            self._save(work)
-            return results
+                return self._apply_checked(state, checked)
+            finally:
+                self._save(state)
 
     def delete(self, kind: str, name: str, namespace: str = "default") -> list[str]:
         with self._locked():
             state = self.load()
+            self._refresh(state)
             key = ObjectKey.parse(kind, name, namespace)
-            if str(key) not in state.manifests:
+            body = state.manifests.get(str(key))
+            if body is None:
                 raise LabError(f"{key} not found in lab {self.name!r}")
             if key.kind == "Namespace" and key.name in IMPLICIT_NAMESPACES:
                 raise LabError(f"namespace {key.name!r} is built in and cannot be deleted")
             doomed = [key]
             if key.kind == "Namespace":
                 doomed = [k for k in state.object_keys() if k.namespace == key.name] + [key]
-            for k in doomed:
-                if k.kind == "Pod":
-                    self._remove_pod(state, f"{k.namespace}/{k.name}")
-                state.manifests.pop(str(k), None)
-                state.live.pop(str(k), None)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._object_file(k))
-            pods.write_all_hosts(state)
+            rt = self.api().type_of(str(body.get("apiVersion", "v1")), key.kind)
+            self.api().delete(rt, key.name, key.namespace or None)
+            self._sync(state)
             self._save(state)
             return [f"{k.kind.lower()}/{k.name} deleted" for k in doomed]
 
@@ -289,8 +334,8 @@ class Lab:
         namespaces |= {c.obj.meta.name for c in checked if c.obj.kind == "Namespace"}
         claimed_ips: dict[str, str] = {}
         for key in state.object_keys("Service"):
-            ip = state.live.get(str(key), {}).get("clusterIP")
-            if ip:
+            ip = ((state.object(key) or {}).get("spec") or {}).get("clusterIP")
+            if ip and ip != "None":
                 claimed_ips[ip] = f"{key.namespace}/{key.name}"
         seen: set[ObjectKey] = set()
         for c in checked:
@@ -326,21 +371,22 @@ class Lab:
             )
         old = state.manifests.get(str(pod.key))
         if old is not None:
+            # The stored spec carries the API server's defaults: the manifest must agree
+            # with every field it gives.
             new_spec = dict(pod.raw.get("spec", {}))
             old_spec = dict(old.get("spec", {}))
-            live_node = state.live.get(str(pod.key), {}).get("nodeName")
-            if "nodeName" not in new_spec and old_spec.get("nodeName") in (None, live_node):
-                old_spec.pop("nodeName", None)
-            if new_spec != old_spec:
-                changed = sorted(
-                    k for k in set(new_spec) | set(old_spec) if new_spec.get(k) != old_spec.get(k)
-                )
+            changed = sorted(k for k in new_spec if not _covers(old_spec.get(k), new_spec[k]))
+            if changed:
                 raise FieldError(
                     f"spec.{changed[0]}",
                     "a running Pod's spec cannot change, only its labels "
                     "and annotations; delete the pod and apply it again",
                 )
             return
+        self._check_runnable(pod)
+
+    def _check_runnable(self, pod: Pod) -> None:
+        """What the lab needs to run a pod: commands it can start, capabilities it knows."""
         path = pods.pod_path()
         raw_containers = pod.raw.get("spec", {}).get("containers", [])
         for i, raw in enumerate(raw_containers):
@@ -355,7 +401,7 @@ class Lab:
 
     def _check_service(self, state: LabState, svc: Service, claimed: dict[str, str]) -> None:
         ident = f"{svc.meta.namespace}/{svc.meta.name}"
-        current = state.live.get(str(svc.key), {}).get("clusterIP")
+        current = ((state.object(svc.key) or {}).get("spec") or {}).get("clusterIP")
         if current and svc.cluster_ip and svc.cluster_ip != current:
             raise FieldError("spec.clusterIP", f"is immutable: the Service has {current}")
         if svc.cluster_ip and svc.cluster_ip != "None":
@@ -368,47 +414,334 @@ class Lab:
 
     # ------------------------------------------------------------ building
 
+    def _register_nodes(self, state: LabState) -> None:
+        """A Node object per lab node, Ready, with its address (as a kubelet registers)."""
+        api = self.api()
+        rt = api.type_of("v1", "Node")
+        for node in state.nodes.values():
+            api.apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {
+                        "name": node.name,
+                        "labels": {"kubernetes.io/hostname": node.name},
+                    },
+                    "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]},
+                }
+            )
+            now = _now_iso()
+            api.merge_patch(
+                rt,
+                node.name,
+                None,
+                {
+                    "status": {
+                        "addresses": [
+                            {"type": "InternalIP", "address": node.ip},
+                            {"type": "Hostname", "address": node.name},
+                        ],
+                        "conditions": [
+                            {
+                                "type": "Ready",
+                                "status": "True",
+                                "reason": "KubeletReady",
+                                "message": "slipstream lab node",
+                                "lastHeartbeatTime": now,
+                                "lastTransitionTime": now,
+                            }
+                        ],
+                    }
+                },
+                sub="status",
+            )
+
     def _apply_checked(self, state: LabState, checked: Sequence[Checked]) -> list[str]:
-        """Create or update objects. New pods: sandbox and object first, then (once
-        their agent has enrolled them) their containers."""
+        """Write the objects through the API (server-side apply), then run the lab's sync so
+        new pods run before this returns. A new pod that cannot run is deleted again."""
+        api = self.api()
         order = {"Namespace": 0, "ServiceAccount": 1, "Service": 2, "Pod": 3}
         results: list[str] = []
-        created: list[tuple[PodRecord, Pod]] = []
-        changed: list[ObjectKey] = []
+        created: dict[str, str] = {}
+        used_ips = self._service_ips(state)
         for c in sorted(checked, key=lambda c: order.get(c.obj.kind, 4)):
+            body = json.loads(json.dumps(c.obj.raw))
+            if isinstance(c.obj, Service) and str(c.obj.key) not in state.manifests:
+                # The lab's own range (10.96.0.10 up), as before the API: kubectl's
+                # Services get the API server's allocation.
+                spec = body.setdefault("spec", {})
+                if not spec.get("clusterIP"):
+                    ip = model.free_service_ip(used_ips)
+                    if ip is None:
+                        raise LabError("the service range 10.96.0.0/16 is full")
+                    spec["clusterIP"] = ip
+                    used_ips.add(ip)
+            try:
+                stored, verb = api.apply(body)
+            except KubeApiError as exc:
+                raise LabError(str(c.doc.error(FieldError("", str(exc))))) from exc
             key = c.obj.key
-            existing = str(key) in state.manifests
-            if not existing or state.manifests[str(key)] != c.obj.raw:
-                changed.append(key)
-            live = state.live.setdefault(str(key), {"creationTimestamp": _now_iso()})
-            if isinstance(c.obj, Pod) and not existing:
-                rec = pods.create_sandbox(state, self.dirs, self.name, c.obj)
-                created.append((rec, c.obj))
-                live.update(
-                    nodeName=rec.node,
-                    podIP=rec.ip,
-                    hostIP=state.nodes[rec.node].ip,
-                    phase="Running",
-                    netns=os.path.join(net.netns.NETNS_RUN_DIR, rec.netns),
-                )
-            elif isinstance(c.obj, Service) and not live.get("clusterIP"):
-                ip = c.obj.cluster_ip or model.free_service_ip(state.used_service_ips())
-                if ip is None:
-                    raise LabError("the service range 10.96.0.0/16 is full")
-                live["clusterIP"] = ip
-            state.manifests[str(key)] = dict(c.obj.raw)
-            verb = "unchanged" if key not in changed else ("configured" if existing else "created")
+            if key.kind == "Pod" and verb == "created":
+                created[f"{key.namespace}/{key.name}"] = stored["metadata"]["uid"]
+            state.manifests[str(key)] = stored
             results.append(f"{key.kind.lower()}/{key.name} {verb}")
-        for key in changed:
-            self._write_object(state, key)
-        pods.write_all_hosts(state)
-        if state.spec.mesh:
-            mesh.wait_enrolled(state, [rec for rec, pod in created if self._in_mesh(state, pod)])
-        for rec, _ in created:
-            pods.start(rec)
-        for rec, _ in created:
-            pods.wait_started(rec)
+        # Changes to what runs reach the components now; the sync then reads everything back.
+        self._write_objects(state)
+        self._sync(state)
+        failed = {
+            k: self._why_not_running(state, k)
+            for k, uid in created.items()
+            if k not in state.pods or state.pods[k].uid != uid
+        }
+        if failed:
+            pod_rt = api.type_of("v1", "Pod")
+            for k in created:
+                ns, _, name = k.partition("/")
+                api.delete(pod_rt, name, ns)
+            self._sync(state)
+            raise LabError(next(iter(failed.values())))
         return results
+
+    def _why_not_running(self, state: LabState, key: str) -> str:
+        ns, _, name = key.partition("/")
+        body = state.manifests.get(str(ObjectKey("Pod", ns, name))) or {}
+        message = (body.get("status") or {}).get("message")
+        return str(message or f"Pod {key} was not started")
+
+    def _service_ips(self, state: LabState) -> set[str]:
+        return {
+            ip
+            for key in state.object_keys("Service")
+            if (ip := ((state.object(key) or {}).get("spec") or {}).get("clusterIP"))
+        }
+
+    # ------------------------------------------------------------ the lab as kubelet
+
+    def kubelet_sync(self, full: bool) -> None:
+        """One pass of the lab's kubelet process: everything (`full`), or pod status only."""
+        with self._locked():
+            if not self.exists():
+                raise LabError(f"lab {self.name!r} is down")
+            state = self.load()
+            if full:
+                self._sync(state)
+                self._save(state)
+            else:
+                self._write_statuses(state, None)
+
+    def _refresh(self, state: LabState) -> None:
+        """Read every synced kind from the API into the lab's cache (`state.manifests`)."""
+        api = self.api()
+        objs: dict[str, dict[str, Any]] = {}
+        for api_version, kind in SYNCED:
+            rt = api.types().get((api_version, kind))
+            if rt is None:
+                continue
+            items, _ = api.list(rt)
+            for body in items:
+                meta = body.get("metadata") or {}
+                key = ObjectKey.parse(
+                    kind, meta.get("name", ""), meta.get("namespace") or "default"
+                )
+                objs[str(key)] = body
+        state.manifests = objs
+        state.live = {
+            str(ObjectKey("Pod", rec.namespace, rec.name)): self._live(state, rec)
+            for rec in state.pods.values()
+        }
+
+    def _live(self, state: LabState, rec: PodRecord) -> dict[str, Any]:
+        return {
+            "nodeName": rec.node,
+            "podIP": rec.ip,
+            "hostIP": state.nodes[rec.node].ip,
+            "phase": self.pod_status(rec)["phase"],
+            "netns": os.path.join(net.netns.NETNS_RUN_DIR, rec.netns),
+        }
+
+    def _sync(self, state: LabState) -> None:
+        """Make the lab match its API: stop pods that are gone, schedule and run new ones,
+        write the components' file source and every pod's status."""
+        api = self.api()
+        pod_rt = api.type_of("v1", "Pod")
+        self._refresh(state)
+        api_pods = {
+            f"{b['metadata'].get('namespace', 'default')}/{b['metadata']['name']}": b
+            for b in state.manifests.values()
+            if b.get("kind") == "Pod"
+        }
+        for key, rec in list(state.pods.items()):
+            body = api_pods.get(key)
+            meta = (body or {}).get("metadata") or {}
+            if body is None or meta.get("deletionTimestamp") or meta.get("uid") != rec.uid:
+                self._remove_pod(state, key)
+                state.live.pop(str(ObjectKey("Pod", rec.namespace, rec.name)), None)
+        created: list[tuple[PodRecord, Pod]] = []
+        for key, body in sorted(api_pods.items()):
+            if key in state.pods or body["metadata"].get("deletionTimestamp"):
+                continue
+            if (body.get("status") or {}).get("phase") in ("Failed", "Succeeded"):
+                continue  # what the lab could not run is not tried again
+            try:
+                rec, pod = self._create_pod(state, api, pod_rt, body)
+            except SlipstreamError as exc:
+                self._fail(state, api, pod_rt, key, str(exc))
+                continue
+            created.append((rec, pod))
+        self._write_objects(state)
+        pods.write_all_hosts(state)
+        for rec, pod in created:
+            key = f"{rec.namespace}/{rec.name}"
+            try:
+                if state.spec.mesh and self._in_mesh(state, pod):
+                    mesh.wait_enrolled(state, [rec])
+                pods.start(rec)
+                pods.wait_started(rec)
+            except SlipstreamError as exc:
+                self._remove_pod(state, key)
+                self._fail(state, api, pod_rt, key, str(exc))
+                self._write_objects(state)
+                pods.write_all_hosts(state)
+        for rec, _ in created:
+            state.live[str(ObjectKey("Pod", rec.namespace, rec.name))] = self._live(state, rec)
+        self._write_objects(state)
+        # Saved before the status says Running: whoever reads that finds the pod's record.
+        self._save(state)
+        self._write_statuses(state, api_pods)
+
+    def _create_pod(
+        self, state: LabState, api: KubeClient, pod_rt: ResourceType, body: dict[str, Any]
+    ) -> tuple[PodRecord, Pod]:
+        """Schedule (if unbound) and build the sandbox of a pod the API holds."""
+        meta = body["metadata"]
+        ns, name = meta.get("namespace", "default"), meta["name"]
+        try:
+            pod = parse_object(body)
+        except FieldError as exc:
+            raise LabError(f"Pod {ns}/{name}: {exc}") from exc
+        assert isinstance(pod, Pod)
+        try:
+            if pod.node_name and pod.node_name not in state.nodes:
+                raise FieldError("spec.nodeName", f"no node {pod.node_name!r} in this lab")
+            self._check_runnable(pod)
+        except FieldError as exc:
+            raise LabError(f"Pod {ns}/{name}: {exc}") from exc
+        if not pod.node_name:
+            # The scheduler's whole rule: the node with the fewest pods.
+            node = state.choose_node().name
+            api.request(
+                "POST",
+                pod_rt.path(ns, name, "binding"),
+                {
+                    "apiVersion": "v1",
+                    "kind": "Binding",
+                    "metadata": {"name": name, "namespace": ns},
+                    "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+                },
+            )
+            pod = parse_object(api.get(pod_rt, name, ns))
+            assert isinstance(pod, Pod)
+        rec = pods.create_sandbox(state, self.dirs, self.name, pod)
+        rec.uid = str(meta.get("uid", ""))
+        netns_path = os.path.join(net.netns.NETNS_RUN_DIR, rec.netns)
+        # The agent learns the pod's network namespace from this annotation (the lab is
+        # the CNI here); the lab sets it, whatever the manifest said.
+        stored = api.merge_patch(
+            pod_rt, name, ns, {"metadata": {"annotations": {ANNOTATION_NETNS: netns_path}}}
+        )
+        state.manifests[str(pod.key)] = stored
+        state.live[str(pod.key)] = self._live(state, rec)
+        return rec, pod
+
+    def _fail(
+        self, state: LabState, api: KubeClient, pod_rt: ResourceType, key: str, reason: str
+    ) -> None:
+        log.warning("cannot run a pod", extra={"pod": key, "reason": reason})
+        ns, _, name = key.partition("/")
+        status = {"phase": "Failed", "reason": FAILED_REASON, "message": reason}
+        try:
+            stored = api.merge_patch(pod_rt, name, ns, {"status": status}, sub="status")
+        except KubeApiError as exc:
+            if exc.code != 404:
+                raise
+            return
+        state.manifests[str(ObjectKey("Pod", ns, name))] = stored
+
+    def _write_statuses(self, state: LabState, api_pods: dict[str, dict[str, Any]] | None) -> None:
+        """Each running pod's status through the API when it changed: against what the API
+        holds (`api_pods`), or against what this process wrote last."""
+        api = self.api()
+        pod_rt = api.type_of("v1", "Pod")
+        for key, rec in state.pods.items():
+            want = self._k8s_status(state, rec)
+            if api_pods is not None:
+                have = (api_pods.get(key) or {}).get("status") or {}
+            else:
+                have = self._status_written.get(key, {})
+            if _comparable(have) == _comparable(want):
+                self._status_written[key] = have
+                continue
+            try:
+                api.merge_patch(pod_rt, rec.name, rec.namespace, {"status": want}, sub="status")
+            except KubeApiError as exc:
+                if exc.code != 404:
+                    raise
+                continue
+            self._status_written[key] = want
+
+    def _k8s_status(self, state: LabState, rec: PodRecord) -> dict[str, Any]:
+        """A pod's status as a kubelet reports it, from the lab's supervisor."""
+        st = self.pod_status(rec)
+        now = _now_iso()
+        containers = []
+        for c in st["containers"]:
+            if c.get("state") == "running":
+                cstate: dict[str, Any] = {"running": {"startedAt": _iso(c.get("started_at"))}}
+            elif c.get("state") == "terminated":
+                cstate = {
+                    "terminated": {
+                        "exitCode": c.get("exit_code") or 0,
+                        "reason": c.get("reason")
+                        or ("Completed" if not c.get("exit_code") else "Error"),
+                    }
+                }
+            else:
+                cstate = {"waiting": {"reason": c.get("reason") or "ContainerCreating"}}
+            containers.append(
+                {
+                    "name": c["name"],
+                    "ready": c.get("state") == "running",
+                    "started": c.get("state") == "running",
+                    "restartCount": int(c.get("restarts", 0)),
+                    "image": "",
+                    "imageID": "",
+                    "containerID": f"lab://{c['pid']}" if c.get("pid") else "",
+                    "state": cstate,
+                }
+            )
+        ready = (
+            st["phase"] == "Running" and bool(containers) and all(c["ready"] for c in containers)
+        )
+        cond = "True" if ready else "False"
+        status: dict[str, Any] = {
+            "phase": st["phase"],
+            "podIP": rec.ip,
+            "podIPs": [{"ip": rec.ip}],
+            "hostIP": state.nodes[rec.node].ip,
+            "hostIPs": [{"ip": state.nodes[rec.node].ip}],
+            "startTime": _iso(rec.created),
+            "qosClass": "BestEffort",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": cond, "lastTransitionTime": now},
+                {"type": "Ready", "status": cond, "lastTransitionTime": now},
+            ],
+            "containerStatuses": containers,
+        }
+        if st["reason"]:
+            status["message"] = st["reason"]
+        return status
 
     def _in_mesh(self, state: LabState, pod: Pod) -> bool:
         body = state.object(ObjectKey("Namespace", "", pod.meta.namespace))
@@ -419,6 +752,7 @@ class Lab:
         rec = state.pods.pop(key, None)
         if rec is None:
             return
+        self._status_written.pop(key, None)
         # The object goes first, so the agent lets go of the pod while it is torn down.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._object_file(ObjectKey("Pod", rec.namespace, rec.name)))
@@ -429,17 +763,35 @@ class Lab:
             self.objects_dir, f"{key.kind.lower()}_{key.namespace or '-'}_{key.name}.yaml"
         )
 
-    def _write_object(self, state: LabState, key: ObjectKey) -> None:
-        body = state.object(key)
-        path = self._object_file(key)
-        if body is None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            return
-        tmp = os.path.join(self.objects_dir, "." + os.path.basename(path) + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(body, f, indent=1)
-        os.replace(tmp, path)
+    def _write_objects(self, state: LabState) -> None:
+        """The components' file source, from the API's objects: pods once the lab has
+        built them (with their address and network namespace)."""
+        want: dict[str, str] = {}
+        for key in state.object_keys():
+            if str(key) in NOT_FOR_COMPONENTS:
+                continue
+            if key.kind == "Pod" and f"{key.namespace}/{key.name}" not in state.pods:
+                continue
+            body = state.object(key)
+            assert body is not None
+            want[self._object_file(key)] = json.dumps(body, indent=1, sort_keys=True)
+        os.makedirs(self.objects_dir, exist_ok=True)
+        for entry in os.listdir(self.objects_dir):
+            path = os.path.join(self.objects_dir, entry)
+            if entry.endswith(".yaml") and path not in want:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        for path, text in want.items():
+            try:
+                with open(path) as f:
+                    if f.read() == text:
+                        continue
+            except FileNotFoundError:
+                pass
+            tmp = os.path.join(self.objects_dir, "." + os.path.basename(path) + ".tmp")
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
 
     # ------------------------------------------------------------ mesh processes
 
@@ -496,40 +848,72 @@ class Lab:
         return pods.status(rec)
 
     def get(self, kind: str, namespace: str | None = "default") -> list[dict[str, Any]]:
-        """Objects of a kind with their live fields; pods also carry container states."""
+        """Objects of a kind as the API holds them (pods with the status the lab wrote)."""
         state = self.load()
         kind = canonical_kind(kind)
         if kind == "Endpoints":
+            self._refresh(state)
             return [
                 e
                 for e in endpoints_objects(self._snapshot(state))
                 if namespace is None or e["metadata"]["namespace"] == namespace
             ]
-        out = []
-        for key in state.object_keys(kind):
-            if namespace is not None and key.namespace and key.namespace != namespace:
-                continue
-            body = state.object(key)
-            assert body is not None
-            if key.kind == "Pod":
-                rec = state.pods[f"{key.namespace}/{key.name}"]
-                live = self.pod_status(rec)
-                body["status"]["phase"] = live["phase"]
-                body["status"]["containerStatuses"] = live["containers"]
-            out.append(body)
-        return out
+        types = [rt for (_, k), rt in self.api().types().items() if k == kind]
+        if not types:
+            raise LabError(f"the lab's API server serves no kind {kind!r}")
+        rt = types[0]
+        items, _ = self.api().list(rt, namespace if rt.namespaced else None)
+        return sorted(
+            items,
+            key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]),
+        )
 
     def _snapshot(self, state: LabState) -> Snapshot:
         """The lab's objects as the agents' store sees them (same endpoint rules)."""
         objects = {}
         for key in state.object_keys():
+            if key.kind == "Pod" and f"{key.namespace}/{key.name}" not in state.pods:
+                continue
             body = state.object(key)
-            if key.kind == "Pod":
-                rec = state.pods[f"{key.namespace}/{key.name}"]
-                body["status"]["phase"] = self.pod_status(rec)["phase"]  # type: ignore[index]
-            obj = parse_object(body)
+            try:
+                obj = parse_object(body)
+            except FieldError:
+                continue
             objects[obj.key] = obj
         return Snapshot.build(0, objects)
+
+    # ------------------------------------------------------------ the API server
+
+    def kubeconfig(self) -> str:
+        """The path of the admin kubeconfig for kubectl on this machine."""
+        self.load()
+        return cluster.kubeconfig_path(self.dirs)
+
+    def stop_apiserver(self, *, kill: bool = False) -> None:
+        """Stop the API server (SIGTERM, or SIGKILL for a crash); the kubelet restarts it."""
+        with self._locked():
+            state = self.load()
+            rec = state.processes["apiserver/apiserver"]
+            if net.alive(rec.pid, rec.starttime):
+                os.kill(rec.pid, 9 if kill else 15)
+            deadline = time.monotonic() + 10
+            while net.alive(rec.pid, rec.starttime) and time.monotonic() < deadline:
+                pods.reap()
+                time.sleep(0.02)
+
+    def ensure_apiserver(self) -> bool:
+        """Start the API server again if it is not running (same port, same state file);
+        True if it had to. The kubelet calls this: the server is supervised."""
+        with self._locked():
+            state = self.load()
+            rec = state.processes["apiserver/apiserver"]
+            if net.alive(rec.pid, rec.starttime):
+                return False
+            log.warning("the lab's API server is gone; starting it again")
+            cluster.restart_apiserver(state, self.dirs)
+            self._save(state)
+            cluster.wait_apiserver(state, self.dirs)
+            return True
 
     def status(self) -> dict[str, Any]:
         state = self.load()
@@ -621,6 +1005,32 @@ class Lab:
         if rec is None:
             raise LabError(f"no agent was started on node {node!r}")
         return rec.log
+
+
+def _covers(stored: Any, given: Any) -> bool:
+    """`given` (a manifest's value) agrees with `stored` (the API's, with its defaults)."""
+    if isinstance(given, dict):
+        return isinstance(stored, dict) and all(_covers(stored.get(k), v) for k, v in given.items())
+    if isinstance(given, list):
+        return (
+            isinstance(stored, list)
+            and len(stored) == len(given)
+            and all(_covers(a, b) for a, b in zip(stored, given, strict=True))
+        )
+    return bool(stored == given)
+
+
+def _comparable(status: dict[str, Any]) -> Any:
+    """A pod status without the times a kubelet stamps on every write."""
+    out = json.loads(json.dumps(status))
+    for c in out.get("conditions") or []:
+        c.pop("lastTransitionTime", None)
+        c.pop("lastProbeTime", None)
+    return out
+
+
+def _iso(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts or time.time()))
 
 
 def _kind(doc: Document) -> str | None:

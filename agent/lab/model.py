@@ -321,6 +321,8 @@ class PodRecord:
     dir: str
     """Where the pod's supervisor keeps its spec, status and container logs."""
     created: float
+    uid: str = ""
+    """The API object's uid: a pod deleted and created again under its name is a new pod."""
 
 
 @dataclass
@@ -523,6 +525,13 @@ class LabDirs:
     def objects(self) -> str:
         """The manifests the agents and the CA watch."""
         return f"{self.dir}/objects"
+
+    @property
+    def source(self) -> str:
+        """Where the components (CA, agents, mesh-client pods) read the cluster: the one
+        place that chooses. The lab writes this directory from its API server (one truth);
+        moving the components onto the API (`--source kube`) is changing this line."""
+        return f"file:{self.objects}"
 
     @property
     def logs(self) -> str:

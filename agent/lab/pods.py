@@ -55,14 +55,15 @@ def reap() -> None:
 
 
 def spawn(argv: list[str], netns_name: str, log_path: str) -> subprocess.Popen[bytes]:
-    """Start a long-lived process inside a lab namespace, detached from the caller."""
+    """Start a long-lived process inside a lab namespace (or, with "", the caller's),
+    detached from the caller."""
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=logf,
             stderr=subprocess.STDOUT,
-            preexec_fn=netns.preexec(netns_name),
+            preexec_fn=netns.preexec(netns_name) if netns_name else None,
             start_new_session=True,
             cwd="/",
         )
@@ -162,7 +163,7 @@ def mesh_credentials(state: LabState, dirs: LabDirs, pod: Pod, rec: PodRecord) -
         "SLIPSTREAM_CA_TOKEN_FILE": token,
         "SLIPSTREAM_IDENTITY": f"spiffe://{td}/ns/{ns}/sa/{sa}",
         "SLIPSTREAM_TRUST_DOMAIN": td,
-        "SLIPSTREAM_SOURCE": f"file:{dirs.objects}",
+        "SLIPSTREAM_SOURCE": dirs.source,
     }
 
 

@@ -227,7 +227,7 @@ def test_labelling_a_namespace_live_starts_and_stops_capture(lab):
         15,
         "capture",
     )
-    assert lab.get("pod", "plain")[0]["status"]["containerStatuses"][0]["restarts"] == 0
+    assert lab.get("pod", "plain")[0]["status"]["containerStatuses"][0]["restartCount"] == 0
 
     lab.apply(load_text(PLAIN_NS, "unlabel.yaml"))
     wait_until(

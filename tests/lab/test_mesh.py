@@ -193,7 +193,11 @@ def test_workload_keys_stay_in_the_agents_memory(lab):
             with open(path, "rb") as f:
                 if b"PRIVATE KEY" in f.read() and "/ca/roots/" not in path:
                     key_files.append(path)
-    assert key_files == [], "only the CA's root key is on disk"
+    # The lab API server's own TLS keys (its CA and serving key, as kube-apiserver keeps them):
+    # 0600 in a 0700 directory that pods cannot see. No workload key is on disk.
+    api_keys = {f"{lab.dir}/apiserver/certs/{n}" for n in ("ca.key", "apiserver.key")}
+    assert set(key_files) <= api_keys, "only the CA's root key and the API server's are on disk"
+    assert oct(os.stat(f"{lab.dir}/apiserver/certs").st_mode & 0o777) == "0o700"
     for proc in lab.status()["processes"]:
         if proc["kind"] == "agent":
             fd_dir = f"/proc/{proc['pid']}/fd"
@@ -212,7 +216,8 @@ def test_a_service_spreads_over_both_nodes_and_skips_a_killed_endpoint(lab):
     # Kill server-2's app (the pod stays, so its endpoint stays in the Service).
     pid = lab.get("pod", "mesh")[
         [p["metadata"]["name"] for p in lab.get("pod", "mesh")].index("server-2")
-    ]["status"]["containerStatuses"][0]["pid"]
+    ]["status"]["containerStatuses"][0]["containerID"]
+    pid = int(pid.removeprefix("lab://"))
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not served(lab, "server-2", "mesh"), 15, "server-2 to be down")
     after = [curl(lab, "client", f"http://{svc}:80/", "mesh")["pod"] for _ in range(12)]

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.state import crds
 from agent.state.objects import parse_object
-from agent.tools import crds
+from agent.tools import crds as crds_tool
 from tests.unit.apiserver_helpers import Api
 
 EXAMPLES = Path(__file__).parent / "data" / "istio_security_examples.yaml"
@@ -19,12 +20,12 @@ EXAMPLES = Path(__file__).parent / "data" / "istio_security_examples.yaml"
 
 def test_the_checked_in_crds_are_what_the_models_generate(tmp_path):
     for name, text in crds.files().items():
-        path = crds.DEFAULT_DIR / name
+        path = crds_tool.DEFAULT_DIR / name
         assert path.exists(), f"{name} is missing: run `make crds`"
         assert path.read_text() == text, f"{path} is stale: run `make crds`"
-    assert crds.main(["--check", str(crds.DEFAULT_DIR)]) == 0
+    assert crds_tool.main(["--check", str(crds_tool.DEFAULT_DIR)]) == 0
     (tmp_path / next(iter(crds.files()))).write_text("stale\n")
-    assert crds.main(["--check", str(tmp_path)]) == 1, "--check fails on a stale file"
+    assert crds_tool.main(["--check", str(tmp_path)]) == 1, "--check fails on a stale file"
 
 
 def _walk(node: Any, path: str) -> list[str]:

@@ -667,12 +667,14 @@ class ApiCore:
             verb = "delete" if r.name else "deletecollection"
         else:
             raise E.method_not_allowed()
-        if r.subresource == "token":
+        if r.subresource in ("token", "binding"):
             verb = "create" if m == "POST" else verb
         allowed = (
             rt.verbs
             if not r.subresource
-            else (("create",) if r.subresource == "token" else ("get", "patch", "update"))
+            else (
+                ("create",) if r.subresource in ("token", "binding") else ("get", "patch", "update")
+            )
         )
         if (
             verb not in allowed
@@ -689,6 +691,8 @@ class ApiCore:
             return self._token_review(req)
         if r.subresource == "token":
             return self._token_request(req, r)
+        if r.subresource == "binding":
+            return self._bind(req, r)
         fmt = (
             negotiate(req.headers.get("accept", ""))
             if verb in ("get", "list", "watch")
@@ -1844,6 +1848,30 @@ class ApiCore:
             "status": status,
         }
         return Response(201, dumps(out))
+
+    def _bind(self, req: Request, r: Route) -> Response:
+        """pods/binding, as a scheduler binds a pod: sets `spec.nodeName` once (409 after)."""
+        body = request_object(req)
+        target = body.get("target") if isinstance(body, dict) else None
+        node = target.get("name") if isinstance(target, dict) else None
+        if not isinstance(node, str) or not node:
+            raise E.invalid("Binding", "", r.name, [E.required("target.name")])
+        pod = self.store.get(r.rt.store_key, r.namespace, r.name)
+        if pod is None:
+            raise E.not_found(r.rt.plural, r.rt.group, r.name)
+        current = (pod.get("spec") or {}).get("nodeName")
+        if current:
+            raise E.conflict(
+                r.rt.plural,
+                r.rt.group,
+                r.name,
+                f"pod {r.name} is already assigned to node {current!r}",
+            )
+        new = copy.deepcopy(pod)
+        new.setdefault("spec", {})["nodeName"] = node
+        self.store.commit("MODIFIED", r.rt.store_key, new)
+        status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
+        return Response(201, dumps(status))
 
     def _token_request(self, req: Request, r: Route) -> Response:
         body = request_object(req)

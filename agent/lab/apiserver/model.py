@@ -89,7 +89,14 @@ def _core(kind: str, plural: str, namespaced: bool, **kw: Any) -> ResourceType:
 
 BUILTINS: tuple[ResourceType, ...] = (
     _core("Namespace", "namespaces", False, short_names=("ns",), subresources=("status",)),
-    _core("Pod", "pods", True, short_names=("po",), categories=("all",), subresources=("status",)),
+    _core(
+        "Pod",
+        "pods",
+        True,
+        short_names=("po",),
+        categories=("all",),
+        subresources=("status", "binding"),
+    ),
     _core(
         "Service",
         "services",
