@@ -176,7 +176,7 @@ class GatewayProc:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )  # fmt: skip
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 40  # (master + workers start slowly on a loaded machine)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"gateway exited:\n{self.log.read_text()[-4000:]}")
