@@ -23,6 +23,7 @@ from agent.sources.file import FileSource
 from agent.sources.kube import agent_kinds
 from agent.state import ObjectKey, StateStore, StateUpdater
 from agent.state.authz import AuthorizationPolicy
+from agent.state.objects import PodSpec
 from tests.functional.apikit import DATA, ApiServerProc, free_port
 from tests.functional.kubekit import call, open_source, post, wait_for
 
@@ -125,14 +126,21 @@ def comparable(obj: Any) -> Any:
     stored differs by what the API server adds: uid, versions, timestamps, defaults; and the
     label it puts on every namespace)."""
     m = obj.meta
-    meta = dataclasses.replace(
-        m, labels={k: v for k, v in m.labels.items() if k != "kubernetes.io/metadata.name"}
+    meta = m.model_copy(
+        update={"labels": {k: v for k, v in m.labels.items() if k != "kubernetes.io/metadata.name"}}
     )
     fields = {
         f.name: getattr(obj, f.name)
         for f in dataclasses.fields(obj)
         if f.name not in ("raw", "meta")
     }
+    spec = fields.get("spec")
+    if isinstance(spec, PodSpec):
+        # The API server fills in serviceAccountName and the deprecated serviceAccount
+        # ("default"); the mesh reads the one account either way.
+        fields["spec"] = spec.model_copy(
+            update={"service_account_name": spec.account, "service_account": ""}
+        )
     return (type(obj).__name__, meta, fields)
 
 
@@ -278,7 +286,7 @@ def api(tmp_path):
 
 def test_agent_process_ready_after_sync_and_stale_when_the_api_server_dies(api, tmp_path):
     post(api, "/api/v1/namespaces", OBJECTS[1])
-    agent = AgentProc(tmp_path, api.kubeconfig)
+    agent = AgentProc(tmp_path, api.kubeconfig, "--kube-pods", "node")
     try:
         agent.wait(lambda: agent.readiness()[0] == 200)
         dump = agent.dump()
