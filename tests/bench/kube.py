@@ -128,7 +128,7 @@ def run() -> str:
         try:
             results: dict[str, list[tuple[float, float]]] = {"node": [], "all": []}
             for _ in range(max(1, min(ROUNDS, 3))):
-                results["node"].append(first_sync(api, root))
+                results["node"].append(first_sync(api, root, "--kube-pods", "node"))
                 results["all"].append(first_sync(api, root, "--kube-pods", "all"))
         finally:
             api.stop()
