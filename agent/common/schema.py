@@ -53,6 +53,7 @@ __all__ = [
     "Size",
     "Str",
     "field_path",
+    "from_unit",
     "invalid",
     "openapi",
     "parse",
@@ -84,7 +85,10 @@ class Model(BaseModel):
         return data
 
 
-def _unit(parse: Any) -> Any:
+def from_unit(parse: Any) -> Any:
+    """A validator (for `BeforeValidator`) out of one of units.py's parsers: its UnitError
+    becomes the ValueError pydantic reports at the field."""
+
     def check(value: Any) -> Any:
         try:
             return parse(value)
@@ -96,14 +100,14 @@ def _unit(parse: Any) -> Any:
 
 Duration = Annotated[
     float,
-    BeforeValidator(_unit(units.parse_duration)),
+    BeforeValidator(from_unit(units.parse_duration)),
     WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": r"^\d+(\.\d+)?(ms|s|m|h|d)?$"}),
 ]
 """Seconds, written `500ms`, `30s`, `15m`, `24h`, `7d` or a number of seconds."""
 
 Size = Annotated[
     int,
-    BeforeValidator(_unit(units.parse_size)),
+    BeforeValidator(from_unit(units.parse_size)),
     WithJsonSchema({"x-kubernetes-int-or-string": True}),
 ]
 """Bytes, written `512`, `64KiB`, `10MiB` (or KB, MB, GB)."""

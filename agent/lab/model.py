@@ -23,8 +23,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BeforeValidator, Field, field_validator
 
 from agent.common import constants
-from agent.common.errors import FieldError, SlipstreamError
-from agent.common.schema import Bool, Model, Str, invalid, parse
+from agent.common.errors import FieldError
+from agent.common.schema import Bool, Model, Str, from_unit, invalid, parse
 from agent.common.units import parse_duration
 from agent.state.enrollment import ANNOTATION_NETNS
 from agent.state.objects import (
@@ -74,10 +74,7 @@ def _node_name(name: str) -> str:
 
 def _duration_text(value: Any) -> str:
     """A duration, checked by the one parser and kept as written (agents get it as a flag)."""
-    try:
-        parse_duration(value if isinstance(value, str | int | float) else repr(value))
-    except SlipstreamError as exc:
-        raise ValueError(str(exc)) from exc
+    parse_duration(value if isinstance(value, str | int | float) else repr(value))
     return str(value)
 
 
@@ -87,7 +84,7 @@ def _trust_domain(value: str) -> str:
     return value
 
 
-DurationText = Annotated[str, BeforeValidator(_duration_text)]
+DurationText = Annotated[str, BeforeValidator(from_unit(_duration_text))]
 
 
 class LabMesh(Model):

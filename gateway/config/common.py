@@ -13,8 +13,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator
 
 from agent.common import units
-from agent.common.errors import UnitError
-from agent.common.schema import Str
+from agent.common.schema import Str, from_unit
 
 _HOSTNAME = re.compile(
     r"^(\*\.)?([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
@@ -45,14 +44,7 @@ RouteHostname = Annotated[Str, AfterValidator(_lower_hostname)]
 
 def address_of(default_host: str) -> Any:
     """A validator of `HOST:PORT` or a port, to (host, port), through the one parser."""
-
-    def check(value: Any) -> tuple[str, int]:
-        try:
-            return units.parse_address(value, default_host)
-        except UnitError as exc:
-            raise ValueError(str(exc)) from exc
-
-    return BeforeValidator(check)
+    return BeforeValidator(from_unit(lambda value: units.parse_address(value, default_host)))
 
 
 def regex(value: str) -> re.Pattern[str]:

@@ -31,8 +31,7 @@ from pydantic import (
 )
 
 from agent.common import units
-from agent.common.errors import UnitError
-from agent.common.schema import Bool, Duration, Int, Model, Size, Str, invalid
+from agent.common.schema import Bool, Duration, Int, Model, Size, Str, from_unit, invalid
 
 # ---------------------------------------------------------------- field types (shared with
 # gateway/config)
@@ -64,14 +63,7 @@ OptionalStr = Annotated[Str | None, AfterValidator(_nonempty)]
 """A string where `""` means not given."""
 
 
-def _whole_seconds(value: Any) -> int:
-    try:
-        return int(units.parse_duration(value))
-    except UnitError as exc:
-        raise ValueError(str(exc)) from exc
-
-
-Seconds = Annotated[int, BeforeValidator(_whole_seconds)]
+Seconds = Annotated[int, BeforeValidator(from_unit(lambda value: int(units.parse_duration(value))))]
 """A duration in whole seconds (`10m` is 600), for headers that carry seconds."""
 
 # ---------------------------------------------------------------- the plugins' models
