@@ -13,8 +13,7 @@ control-plane listener inside that namespace), so it is stopped by its recorded
 pid, not by the namespace sweep of `lab down`. The same holds for the kubelet
 (`slipstream lab kubelet`), which needs the machine's namespace to build pods.
 
-Where the components (CA, agents, mesh-client pods) read the cluster from is chosen
-in one place: `LabDirs.source`.
+How the components reach the server, and as whom: agent/lab/access.py.
 """
 
 from __future__ import annotations
@@ -26,40 +25,20 @@ import socket
 import sys
 import time
 
-import yaml
-
 from agent.lab.apiserver import launch
 from agent.lab.apiserver.errors import ApiServerError
 from agent.state import crds
 
-from . import model, net, pods
+from . import access, model, net, pods
+from .access import api_dir, ca_path, kubeconfig_path, local_url
 from .errors import LabError
-from .kubeapi import KubeClient
 from .model import LabDirs, LabState, ProcessRecord
 
-API_PORT = 6443
 GATEWAY_API_CRDS = os.path.join(os.path.dirname(__file__), "crds.yaml")
 """The Gateway API kinds the gateway reads (Gateway API's own schemas, trimmed), preloaded
 into every lab's API server with the policy kinds' CRDs, which come from the models
-(agent/state/crds.py, the same as deploy/crds/)."""
+(agent/state/crds.py, the same as deploy/crds/), and the components' RBAC (access.RBAC)."""
 READY_TIMEOUT = 30.0
-
-
-def api_dir(dirs: LabDirs) -> str:
-    return f"{dirs.dir}/apiserver"
-
-
-def kubeconfig_path(dirs: LabDirs) -> str:
-    """The admin kubeconfig for the machine (https://127.0.0.1:<port>)."""
-    return f"{api_dir(dirs)}/certs/kubeconfig"
-
-
-def ca_path(dirs: LabDirs) -> str:
-    return f"{api_dir(dirs)}/certs/ca.crt"
-
-
-def in_cluster_address() -> str:
-    return f"{model.node_ip(model.CONTROL_PLANE_INDEX)}:{API_PORT}"
 
 
 def _free_port() -> int:
@@ -84,11 +63,11 @@ def apiserver_argv(state: LabState, dirs: LabDirs, local_port: int) -> list[str]
         state=f"{d}/state.json",
         listens=[
             launch.Listen("127.0.0.1", local_port),
-            launch.Listen("0.0.0.0", API_PORT, model.control_plane_netns(state.name)),
+            launch.Listen("0.0.0.0", access.API_PORT, model.control_plane_netns(state.name)),
         ],
         cert_dir=f"{d}/certs",
-        preload=[policy_crds, GATEWAY_API_CRDS],
-        advertise=in_cluster_address(),
+        preload=[policy_crds, GATEWAY_API_CRDS, access.RBAC],
+        advertise=access.in_cluster_address(),
         bookmark_interval=10.0,
     )
     return launch.command(opts)
@@ -120,17 +99,6 @@ def spawn(state: LabState, dirs: LabDirs, kind: str, argv: list[str]) -> None:
     )
 
 
-def local_url(dirs: LabDirs) -> str:
-    try:
-        with open(kubeconfig_path(dirs)) as f:
-            doc = yaml.safe_load(f)
-        return str(doc["clusters"][0]["cluster"]["server"])
-    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError) as exc:
-        raise LabError(
-            f"the lab's kubeconfig {kubeconfig_path(dirs)} is missing or damaged: {exc}"
-        ) from exc
-
-
 def wait_apiserver(state: LabState, dirs: LabDirs) -> None:
     """Wait for the server's kubeconfig (written once it listens) and its /readyz."""
     rec = state.processes["apiserver/apiserver"]
@@ -145,15 +113,6 @@ def wait_apiserver(state: LabState, dirs: LabDirs) -> None:
         launch.wait_ready(local_url(dirs), ca_path(dirs), max(deadline - time.monotonic(), 1.0))
     except ApiServerError as exc:
         raise LabError(f"{exc}; its log ends:\n{pods.tail(rec.log)}") from exc
-
-
-def client(dirs: LabDirs) -> KubeClient:
-    try:
-        with open(f"{api_dir(dirs)}/certs/admin.token") as f:
-            token = f.read().strip()
-    except OSError as exc:
-        raise LabError(f"the lab's API server has no admin token yet: {exc}") from exc
-    return KubeClient(local_url(dirs), ca_path(dirs), token)
 
 
 def stop(state: LabState | None, kinds: tuple[str, ...] = ("kubelet", "apiserver")) -> None:

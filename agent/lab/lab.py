@@ -24,6 +24,7 @@ this command built and leave the lab as it was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -50,7 +51,7 @@ from agent.state.objects import (
 )
 from agent.state.store import Snapshot
 
-from . import cluster, mesh, model, net, pods
+from . import access, cluster, mesh, model, net, pods
 from .errors import LabError
 from .kubeapi import KubeApiError, KubeClient, ResourceType
 from .model import LabSpec, LabState, NodeRecord, PodRecord
@@ -111,7 +112,7 @@ class Lab:
     def api(self) -> KubeClient:
         """The lab's client of its API server (admin)."""
         if self._api is None:
-            self._api = cluster.client(self.dirs)
+            self._api = access.client(self.dirs)
         return self._api
 
     # ------------------------------------------------------------ discovery
@@ -269,10 +270,8 @@ class Lab:
                         spec = model.parse_lab_spec(doc.body)
                     except FieldError as exc:
                         raise LabError(str(doc.error(exc))) from exc
-                    if spec != LabSpec(
-                        spec.name, state.spec.nodes, state.spec.mesh, state.spec.capture
-                    ):
-                        reason = "a running lab's nodes and mesh cannot change; down and up again"
+                    if spec != dataclasses.replace(state.spec, name=spec.name):
+                        reason = "a running lab's spec cannot change; down and up again"
                         raise LabError(str(doc.error(FieldError("spec", reason))))
             self._refresh(state)
             checked = self._check(state, [d for d in documents if _kind(d) != "Lab"])
@@ -649,6 +648,12 @@ class Lab:
         stored = api.merge_patch(
             pod_rt, name, ns, {"metadata": {"annotations": {ANNOTATION_NETNS: netns_path}}}
         )
+        # Its address, as a kubelet reports once the CNI ran: before the containers
+        # start, so that the node agent reading the API can enroll the pod first.
+        stored = api.merge_patch(
+            pod_rt, name, ns, {"status": self._k8s_status(state, rec)}, sub="status"
+        )
+        self._status_written[f"{ns}/{name}"] = stored.get("status") or {}
         state.manifests[str(pod.key)] = stored
         state.live[str(pod.key)] = self._live(state, rec)
         return rec, pod
@@ -776,11 +781,17 @@ class Lab:
             assert body is not None
             want[self._object_file(key)] = json.dumps(body, indent=1, sort_keys=True)
         os.makedirs(self.objects_dir, exist_ok=True)
-        for entry in os.listdir(self.objects_dir):
-            path = os.path.join(self.objects_dir, entry)
-            if entry.endswith(".yaml") and path not in want:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+        # Only what the lab wrote before goes: a file put there by hand (a test's object
+        # past the API's checks, as a small install's user would) stays.
+        index = os.path.join(self.objects_dir, ".written")
+        try:
+            with open(index) as f:
+                written = set(json.load(f))
+        except (OSError, ValueError):
+            written = set()
+        for path in written - set(want):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         for path, text in want.items():
             try:
                 with open(path) as f:
@@ -792,6 +803,10 @@ class Lab:
             with open(tmp, "w") as f:
                 f.write(text)
             os.replace(tmp, path)
+        if written != set(want):
+            with open(index + ".tmp", "w") as f:
+                json.dump(sorted(want), f)
+            os.replace(index + ".tmp", index)
 
     # ------------------------------------------------------------ mesh processes
 
@@ -887,7 +902,7 @@ class Lab:
     def kubeconfig(self) -> str:
         """The path of the admin kubeconfig for kubectl on this machine."""
         self.load()
-        return cluster.kubeconfig_path(self.dirs)
+        return access.kubeconfig_path(self.dirs)
 
     def stop_apiserver(self, *, kill: bool = False) -> None:
         """Stop the API server (SIGTERM, or SIGKILL for a crash); the kubelet restarts it."""

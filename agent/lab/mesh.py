@@ -29,7 +29,7 @@ from agent.common import constants, netns
 from agent.common.errors import SlipstreamError
 from agent.state.enrollment import ENROLLED
 
-from . import model, net, pods
+from . import access, model, net, pods
 from .errors import LabError
 from .model import LabDirs, LabState, NodeRecord, PodRecord, ProcessRecord
 
@@ -103,8 +103,7 @@ def start_ca(state: LabState, dirs: LabDirs) -> None:
         "serve",
         "--root-dir",
         f"{dirs.ca}/roots",
-        "--source",
-        dirs.source,
+        *component_source(state, dirs, f"{dirs.ca}/kubeconfig", "slipstream-ca"),
         "--credentials",
         dirs.credentials,
         "--listen",
@@ -136,6 +135,18 @@ def wait_ca_ready(state: LabState, dirs: LabDirs) -> None:
         f.write(roots.bundle_pem())
 
 
+def component_source(
+    state: LabState, dirs: LabDirs, kubeconfig: str, service_account: str
+) -> list[str]:
+    """The `--source` flags of a CA or agent; with the API, a kubeconfig of its own
+    service account in slipstream-system (made once, kept across restarts)."""
+    if state.spec.source == "kube" and not os.path.exists(kubeconfig):
+        access.write_component_kubeconfig(
+            dirs, kubeconfig, access.SYSTEM_NAMESPACE, service_account
+        )
+    return access.source_flags(state, dirs, kubeconfig)
+
+
 def node_token_path(dirs: LabDirs, node: str) -> str:
     """The node's credential: its agent's alone."""
     return f"{dirs.agent(node)}/ca-token"
@@ -155,8 +166,7 @@ def agent_argv(
         "agent",
         "--node",
         node.name,
-        "--source",
-        dirs.source,
+        *component_source(state, dirs, f"{dirs.agent(node.name)}/kubeconfig", "slipstream-agent"),
         "--log-format",
         "json",
         "--state-dir",

@@ -64,6 +64,11 @@ class LabSpec:
     """How often agents fetch the trust bundle from the CA."""
     agent_args: tuple[str, ...] = ()
     """More flags for every agent (`spec.mesh.agentArgs`), e.g. its HBONE limits."""
+    source: str = "kube"
+    """Where the components read the cluster (`spec.mesh.source`): the lab's API server
+    (`kube`, as on a real cluster), or the manifest directory the lab writes from it
+    (`file`, the small installs' source; tests that put objects past the API's
+    validation use it)."""
 
 
 def _node_name(name: str) -> str:
@@ -96,6 +101,7 @@ class LabMesh(Model):
     trust_domain: Annotated[Str, AfterValidator(_trust_domain)] = constants.DEFAULT_TRUST_DOMAIN
     bundle_refresh: DurationText = "10s"
     agent_args: tuple[Str, ...] = ()
+    source: Literal["kube", "file"] = "kube"
 
 
 class LabBody(Model):
@@ -132,6 +138,7 @@ def parse_lab_spec(body: Mapping[str, Any]) -> LabSpec:
         m.trust_domain,
         m.bundle_refresh,
         m.agent_args,
+        m.source,
     )
 
 
@@ -520,15 +527,9 @@ class LabDirs:
 
     @property
     def objects(self) -> str:
-        """The manifests the agents and the CA watch."""
+        """The manifests the components read with the file source (`LabSpec.source`),
+        written by the lab from its API server."""
         return f"{self.dir}/objects"
-
-    @property
-    def source(self) -> str:
-        """Where the components (CA, agents, mesh-client pods) read the cluster: the one
-        place that chooses. The lab writes this directory from its API server (one truth);
-        moving the components onto the API (`--source kube`) is changing this line."""
-        return f"file:{self.objects}"
 
     @property
     def logs(self) -> str:

@@ -7,7 +7,8 @@ after. Nothing here decides anything; lab.py calls these in order.
 What a pod's processes can reach of the machine is the supervisor's job (see
 supervisor.py); this module tells it what to show: nothing of the lab's directory,
 where node credentials and the CA's keys live, except, for a pod annotated for mesh
-credentials, its own credential and the objects a mesh client reads.
+credentials, its own credentials (and, with the file source, the objects a mesh client
+reads).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from agent.common import netns
 from agent.common.errors import SlipstreamError
 from agent.state.objects import Container, Pod
 
-from . import model, net
+from . import access, model, net
 from .errors import LabError
 from .model import LabDirs, LabState, PodRecord
 
@@ -115,7 +116,7 @@ def create_sandbox(state: LabState, dirs: LabDirs, lab: str, pod: Pod) -> PodRec
         "restartPolicy": pod.restart_policy,
         "sandbox": {
             "hide": os.path.dirname(dirs.dir),
-            "show": [dirs.objects, mesh_dir(rec)] if extra else [],
+            "show": _shown(state, dirs, rec) if extra else [],
             "writable": list(WRITABLE),
         },
         "containers": [
@@ -126,6 +127,12 @@ def create_sandbox(state: LabState, dirs: LabDirs, lab: str, pod: Pod) -> PodRec
     with open(os.path.join(rec.dir, "spec.json"), "w") as f:
         json.dump(spec, f, indent=1)
     return rec
+
+
+def _shown(state: LabState, dirs: LabDirs, rec: PodRecord) -> list[str]:
+    """What of the lab's directory a mesh-credential pod sees: its own credentials, and
+    the manifest directory when the components read that instead of the API."""
+    return [dirs.objects, mesh_dir(rec)] if state.spec.source == "file" else [mesh_dir(rec)]
 
 
 def mesh_dir(rec: PodRecord) -> str:
@@ -163,8 +170,22 @@ def mesh_credentials(state: LabState, dirs: LabDirs, pod: Pod, rec: PodRecord) -
         "SLIPSTREAM_CA_TOKEN_FILE": token,
         "SLIPSTREAM_IDENTITY": f"spiffe://{td}/ns/{ns}/sa/{sa}",
         "SLIPSTREAM_TRUST_DOMAIN": td,
-        "SLIPSTREAM_SOURCE": dirs.source,
+        **_source_env(state, dirs, pod, directory),
     }
+
+
+def _source_env(state: LabState, dirs: LabDirs, pod: Pod, directory: str) -> dict[str, str]:
+    """Where a mesh client reads the cluster: with the API, a kubeconfig holding its own
+    service account's token bound to this pod (what a kubelet projects into a pod);
+    what that account may read is the cluster's RBAC, as anywhere."""
+    kubeconfig = os.path.join(directory, "kubeconfig")
+    flags = access.source_flags(state, dirs, kubeconfig)
+    if state.spec.source != "kube":
+        return {"SLIPSTREAM_SOURCE": flags[1]}
+    access.write_component_kubeconfig(
+        dirs, kubeconfig, pod.meta.namespace, pod.service_account, pod=pod.meta.name
+    )
+    return {"SLIPSTREAM_SOURCE": "kube", "KUBECONFIG": kubeconfig}
 
 
 def revoke_mesh_credentials(dirs: LabDirs, rec: PodRecord) -> None:

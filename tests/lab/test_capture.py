@@ -375,9 +375,16 @@ def test_a_port_the_agent_holds_in_time_wait_can_be_reused_at_once(
     )
 
 
-def test_bad_pod_objects_are_reported_and_the_agent_carries_on(lab):
+def test_bad_pod_objects_are_reported_and_the_agent_carries_on(make_lab):
     """Objects in the agents' directory are control-plane input: a pod whose namespace is
-    missing, outside /run/netns, the node's own, or unknown is refused with the reason."""
+    missing, outside /run/netns, the node's own, or unknown is refused with the reason.
+    (With the file source, where such objects can be written directly; the lab's own
+    kubelet would correct them in the API.)"""
+    lab = make_lab(
+        CLUSTER.replace("name: capture}", "name: capture-file}").replace(
+            "spec: {nodes: [n1, n2]}", "spec: {nodes: [n1, n2], mesh: {source: file}}"
+        )
+    )
     node_netns = lab.status()["nodes"][0]["netns"]
     cases = {
         "outside": ("/etc", "failed", "outside the namespace directory"),
@@ -412,6 +419,12 @@ def test_bad_pod_objects_are_reported_and_the_agent_carries_on(lab):
         seen = wait_until(refused, 15, f"bad-{name} refused")
         assert reason in seen["reason"], seen
     # The agent still serves its real pods.
+    far = f"http://{ip(lab, 'far')}:8080/"
+    wait_until(
+        lambda: lab.exec("client", ["curl", "-s", far], namespace="mesh").returncode == 0,
+        15,
+        "far to serve",
+    )
     assert curl(lab, "client", f"http://{ip(lab, 'far')}:8080/", "mesh")["pod"] == "far"
     assert "capture_egress" in netns_view(lab, "client", "mesh")["eth0_egress"]
     status, _ = lab.node_http("n1", "http://127.0.0.1:15021/healthz/ready")

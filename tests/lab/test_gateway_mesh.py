@@ -69,6 +69,16 @@ CLUSTER = textwrap.dedent("""\
       containers: [{name: main, command: [sleep, infinity]}]
     ---
     apiVersion: v1
+    kind: ServiceAccount
+    metadata: {name: gateway, namespace: edge}
+    ---
+    apiVersion: rbac.authorization.k8s.io/v1
+    kind: ClusterRoleBinding
+    metadata: {name: edge-gateway}
+    roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: slipstream-gateway}
+    subjects: [{kind: ServiceAccount, name: gateway, namespace: edge}]
+    ---
+    apiVersion: v1
     kind: Pod
     metadata:
       name: gateway
@@ -338,6 +348,10 @@ ATTACKER = """\
 apiVersion: v1
 kind: Namespace
 metadata: {name: rogue}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: attacker, namespace: rogue}
 ---
 apiVersion: v1
 kind: Pod
