@@ -3,7 +3,7 @@
 import pytest
 
 from agent.common.errors import FieldError
-from agent.lab import model
+from agent.lab import access, model
 from agent.lab.model import LabSpec, LabState, NodeRecord, PodRecord
 
 
@@ -136,6 +136,15 @@ def test_spread_picks_the_emptiest_node_in_order():
             },
             "spec.mesh.agentArgs",
         ),
+        (
+            {
+                "apiVersion": model.MESH_API,
+                "kind": "Lab",
+                "metadata": {"name": "x"},
+                "spec": {"nodes": ["a"], "mesh": {"source": "files"}},
+            },
+            "spec.mesh.source",
+        ),
     ],
 )
 def test_bad_lab_specs(body, errfield):
@@ -229,3 +238,25 @@ def test_hosts_file_resolves_services_like_cluster_dns():
     assert "10.244.1.2\tweb-1\n" in same_ns
     other = model.hosts_file(st, st.pods["other/client"])
     assert "web.shop web\n" not in other and "web.shop\n" in other
+
+
+@pytest.mark.parametrize("source", ["kube", "file", None])
+def test_components_read_the_api_unless_the_lab_says_file(source):
+    mesh = {"source": source} if source else {}
+    spec = model.parse_lab_spec(
+        {
+            "apiVersion": model.MESH_API,
+            "kind": "Lab",
+            "metadata": {"name": "x"},
+            "spec": {"nodes": ["a"], "mesh": mesh},
+        }
+    )
+    assert spec.source == (source or "kube")
+    st = LabState("x", spec, 0.0)
+    assert LabState.from_json(st.to_json()).spec == spec
+    dirs = model.LabDirs("/run/slipstream/labs/x")
+    flags = access.source_flags(st, dirs, "/k/config")
+    if spec.source == "kube":
+        assert flags == ["--source", "kube", "--kubeconfig", "/k/config"]
+    else:
+        assert flags == ["--source", f"file:{dirs.objects}"]
