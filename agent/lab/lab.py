@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import ipaddress
 import json
 import logging
 import os
@@ -392,6 +393,20 @@ class Lab:
             model.container_capabilities(raw, f"spec.containers[{i}]")
         for i, c in enumerate(pod.containers):
             argv = list(c.command) + list(c.args)
+            if not argv:
+                raise FieldError(
+                    f"spec.containers[{i}].command",
+                    "is required: lab pods have no image, so the command to run must be given",
+                )
+            for j, e in enumerate(c.env):
+                at = f"spec.containers[{i}].env[{j}].valueFrom"
+                if e.value_from is not None and e.field_ref is None:
+                    raise FieldError(at, "only fieldRef is supported in the lab")
+                if e.field_ref is not None and e.field_ref not in model.FIELD_REFS:
+                    raise FieldError(
+                        f"{at}.fieldRef.fieldPath",
+                        f"{e.field_ref!r} is not one of {sorted(model.FIELD_REFS)}",
+                    )
             where = (
                 f"spec.containers[{i}].command[0]" if c.command else f"spec.containers[{i}].args[0]"
             )
@@ -403,6 +418,13 @@ class Lab:
         current = ((state.object(svc.key) or {}).get("spec") or {}).get("clusterIP")
         if current and svc.cluster_ip and svc.cluster_ip != current:
             raise FieldError("spec.clusterIP", f"is immutable: the Service has {current}")
+        if svc.cluster_ip not in ("", "None") and (
+            ipaddress.IPv4Address(svc.cluster_ip) not in model.SERVICE_CIDR
+        ):
+            raise FieldError(
+                "spec.clusterIP",
+                f"{svc.cluster_ip} is outside the service range {model.SERVICE_CIDR}",
+            )
         if svc.cluster_ip and svc.cluster_ip != "None":
             owner = claimed.get(svc.cluster_ip)
             if owner and owner != ident:

@@ -31,7 +31,6 @@ from agent.state.objects import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
     MESH_API,
-    SERVICE_CIDR,
     ObjectKey,
     Service,
     parse_meta,
@@ -45,6 +44,21 @@ NODE_NET = ipaddress.ip_network("172.30.0.0/24")
 POD_NET = ipaddress.ip_network("10.244.0.0/16")
 MAX_NODES = 200
 FIRST_SERVICE_IP = int(ipaddress.ip_address("10.96.0.10"))
+
+
+SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/16")
+"""The lab's service range (its API server allocates from the same)."""
+FIELD_REFS = frozenset(
+    {
+        "metadata.name",
+        "metadata.namespace",
+        "spec.nodeName",
+        "spec.serviceAccountName",
+        "status.podIP",
+        "status.hostIP",
+    }
+)
+"""The Downward API fields the lab fills into a container's env."""
 
 
 @dataclass(frozen=True)
