@@ -562,7 +562,7 @@ class Lab:
             for body in items:
                 meta = body.get("metadata") or {}
                 key = ObjectKey.parse(
-                    kind, meta.get("name", ""), meta.get("namespace") or "default"
+                    kind, meta.get("name", ""), meta.get("namespace") or "default", api_version
                 )
                 objs[str(key)] = body
         state.manifests = objs
@@ -787,7 +787,9 @@ class Lab:
 
     def _object_file(self, key: ObjectKey) -> str:
         return os.path.join(
-            self.objects_dir, f"{key.kind.lower()}_{key.namespace or '-'}_{key.name}.yaml"
+            self.objects_dir,
+            f"{key.kind.lower()}{'.' + key.group if key.group else ''}_"
+            f"{key.namespace or '-'}_{key.name}.yaml",
         )
 
     def _write_objects(self, state: LabState) -> None:

@@ -414,7 +414,12 @@ class LabState:
         out = []
         for body in self.manifests.values():
             meta = body.get("metadata", {})
-            key = ObjectKey.parse(body["kind"], meta["name"], meta.get("namespace", "default"))
+            key = ObjectKey.parse(
+                body["kind"],
+                meta["name"],
+                meta.get("namespace", "default"),
+                str(body.get("apiVersion", "")),
+            )
             if kind is None or key.kind == kind:
                 out.append(key)
         return sorted(out)

@@ -451,7 +451,12 @@ def refused_key(body: Any, document: str) -> ObjectKey | None:
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
         return None
     ns = meta.get("namespace", "default")
-    return ObjectKey.parse(body["kind"], meta["name"], ns if isinstance(ns, str) else "default")
+    return ObjectKey.parse(
+        body["kind"],
+        meta["name"],
+        ns if isinstance(ns, str) else "default",
+        str(body.get("apiVersion", "")),
+    )
 
 
 def refused_version(

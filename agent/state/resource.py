@@ -54,24 +54,42 @@ NAMESPACED_KINDS = {
 CLUSTER_KINDS = {"Namespace", "Lab", "GatewayClass"}
 
 
+OWN_GROUP = "slipstream.dev"
+SHARED_KINDS = ("AuthorizationPolicy", "PeerAuthentication")
+"""Kinds both Istio's group (security.istio.io) and ours define: to the API server an
+Istio AuthorizationPolicy and ours of the same name are two objects, and the mesh
+enforces both, so our group is part of their key."""
+
+
+def key_group(api_version: Any, kind: str) -> str:
+    """The group an ObjectKey keeps: ours, for the kinds Istio's group shares; else none."""
+    group = api_version.partition("/")[0] if isinstance(api_version, str) else ""
+    return group if group == OWN_GROUP and "/" in api_version and kind in SHARED_KINDS else ""
+
+
 @dataclass(frozen=True, order=True)
 class ObjectKey:
     kind: str
     namespace: str
     """Empty for cluster-scoped kinds."""
     name: str
+    group: str = ""
+    """Only where two groups share the kind (`key_group`)."""
 
     def __str__(self) -> str:
-        return (
-            f"{self.kind} {self.namespace}/{self.name}"
-            if self.namespace
-            else f"{self.kind} {self.name}"
-        )
+        kind = f"{self.kind}.{self.group}" if self.group else self.kind
+        return f"{kind} {self.namespace}/{self.name}" if self.namespace else f"{kind} {self.name}"
 
     @classmethod
-    def parse(cls, kind: str, name: str, namespace: str = "default") -> ObjectKey:
-        kind = canonical_kind(kind)
-        return cls(kind, "" if kind in CLUSTER_KINDS else namespace, name)
+    def parse(
+        cls, kind: str, name: str, namespace: str = "default", api_version: str = ""
+    ) -> ObjectKey:
+        """From a kind as kubectl takes it (`authorizationpolicy.slipstream.dev` names
+        ours) or with the object's apiVersion."""
+        base, _, group = kind.partition(".")
+        kind = canonical_kind(base)
+        group = key_group(api_version or f"{group}/", kind)
+        return cls(kind, "" if kind in CLUSTER_KINDS else namespace, name, group)
 
 
 # ---------------------------------------------------------------- shared models
@@ -205,7 +223,9 @@ class Resource:
 
     @property
     def key(self) -> ObjectKey:
-        return ObjectKey(self.kind, self.meta.namespace, self.meta.name)
+        return ObjectKey(
+            self.kind, self.meta.namespace, self.meta.name, key_group(self.api_version, self.kind)
+        )
 
 
 @dataclass(frozen=True)
@@ -237,12 +257,13 @@ def document_key(body: Any, kind: str, document: str) -> ObjectKey:
     name = meta.get("name")
     if not (isinstance(name, str) and DNS_SUBDOMAIN.match(name)):
         name = f"(unnamed: {document or 'no name'})"
+    group = key_group(body.get("apiVersion") if isinstance(body, dict) else None, kind)
     if kind in CLUSTER_KINDS:
-        return ObjectKey(kind, "", name)
+        return ObjectKey(kind, "", name, group)
     ns = meta.get("namespace") or "default"
     if not (isinstance(ns, str) and DNS_LABEL.match(ns)):
         ns = ""
-    return ObjectKey(kind, ns, name)
+    return ObjectKey(kind, ns, name, group)
 
 
 def canonical_kind(kind: str) -> str:

@@ -346,6 +346,31 @@ async def test_agent_kinds_with_policies_and_a_missing_crd(tmp_path, run):
         srv.stop()
 
 
+async def test_istios_policy_and_ours_of_the_same_name_are_two_objects(api, run):
+    """Both held (and so both enforced); deleting one leaves the other."""
+    r = await run(api.kubeconfig, agent_kinds("node-a"))
+    await r.synced()
+    keys = {}
+    for api_version, action in (
+        ("security.istio.io/v1", "DENY"),
+        ("slipstream.dev/v1alpha1", "ALLOW"),
+    ):
+        body = {
+            "apiVersion": api_version,
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"action": action, "rules": [{}]},
+        }
+        post(api, f"/apis/{api_version}/namespaces/default/authorizationpolicies", body)
+        keys[api_version] = ObjectKey.parse("AuthorizationPolicy", "p", "default", api_version)
+    assert len(set(keys.values())) == 2
+    await wait_for(lambda: all(r.store.snapshot.get(k) for k in keys.values()))
+    call(api, "DELETE", "/apis/slipstream.dev/v1alpha1/namespaces/default/authorizationpolicies/p")
+    await wait_for(lambda: r.store.snapshot.get(keys["slipstream.dev/v1alpha1"]) is None)
+    kept = r.store.snapshot.get(keys["security.istio.io/v1"])
+    assert kept is not None and kept.raw["spec"]["action"] == "DENY"
+
+
 def _yaml_docs(path) -> list[dict]:
     import yaml
 

@@ -726,3 +726,52 @@ def test_dry_run_annotations_that_disagree_are_refused():
     with pytest.raises(FieldError) as exc:
         _annotated({"slipstream.dev/dry-run": "true", "istio.io/dry-run": "false"})
     assert exc.value.field == "metadata.annotations" and "disagree" in exc.value.reason
+
+
+SAME_NAME_IN_BOTH_GROUPS = """
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop}
+spec: {serviceAccountName: web, containers: [{name: c, command: [x]}]}
+status: {podIP: 10.244.1.7}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: shop, labels: {app: db}}
+spec: {containers: [{name: c, command: [x]}]}
+status: {podIP: 10.244.2.9}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: db, namespace: shop}
+spec:
+  selector: {matchLabels: {app: db}}
+  action: DENY
+  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/web]}}]}]
+---
+apiVersion: slipstream.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: db, namespace: shop}
+spec:
+  selector: {matchLabels: {app: db}}
+  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/web]}}]}]
+"""
+
+
+@pytest.mark.parametrize("order", ["istio first", "ours first"])
+def test_istios_policy_and_ours_of_the_same_name_are_both_enforced(tmp_path, order):
+    """To the API server they are two objects; neither may hide the other (a DENY hidden by
+    an ALLOW of the same name would open what it closes)."""
+    docs = SAME_NAME_IN_BOTH_GROUPS.split("---\n")
+    if order == "ours first":
+        docs[2], docs[3] = docs[3], docs[2]
+    (tmp_path / "objects.yaml").write_text("---\n".join(docs))
+    objects, rejected = read_objects([str(tmp_path)])
+    assert rejected == []
+    keys = {str(o.key) for o in objects if o.kind == "AuthorizationPolicy"}
+    assert keys == {
+        "AuthorizationPolicy shop/db",
+        "AuthorizationPolicy.slipstream.dev shop/db",
+    }
+    r = check(objects, "shop/web-1", "shop/db:5432")
+    assert not r.decision.allow and "DENY" in r.decision.reason, r.text()
