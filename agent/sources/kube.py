@@ -562,8 +562,9 @@ class KubeSource:
         upserts: dict[ObjectKey, Resource],
         deletes: set[ObjectKey],
     ) -> None:
-        """`slot` no longer defines `key`: another resource's object of the same kind and
-        name (Istio's and our AuthorizationPolicy) takes its place, or the key goes."""
+        """`slot` no longer defines `key`: another slot's object with the same key takes its
+        place, or the key goes. (Istio's and our policy kinds key apart, see
+        `resource.key_group`; this guards any two resources that would not.)"""
         owners = self._owners.get(key, [])
         if slot in owners:
             owners.remove(slot)
