@@ -9,6 +9,7 @@ import uvloop
 
 from agent.common.constants import DEFAULT_TRUST_DOMAIN
 from agent.common.units import parse_address
+from agent.sources.flags import add_source_flags
 
 from .errors import GatewayError
 from .master import Master
@@ -24,17 +25,11 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         "plugins), reloading it on change; with --source, also Gateway API objects.",
     )
     p.add_argument("-c", "--config", required=True, metavar="FILE", help="gateway.yaml")
-    p.add_argument(
-        "--source",
+    add_source_flags(
+        p,
+        "Gateway API objects (Gateway, HTTPRoute) and Services, as the agents read them",
+        required=False,
         default=os.environ.get("SLIPSTREAM_SOURCE"),
-        metavar="file:DIR|kube",
-        help="Gateway API objects (Gateway, HTTPRoute) and Services, as the agents read them:"
-        " a directory of manifests, or the Kubernetes API",
-    )
-    p.add_argument(
-        "--kubeconfig",
-        metavar="FILE",
-        help="with --source kube (default: $KUBECONFIG, else in-cluster)",
     )
     env = os.environ.get
     m = p.add_argument_group(

@@ -11,6 +11,7 @@ from agent.common.errors import SlipstreamError
 from agent.common.runtime import Component, run_main, serve
 from agent.common.units import parse_address, parse_duration, parse_timedelta
 from agent.sources.file import FileSource
+from agent.sources.flags import add_source_flags, parse_source
 from agent.sources.kube import KubeSource, pods
 from agent.sources.kubeclient import KubeClient
 from agent.state import StateStore, StateUpdater
@@ -39,12 +40,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.add_argument(
         "--root-dir", required=True, help="where the roots live (created on first start)"
     )
-    p.add_argument(
-        "--source",
-        required=True,
-        metavar="SOURCE",
-        help="cluster objects, to check which node runs which pods: file:DIR, or kube (the"
-        " Kubernetes API; callers' service-account tokens are then checked by TokenReview)",
+    add_source_flags(
+        p,
+        "cluster objects, to check which node runs which pods (with kube, callers'"
+        " service-account tokens are checked by TokenReview)",
     )
     p.add_argument(
         "--credentials",
@@ -53,11 +52,6 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         " changes (required with file:DIR; optional with kube)",
     )
     g = p.add_argument_group("with --source kube")
-    g.add_argument(
-        "--kubeconfig",
-        metavar="FILE",
-        help="the API server and credentials (default: $KUBECONFIG, else in-cluster)",
-    )
     g.add_argument(
         "--node-service-account",
         action="append",
@@ -169,12 +163,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    kind, _, directory = args.source.partition(":")
-    kube = args.source == "kube"
-    if not kube and (kind != "file" or not os.path.isdir(directory)):
-        raise SlipstreamError(
-            f"--source {args.source!r}: expected kube, or file:DIR of an existing directory"
-        )
+    kind, directory = parse_source(args.source)
+    kube = kind == "kube"
+    if not kube and not os.path.isdir(directory):
+        raise SlipstreamError(f"--source {args.source!r}: {directory} is not a directory")
     if not kube and not args.credentials:
         raise SlipstreamError("--credentials is required with --source file:DIR")
     accounts = args.node_service_account or list(DEFAULT_NODE_ACCOUNTS)

@@ -1,7 +1,7 @@
 """The lab's kubelet process: watches the lab's API server and makes the lab follow it.
 
 `slipstream lab kubelet --name LAB` is started by `lab up` and runs until `lab
-down`. One thread per kind the lab reads (lab.SYNCED) lists it and watches from
+down`. One thread per kind the lab follows (lab.followed) lists it and watches from
 the list's version (with bookmarks); any change, a broken watch or a relist
 marks the lab dirty, and the main loop runs `Lab.kubelet_sync(full=True)`: a pod
 created with kubectl runs (scheduled if it names no node), a deleted one stops, a
@@ -24,7 +24,7 @@ import time
 from . import pods
 from .errors import LabError
 from .kubeapi import KubeApiError, KubeClient, ResourceType
-from .lab import SYNCED, Lab
+from .lab import Lab, followed
 
 log = logging.getLogger("agent.lab.kubelet")
 
@@ -58,7 +58,7 @@ def run(name: str, root: str) -> int:
             lab.ensure_apiserver()
             api = lab.api()
             types = api.types()
-            for key in SYNCED:  # a CRD registered later gets its watch on a later pass
+            for key in followed(lab.load().spec):  # a CRD registered later: a later pass
                 if key in types and key not in started:
                     started.add(key)
                     threading.Thread(

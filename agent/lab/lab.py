@@ -75,8 +75,19 @@ SYNCED = (
     ("gateway.networking.k8s.io/v1", "Gateway"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
 )
-"""What the lab reads from its API server: what it runs (Pods) and what the components
-read (written to their file source). Kinds without a registered CRD are skipped."""
+"""What the components read, and so what the lab writes to their file source (with
+`spec.mesh.source: file`) and what `policy check` reads of a lab. Kinds without a
+registered CRD are skipped."""
+KUBELET_KINDS = (("v1", "Namespace"), ("v1", "ServiceAccount"), ("v1", "Service"), ("v1", "Pod"))
+"""What the lab itself needs to run pods (which pods, on which nodes, in the mesh or not,
+and the names in their hosts files): all it follows when the components read the API."""
+
+
+def followed(spec: LabSpec) -> tuple[tuple[str, str], ...]:
+    """The kinds the lab's kubelet follows (and re-reads on every change)."""
+    return SYNCED if spec.source == "file" else KUBELET_KINDS
+
+
 NOT_FOR_COMPONENTS = ("Service default/kubernetes",)
 """The API server's own Service has no selector: the file source could give it no endpoints."""
 FAILED_REASON = "LabCannotRun"
@@ -554,7 +565,7 @@ class Lab:
         """Read every synced kind from the API into the lab's cache (`state.manifests`)."""
         api = self.api()
         objs: dict[str, dict[str, Any]] = {}
-        for api_version, kind in SYNCED:
+        for api_version, kind in followed(state.spec):
             rt = api.types().get((api_version, kind))
             if rt is None:
                 continue
@@ -601,6 +612,9 @@ class Lab:
         for key, body in sorted(api_pods.items()):
             if key in state.pods or body["metadata"].get("deletionTimestamp"):
                 continue
+            node = (body.get("spec") or {}).get("nodeName")
+            if node and node not in state.nodes:
+                continue  # another node's pod: its kubelet's to run, as on a cluster
             if (body.get("status") or {}).get("phase") in ("Failed", "Succeeded"):
                 continue  # what the lab could not run is not tried again
             try:
@@ -794,7 +808,10 @@ class Lab:
 
     def _write_objects(self, state: LabState) -> None:
         """The components' file source, from the API's objects: pods once the lab has
-        built them (with their address and network namespace)."""
+        built them (with their address and network namespace). Nothing when they read
+        the API."""
+        if state.spec.source != "file":
+            return
         want: dict[str, str] = {}
         for key in state.object_keys():
             if str(key) in NOT_FOR_COMPONENTS:
@@ -906,6 +923,23 @@ class Lab:
             items,
             key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]),
         )
+
+    def documents(self) -> list[Document]:
+        """Every object the components read, as the API holds it, one document each
+        (`policy check` reads a lab this way)."""
+        api = self.api()
+        out = []
+        for api_version, kind in SYNCED:
+            rt = api.types().get((api_version, kind))
+            if rt is None:
+                continue
+            items, _ = api.list(rt)
+            for body in items:
+                body = {"apiVersion": api_version, "kind": kind, **body}
+                meta = body.get("metadata") or {}
+                where = f"{kind} {meta.get('namespace') or ''}/{meta.get('name', '')}"
+                out.append(Document(where.replace(" /", " "), 1, 1, body))
+        return out
 
     def _snapshot(self, state: LabState) -> Snapshot:
         """The lab's objects as the agents' store sees them (same endpoint rules)."""

@@ -23,6 +23,7 @@ from agent.identity.certs import SpiffeId
 from agent.identity.manager import CertManager
 from agent.policy.peerauth import ROOT_NAMESPACE
 from agent.sources.file import FileSource
+from agent.sources.flags import parse_source
 from agent.sources.kube import KubeSource, agent_kinds
 from agent.sources.kubeclient import KubeClient
 from agent.state import Snapshot, StateStore, StateUpdater
@@ -77,9 +78,7 @@ class Agent:
         self.config = config
         self.store = StateStore()
         self.updater = StateUpdater(self.store)
-        kind, _, arg = config.source.partition(":")
-        if not ((kind == "file" and arg) or config.source == "kube"):
-            raise SlipstreamError(f"--source {config.source!r}: expected file:DIR or kube")
+        kind, arg = parse_source(config.source)
         if config.capture not in CAPTURE_MODES:
             raise SlipstreamError(
                 f"--capture {config.capture!r}: expected one of {', '.join(CAPTURE_MODES)}"

@@ -10,6 +10,7 @@ from agent.common.errors import SlipstreamError
 from agent.common.units import parse_address, parse_duration, parse_timedelta
 from agent.hbone.limits import Limits, PeerLimits
 from agent.policy.peerauth import ROOT_NAMESPACE
+from agent.sources.flags import add_source_flags
 
 from .app import AgentConfig, main
 
@@ -22,19 +23,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         description="Run the node agent: capture, tunnel and policy for this node's pods.",
     )
     p.add_argument("--node", required=True, help="the name of the node this agent serves")
-    p.add_argument(
-        "--source",
-        required=True,
-        metavar="SOURCE",
-        help="where cluster objects come from: file:DIR (a watched directory of manifests)"
-        " or kube (the Kubernetes API server)",
-    )
-    p.add_argument(
-        "--kubeconfig",
-        metavar="FILE",
-        help="with --source kube: the API server and credentials (default: $KUBECONFIG, else"
-        " in-cluster: the pod's service-account token and CA, KUBERNETES_SERVICE_HOST/PORT)",
-    )
+    add_source_flags(p, "where cluster objects come from")
     p.add_argument(
         "--kube-pods",
         choices=["node", "all"],

@@ -1,6 +1,6 @@
 """`slipstream policy check`: what the destination agent would decide for a connection, and why.
 
-It reads the same objects the agents read (a lab's, or manifests given with
+It reads the same objects the agents read (a lab's, from its API server, or manifests given with
 -f) through the same code (`ManifestSet`), runs the agents' own evaluation, and
 names the policy and rule that decided. A refused policy decides as it does on
 the agents: manifests given with -f are read in order, a later definition of an
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -182,10 +183,15 @@ def _what(p: AuthorizationPolicy) -> str:
 def read_objects(paths: list[str]) -> tuple[list[Resource], list[str]]:
     """What the agents would hold after reading `paths` in order, and the errors of the
     documents they refuse (as the file source reads a directory)."""
+    return read_documents(load_paths(paths))
+
+
+def read_documents(docs: Iterable[Document]) -> tuple[list[Resource], list[str]]:
+    """The same, for documents from anywhere (a lab's API: one per object)."""
     mset = ManifestSet()
     files: dict[str, list[Document]] = {}
     order: list[str] = []
-    for doc in load_paths(paths):
+    for doc in docs:
         if doc.source not in files:
             files[doc.source] = []
             order.append(doc.source)
@@ -238,11 +244,10 @@ def with_agents_last_good(
 def cmd_check(args: argparse.Namespace) -> int:
     lab = None
     if args.filename:
-        paths = args.filename
+        objects, rejected = read_objects(args.filename)
     else:
         lab = resolve(args)
-        paths = [lab.objects_dir]
-    objects, rejected = read_objects(paths)
+        objects, rejected = read_documents(lab.documents())
     notes: list[str] = []
     if lab is not None:
         objects, notes = with_agents_last_good(objects, lab, args.dest)

@@ -26,9 +26,10 @@ import copy
 import logging
 from typing import Any
 
-from agent.common.errors import FieldError
+from agent.common.errors import FieldError, SlipstreamError
 from agent.identity.certs import SpiffeId
 from agent.sources.file import FileSource
+from agent.sources.flags import parse_source
 from agent.sources.kube import ENDPOINT_SLICES, NAMESPACES, SERVICES, KindSpec, KubeSource, pods
 from agent.sources.kubeclient import KubeClient
 from agent.state import StateStore, StateUpdater
@@ -61,9 +62,10 @@ class ClusterSource:
     def __init__(
         self, spec: str, trust_domain: str, mesh: bool, kubeconfig: str | None = None
     ) -> None:
-        kind, _, directory = spec.partition(":")
-        if not ((kind == "file" and directory) or spec == "kube"):
-            raise ConfigError(f"--source {spec!r}: expected file:DIR or kube")
+        try:
+            kind, directory = parse_source(spec)
+        except SlipstreamError as exc:
+            raise ConfigError(str(exc)) from exc
         self.trust_domain = trust_domain
         self.mesh = mesh
         """Whether enrolled endpoints get identities (the gateway has a mesh identity)."""

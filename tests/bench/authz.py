@@ -206,10 +206,12 @@ print(json.dumps(seen), flush=True)
 """
 
 
-def lab_manifest() -> str:
+def lab_manifest(source: str = "file") -> str:
     docs = [
         "apiVersion: slipstream.dev/v1alpha1\nkind: Lab\nmetadata: {name: bench}\n"
-        f"spec: {{nodes: [{', '.join(NODES)}]}}",
+        # Here the file source: the 10,000 policies arrive as one more file, past the API
+        # (the API path, with kubectl, is `make bench BENCH=kube`).
+        f"spec: {{nodes: [{', '.join(NODES)}], mesh: {{source: {source}}}}}",
         f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NAMESPACE}\n"
         "  labels: {slipstream.dev/dataplane-mode: ambient}",
         f"apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: {NAMESPACE}}}\n"
