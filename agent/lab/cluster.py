@@ -115,6 +115,12 @@ def wait_apiserver(state: LabState, dirs: LabDirs) -> None:
         raise LabError(f"{exc}; its log ends:\n{pods.tail(rec.log)}") from exc
 
 
+def running(state: LabState, kind: str) -> bool:
+    """Whether the control-plane process of `kind` (kubelet, apiserver) is alive."""
+    rec = state.processes.get(f"{kind}/{kind}")
+    return rec is not None and net.alive(rec.pid, rec.starttime)
+
+
 def stop(state: LabState | None, kinds: tuple[str, ...] = ("kubelet", "apiserver")) -> None:
     """Stop the control-plane processes that live outside the lab's namespaces (TERM, then
     KILL after a grace period), kubelet first so it builds nothing more."""

@@ -274,6 +274,7 @@ class Lab:
     def apply(self, documents: Sequence[Document]) -> list[str]:
         """Create or change objects on a running lab, through its API. Returns kubectl-style
         lines once the new pods run; a pod that cannot run is deleted again and named."""
+        self.ensure_kubelet()
         with self._locked():
             state = self.load()
             for doc in documents:
@@ -293,6 +294,7 @@ class Lab:
                 self._save(state)
 
     def delete(self, kind: str, name: str, namespace: str = "default") -> list[str]:
+        self.ensure_kubelet()
         with self._locked():
             state = self.load()
             self._refresh(state)
@@ -958,9 +960,25 @@ class Lab:
     # ------------------------------------------------------------ the API server
 
     def kubeconfig(self) -> str:
-        """The path of the admin kubeconfig for kubectl on this machine."""
-        self.load()
+        """The path of the admin kubeconfig for kubectl on this machine (and the lab's
+        kubelet running, so that what kubectl creates runs)."""
+        self.ensure_kubelet()
         return access.kubeconfig_path(self.dirs)
+
+    def ensure_kubelet(self) -> bool:
+        """Start the lab's kubelet again if its process is gone (it keeps the API server
+        running; `lab` commands keep it): True if it had to."""
+        pods.reap()
+        if cluster.running(self.load(), "kubelet"):
+            return False
+        with self._locked():
+            state = self.load()
+            if cluster.running(state, "kubelet"):
+                return False
+            log.warning("the lab's kubelet is gone; starting it again")
+            cluster.spawn(state, self.dirs, "kubelet", cluster.kubelet_argv(self.name, self.root))
+            self._save(state)
+            return True
 
     def stop_apiserver(self, *, kill: bool = False) -> None:
         """Stop the API server (SIGTERM, or SIGKILL for a crash); the kubelet restarts it."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import textwrap
 import time
@@ -301,3 +302,42 @@ def _try_get(lab: Lab, *args: str) -> dict | None:
         check=False,
     )
     return json.loads(res.stdout) if res.returncode == 0 else None
+
+
+def test_a_killed_kubelet_is_started_again_by_the_next_lab_command(lab: Lab) -> None:
+    (rec,) = [p for p in lab.status()["processes"] if p["kind"] == "kubelet"]
+    os.kill(rec["pid"], signal.SIGKILL)
+    wait_until(lambda: not os.path.exists(f"/proc/{rec['pid']}/stat") or _zombie(rec["pid"]),
+               10, "the kubelet to die")  # fmt: skip
+    lab.kubeconfig()  # what a user runs before kubectl
+    (again,) = [p for p in lab.status()["processes"] if p["kind"] == "kubelet"]
+    assert again["pid"] != rec["pid"]
+    kubectl(
+        lab,
+        "run",
+        "after",
+        "-n",
+        "shop",
+        "--image=none",
+        "--restart=Never",
+        "--command",
+        "--",
+        "sleep",
+        "infinity",
+    )
+    wait_until(
+        lambda: (
+            (_try_get(lab, "pod", "-n", "shop", "after") or {}).get("status", {}).get("phase")
+            == "Running"
+        ),
+        30,
+        "the pod made after the restart to run",
+    )
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
