@@ -550,7 +550,7 @@ def test_bad_dry_run_annotation_and_unknown_api_version():
 # ---------------------------------------------------------------- slipstream policy check
 
 
-CHECK_OBJECTS = """
+WEB_AND_DB = """
 apiVersion: v1
 kind: Pod
 metadata: {name: web-1, namespace: shop}
@@ -562,7 +562,11 @@ kind: Pod
 metadata: {name: db, namespace: shop, labels: {app: db}}
 spec: {containers: [{name: c, command: [x]}]}
 status: {podIP: 10.244.2.9}
----
+"""
+
+CHECK_OBJECTS = (
+    WEB_AND_DB
+    + """---
 apiVersion: slipstream.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: {name: db-from-web, namespace: shop}
@@ -577,6 +581,7 @@ kind: AuthorizationPolicy
 metadata: {name: broken, namespace: shop}
 spec: {action: MAYBE, selector: {matchLabels: {app: cache}}}
 """
+)
 
 
 def test_policy_check_names_the_deciding_policy_and_rule(tmp_path):
@@ -728,19 +733,9 @@ def test_dry_run_annotations_that_disagree_are_refused():
     assert exc.value.field == "metadata.annotations" and "disagree" in exc.value.reason
 
 
-SAME_NAME_IN_BOTH_GROUPS = """
-apiVersion: v1
-kind: Pod
-metadata: {name: web-1, namespace: shop}
-spec: {serviceAccountName: web, containers: [{name: c, command: [x]}]}
-status: {podIP: 10.244.1.7}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: db, namespace: shop, labels: {app: db}}
-spec: {containers: [{name: c, command: [x]}]}
-status: {podIP: 10.244.2.9}
----
+SAME_NAME_IN_BOTH_GROUPS = (
+    WEB_AND_DB
+    + """---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: db, namespace: shop}
@@ -756,6 +751,7 @@ spec:
   selector: {matchLabels: {app: db}}
   rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/web]}}]}]
 """
+)
 
 
 @pytest.mark.parametrize("order", ["istio first", "ours first"])
