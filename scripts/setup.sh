@@ -25,7 +25,8 @@ fi
 PACKAGES="python3 python3-venv python3-dev python3-bpfcc bpfcc-tools libbpfcc
 linux-headers-amd64 iproute2 iptables tcpdump stunnel4 nginx redis-server
 haproxy wrk nghttp2-client iperf3 nodejs procps psmisc make gcc curl
-util-linux openjdk-17-jdk-headless libtomcat10-embed-java libjakarta-annotation-api-java"
+util-linux openjdk-17-jdk-headless libtomcat10-embed-java libjakarta-annotation-api-java
+containernetworking-plugins"
 # kubectl for the lab's kubectl tests and users: Debian 12's kubernetes-client (kubectl
 # 1.20) where no kubectl is present; a machine that has one (this project's images have
 # kubectl 1.32 from google-cloud-cli at /usr/bin/kubectl) keeps it.

@@ -32,6 +32,7 @@ from agent.state.enrollment import decide
 
 from .admin import AdminServer
 from .capture import EbpfCapture, IptablesCapture
+from .cni import CniPods, CniServer
 from .datapath.loader import Programs
 from .enroller import Capture, Enroller
 from .proxy.context import MeshContext
@@ -55,6 +56,9 @@ class AgentConfig:
     state_dir: str = "/run/slipstream/agent"
     """Where the agent remembers what it changed in pods, across restarts."""
     netns_dir: str = "/run/netns"
+    cni_socket: str = ""
+    """Where slipstream-cni reports new pod sandboxes (agent/node/cni.py); empty: no
+    endpoint (the lab, which is its own CNI, annotates pods instead)."""
     capture: str = "ebpf"
     cleanup: bool = False
     """On exit, remove capture from every pod (otherwise enrolled pods fail closed)."""
@@ -108,6 +112,7 @@ class Agent:
         self.mesh.certs = self.certs
         self.programs: Any = None
         self.enroller: Enroller | None = None
+        self.cni = CniPods() if config.cni_socket else None
 
     def _cert_manager(self) -> CertManager | None:
         c = self.config
@@ -178,6 +183,7 @@ class Agent:
             "trustDomain": self.config.trust_domain,
             "sources": [self.source.status()] if self.source else [],
             "workloads": [asdict(w) for w in self.enroller.workloads()] if self.enroller else [],
+            "cniSandboxes": self.cni.status() if self.cni is not None else [],
             "certificates": self.certs.status() if self.certs else [],
             "hbone": self.mesh.pool.status(),
             "hboneLimits": self.mesh.hbone.status(),
@@ -197,6 +203,8 @@ class Agent:
         }
         if self.certs is not None:
             parts["certificates"] = self.certs
+        if self.cni is not None:
+            parts["cni"] = CniServer(self.config.cni_socket, self.cni, self.enroller)
         if isinstance(self.source, KubeSource):
             enroller = self.enroller
             parts["capture-writeback"] = CaptureWriter(
@@ -223,6 +231,7 @@ class Agent:
             state_dir=self.config.state_dir,
             netns_dir=self.config.netns_dir,
             cleanup=self.config.cleanup,
+            cni=self.cni,
         )
         await serve(self.components(), deadline=self.config.drain_deadline)
         log.info("agent stopped", extra={"node": self.config.node})

@@ -57,6 +57,13 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         help="pods' network namespaces must live here (default %(default)s)",
     )
     p.add_argument(
+        "--cni-socket",
+        default="",
+        metavar="PATH",
+        help="serve slipstream-cni on this UNIX socket (a node's: /var/run/slipstream/cni.sock;"
+        " default: none, pods' namespaces come from their slipstream.dev/netns annotation)",
+    )
+    p.add_argument(
         "--capture",
         choices=["ebpf", "iptables"],
         default="ebpf",
@@ -130,6 +137,7 @@ def _run_agent(args: argparse.Namespace) -> int:
             ready_addr=parse_address(args.ready, "0.0.0.0", listen=True),
             state_dir=args.state_dir,
             netns_dir=args.netns_dir,
+            cni_socket=args.cni_socket,
             capture=args.capture,
             cleanup=args.cleanup,
             ca=args.ca,

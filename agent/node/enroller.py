@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from agent.common import netns
@@ -40,6 +40,7 @@ from agent.state.enrollment import (
 from agent.state.objects import ObjectKey
 
 from .capture import Binding
+from .cni import CniPods
 from .proxy.pod import PodProxy, PodRef
 
 log = logging.getLogger("agent.enroll")
@@ -86,6 +87,7 @@ class Enroller:
         state_dir: str,
         netns_dir: str = netns.NETNS_RUN_DIR,
         cleanup: bool = False,
+        cni: CniPods | None = None,
     ) -> None:
         self.node = node
         self.store = store
@@ -100,6 +102,12 @@ class Enroller:
         self.reconciled_version = -1
         """Store version of the last completed reconcile (readiness waits for the synced one)."""
         self._swept = False
+        self.cni = cni
+        """Sandboxes slipstream-cni reported: a pod's namespace and address before the API
+        shows them (agent/node/cni.py)."""
+        self.passes_started = 0
+        self.passes_done = 0
+        self.passed = asyncio.Event()
 
     # ------------------------------------------------------------ component
 
@@ -124,11 +132,15 @@ class Enroller:
             asyncio.ensure_future(self.store.wait_for_version(version)),
             asyncio.ensure_future(drain.wait()),
         }
+        if self.cni is not None:
+            waiters.add(asyncio.ensure_future(self.cni.changed.wait()))
         try:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waiters:
                 w.cancel()
+            if self.cni is not None:
+                self.cni.changed.clear()
 
     async def _stop(self) -> None:
         for key in list(self.active):
@@ -143,11 +155,41 @@ class Enroller:
 
     # ------------------------------------------------------------ reconcile
 
+    def status_of(self, key: ObjectKey) -> WorkloadStatus | None:
+        return self.status.get(key)
+
+    def retry_now(self, key: ObjectKey) -> None:
+        """A new sandbox of the pod: try it at the next pass, whatever the backoff said."""
+        self._failures.pop(key, None)
+
     async def reconcile(self) -> None:
+        self.passes_started += 1
+        number = self.passes_started
+        try:
+            await self._reconcile()
+        finally:
+            self.passes_done = number
+            self.passed.set()
+
+    def _with_sandbox(self, pod: Pod) -> Pod:
+        """The pod with what slipstream-cni told of it filled in where the API has nothing
+        yet (its address, its namespace path); the API's own values win."""
+        sandbox = self.cni.get(pod.key) if self.cni is not None else None
+        if sandbox is None or (pod.ip and _netns_of(pod)):
+            return pod
+        annotations = dict(pod.meta.annotations)
+        annotations.setdefault(ANNOTATION_NETNS, sandbox.netns)
+        return replace(
+            pod,
+            meta=pod.meta.model_copy(update={"annotations": annotations}),
+            status=pod.status.model_copy(update={"pod_ip": pod.ip or sandbox.ip}),
+        )
+
+    async def _reconcile(self) -> None:
         snap = self.store.snapshot
         desired: dict[ObjectKey, Pod] = {}
         seen = set()
-        for pod in snap.pods_on_node(self.node):
+        for pod in map(self._with_sandbox, snap.pods_on_node(self.node)):
             key = pod.key
             seen.add(key)
             decision = decide(pod, snap.namespace(pod.meta.namespace))

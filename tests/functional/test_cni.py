@@ -1,0 +1,275 @@
+"""slipstream-cni chained after the reference CNI plugins (Debian's containernetworking-plugins:
+bridge with host-local), run as a container runtime runs a conflist, against a real agent.
+
+The primary plugins run inside a "node" network namespace (their bridge lives there, never
+in the machine's), the pod gets its own; the agent (file source, iptables capture) serves
+the CNI socket. ADD returns only once the agent has enrolled the pod (or decided it is
+not in the mesh), prevResult unchanged; the agent down fails the ADD closed with code 11
+naming the socket; DEL forgets the sandbox (and succeeds with the agent down); CHECK and
+VERSION answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from agent.cni import plugin as cni_plugin
+from agent.node.datapath.iptables import CHAIN
+from tests.functional.test_agent_process import free_port, get
+
+CNI_BIN = Path("/usr/lib/cni")
+PLUGIN = Path(cni_plugin.__file__)
+
+pytestmark = pytest.mark.skipif(
+    not (CNI_BIN / "bridge").exists() and not os.environ.get("SLIPSTREAM_REQUIRE_LAB"),
+    reason="the reference CNI plugins are missing: run `make setup`",
+)
+
+OBJECTS = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {slipstream.dev/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop}
+spec: {nodeName: n1, containers: [{name: c, image: web}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: legacy, namespace: plain}
+spec: {nodeName: n1, containers: [{name: c, image: legacy}]}
+"""
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def node(tmp_path):
+    """A node namespace and a conflist: bridge + host-local, then slipstream-cni."""
+    tag = secrets.token_hex(3)
+    names = {"node": f"sscni_{tag}_node"}
+    ip("netns", "add", names["node"])
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": "lab",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "cni0",
+                "isGateway": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": "10.250.0.0/24"}]],
+                    "dataDir": str(tmp_path / "ipam"),
+                },
+            },
+            {"type": "slipstream-cni", "socket": str(tmp_path / "cni.sock"), "timeout": 20},
+        ],
+    }
+    made: list[str] = []
+
+    def pod_netns(name: str) -> str:
+        ns = f"sscni_{tag}_{name}"
+        ip("netns", "add", ns)
+        made.append(ns)
+        return f"/run/netns/{ns}"
+
+    try:
+        yield names["node"], conf, pod_netns, tmp_path
+    finally:
+        for ns in [*made, names["node"]]:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def plugin_run(node_ns: str, path: Path, command: str, conf: dict, env: dict) -> tuple[int, dict]:
+    proc = subprocess.run(
+        ["ip", "netns", "exec", node_ns, str(path)],
+        input=json.dumps(conf),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command,
+             "CNI_PATH": str(CNI_BIN), **env},
+    )  # fmt: skip
+    out = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    return proc.returncode, out
+
+
+def chain(node_ns: str, conflist: dict, command: str, env: dict) -> tuple[int, dict]:
+    """The conflist as libcni runs it: each plugin with the previous one's result (ADD,
+    CHECK), or in reverse order (DEL)."""
+    plugins = conflist["plugins"]
+    prev: dict | None = None
+    order = reversed(plugins) if command == "DEL" else plugins
+    for p in order:
+        conf = {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **p}
+        if prev is not None and command != "DEL":
+            conf["prevResult"] = prev
+        path = PLUGIN if p["type"] == "slipstream-cni" else CNI_BIN / p["type"]
+        rc, out = plugin_run(node_ns, path, command, conf, env)
+        if rc != 0:
+            return rc, out
+        if command == "ADD":
+            prev = out
+        elif command == "CHECK" and prev is None:
+            prev = env.get("_prev")  # CHECK carries the ADD's result
+    return 0, prev or {}
+
+
+def pod_env(netns: str, ns: str, name: str) -> dict:
+    return {
+        "CNI_CONTAINERID": secrets.token_hex(8),
+        "CNI_NETNS": netns,
+        "CNI_IFNAME": "eth0",
+        "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}",
+    }
+
+
+@pytest.fixture
+def agent(node):
+    tmp = node[3]
+    (tmp / "objects").mkdir()
+    (tmp / "objects" / "objects.yaml").write_text(OBJECTS)
+    admin, ready = free_port(), free_port()
+    log = open(tmp / "agent.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "agent", "--node", "n1",
+         "--source", f"file:{tmp / 'objects'}", "--admin", f"127.0.0.1:{admin}",
+         "--ready", f"127.0.0.1:{ready}", "--state-dir", str(tmp / "state"),
+         "--capture", "iptables", "--cni-socket", str(tmp / "cni.sock"), "--cleanup"],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (tmp / "cni.sock").exists() or _status(ready) != 200:
+        assert proc.poll() is None, (tmp / "agent.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, (tmp / "agent.log").read_text()[-3000:]
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{admin}"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def _status(port: int) -> int:
+    try:
+        return get(f"http://127.0.0.1:{port}/healthz/ready")[0]
+    except OSError:
+        return 0
+
+
+def rules(netns: str) -> str:
+    return subprocess.run(
+        ["ip", "netns", "exec", os.path.basename(netns), "iptables-save"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def workload(admin: str, ns: str, name: str) -> dict:
+    with urllib.request.urlopen(f"{admin}/config_dump", timeout=10) as r:
+        dump = json.load(r)
+    return next((w for w in dump["workloads"] if (w["namespace"], w["name"]) == (ns, name)), {})
+
+
+def test_add_returns_once_the_pod_is_enrolled_and_passes_the_result_through(node, agent):
+    node_ns, conf, pod_netns, _ = node
+    netns = pod_netns("web")
+    env = pod_env(netns, "shop", "web")
+    # As the runtime runs the conflist: the bridge plugin, then ours with its result.
+    bridge = {"cniVersion": "1.0.0", "name": "lab", **conf["plugins"][0]}
+    rc, primary = plugin_run(node_ns, CNI_BIN / "bridge", "ADD", bridge, env)
+    assert rc == 0, primary
+    ours = {"cniVersion": "1.0.0", "name": "lab", **conf["plugins"][1], "prevResult": primary}
+    rc, result = plugin_run(node_ns, PLUGIN, "ADD", ours, env)
+    assert rc == 0, result
+    assert result == primary, "what the runtime gets is the primary's result, untouched"
+    pod_ip = result["ips"][0]["address"].split("/")[0]
+    # Decided before ADD returned: no waiting here.
+    w = workload(agent, "shop", "web")
+    assert (w["state"], w["ip"], w["netns"]) == ("enrolled", pod_ip, netns), w
+    assert CHAIN in rules(netns), "capture is in the pod's namespace before ADD returned"
+    # CHECK agrees; VERSION answers.
+    rc, out = plugin_run(node_ns, PLUGIN, "CHECK", ours, env)
+    assert rc == 0, out
+    rc, out = plugin_run(node_ns, PLUGIN, "VERSION", {"cniVersion": "1.0.0"}, {})
+    assert rc == 0 and "1.0.0" in out["supportedVersions"]
+    # DEL: the agent forgets the sandbox, and the pod, no longer placed, is not enrolled.
+    rc, out = chain(node_ns, conf, "DEL", env)
+    assert rc == 0, out
+    deadline = time.monotonic() + 20
+    while workload(agent, "shop", "web").get("state") == "enrolled":
+        assert time.monotonic() < deadline, workload(agent, "shop", "web")
+        time.sleep(0.05)
+    assert CHAIN not in rules(netns), "and its capture removed (the agent runs with --cleanup)"
+
+
+def test_a_pod_outside_the_mesh_is_let_through_with_the_reason(node, agent):
+    node_ns, conf, pod_netns, _ = node
+    rc, result = chain(node_ns, conf, "ADD", pod_env(pod_netns("legacy"), "plain", "legacy"))
+    assert rc == 0, result
+    w = workload(agent, "plain", "legacy")
+    assert w["state"] == "not-enrolled" and "namespace" in w["reason"], w
+
+
+def test_a_pod_the_agent_does_not_know_waits(node, agent):
+    """Not (yet) in the agent's view of the cluster: no decision, so the ADD fails and the
+    runtime tries again later; the pod never runs uncaptured."""
+    node_ns, conf, pod_netns, _ = node
+    conf = {**conf, "plugins": [conf["plugins"][0], {**conf["plugins"][1], "timeout": 3}]}
+    env = pod_env(pod_netns("ghost"), "shop", "ghost")
+    rc, out = chain(node_ns, conf, "ADD", env)
+    assert rc != 0 and out["code"] in (11, 100), out
+    assert "ghost" in out["msg"] or "not" in out["msg"], out
+
+
+def test_add_with_the_agent_down_fails_closed_naming_why(node):
+    node_ns, conf, pod_netns, tmp = node
+    env = pod_env(pod_netns("web"), "shop", "web")
+    rc, out = chain(node_ns, conf, "ADD", env)
+    assert rc != 0
+    assert out["code"] == 11, out  # "try again later": the kubelet retries
+    assert str(tmp / "cni.sock") in out["msg"] and "not reachable" in out["msg"], out
+    # DEL of what never was, agent down: success (a DEL must not fail for what is gone).
+    rc, out = chain(node_ns, conf, "DEL", env)
+    assert rc == 0, out
+
+
+def test_bad_invocations_name_what_is_wrong(node, agent):
+    node_ns, conf, pod_netns, _ = node
+    ours = {**conf["plugins"][1], "cniVersion": "1.0.0", "name": "lab"}
+    netns = pod_netns("web")
+    cases = [
+        (ours, pod_env(netns, "shop", "web"), 7, "prevResult"),  # not chained
+        ({**ours, "prevResult": {}}, {**pod_env(netns, "shop", "web"), "CNI_ARGS": ""}, 4,
+         "K8S_POD_NAME"),
+        ({**ours, "cniVersion": "9.9.9", "prevResult": {}}, pod_env(netns, "shop", "web"), 1,
+         "9.9.9"),
+    ]  # fmt: skip
+    for conf_, env, code, word in cases:
+        rc, out = plugin_run(node_ns, PLUGIN, "ADD", conf_, env)
+        assert rc != 0 and out["code"] == code and word in out["msg"], out
+    proc = subprocess.run(
+        [str(PLUGIN)], input="{not json", capture_output=True, text=True,
+        env={"CNI_COMMAND": "ADD", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert proc.returncode != 0 and json.loads(proc.stdout)["code"] == 6
