@@ -14,6 +14,7 @@ import sys
 from importlib.metadata import entry_points
 
 from agent.ca import cli as ca_cli
+from agent.cni import cli as cni_cli
 from agent.common import log as logsetup
 from agent.common.errors import SlipstreamError
 from agent.lab import apps, demo
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parents = [common_options()]
     node_cli.register(sub, parents)
     ca_cli.register(sub, parents)
+    cni_cli.register(sub, parents)
     lab_cli.register(sub, parents)
     policy_check.register(sub, parents)
     demo.register(sub, parents)

@@ -28,3 +28,7 @@ MESH_PORTS = range(15000, 15022)
 """Ports the mesh reserves in a pod (the agent listens on 15001, 15006 and 15008 there; as in
 Istio, 15000-15021 are not for apps). HBONE never carries a connection to them: it would
 only reach the agent itself."""
+
+CNI_SOCKET = "/var/run/slipstream/cni.sock"
+"""Where a node's agent serves slipstream-cni (agent/node/cni.py). The plugin, which runs
+alone on the host, spells it again as its default (a unit test keeps them equal)."""

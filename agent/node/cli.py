@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from agent.common.constants import ADMIN_PORT, DEFAULT_TRUST_DOMAIN, READY_PORT
+from agent.common.constants import ADMIN_PORT, CNI_SOCKET, DEFAULT_TRUST_DOMAIN, READY_PORT
 from agent.common.errors import SlipstreamError
 from agent.common.units import parse_address, parse_duration, parse_timedelta
 from agent.hbone.limits import Limits, PeerLimits
@@ -60,8 +60,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         "--cni-socket",
         default="",
         metavar="PATH",
-        help="serve slipstream-cni on this UNIX socket (a node's: /var/run/slipstream/cni.sock;"
-        " default: none, pods' namespaces come from their slipstream.dev/netns annotation)",
+        help=f"serve slipstream-cni on this UNIX socket (a node's: {CNI_SOCKET}; default: none,"
+        " pods' namespaces come from their slipstream.dev/netns annotation)",
     )
     p.add_argument(
         "--capture",

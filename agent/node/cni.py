@@ -35,7 +35,6 @@ from agent.state.objects import ObjectKey
 
 log = logging.getLogger("agent.cni")
 
-DEFAULT_SOCKET = "/var/run/slipstream/cni.sock"
 DECIDE_TIMEOUT = 25.0
 """How long ADD waits for a decision (the plugin's own default timeout is 30 s)."""
 MAX_BODY = 64 * 1024

@@ -111,9 +111,11 @@ def plugin_run(node_ns: str, path: Path, command: str, conf: dict, env: dict) ->
     return proc.returncode, out
 
 
-def chain(node_ns: str, conflist: dict, command: str, env: dict) -> tuple[int, dict]:
-    """The conflist as libcni runs it: each plugin with the previous one's result (ADD,
-    CHECK), or in reverse order (DEL)."""
+def chain(
+    node_ns: str, conflist: dict, command: str, env: dict, bin_dirs: tuple[Path, ...] = ()
+) -> tuple[int, dict]:
+    """The conflist as libcni runs it: each plugin, found by its type in the bin
+    directories, with the previous one's result (ADD, CHECK), or in reverse order (DEL)."""
     plugins = conflist["plugins"]
     prev: dict | None = None
     order = reversed(plugins) if command == "DEL" else plugins
@@ -121,7 +123,10 @@ def chain(node_ns: str, conflist: dict, command: str, env: dict) -> tuple[int, d
         conf = {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **p}
         if prev is not None and command != "DEL":
             conf["prevResult"] = prev
-        path = PLUGIN if p["type"] == "slipstream-cni" else CNI_BIN / p["type"]
+        found = [d / p["type"] for d in bin_dirs if (d / p["type"]).exists()]
+        path = (
+            found[0] if found else PLUGIN if p["type"] == "slipstream-cni" else CNI_BIN / p["type"]
+        )
         rc, out = plugin_run(node_ns, path, command, conf, env)
         if rc != 0:
             return rc, out
@@ -273,3 +278,35 @@ def test_bad_invocations_name_what_is_wrong(node, agent):
         env={"CNI_COMMAND": "ADD", "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert proc.returncode != 0 and json.loads(proc.stdout)["code"] == 6
+
+
+def test_the_install_step_chains_it_so_the_runtime_enrolls_the_pod(node, agent):
+    """`slipstream cni install --once` into a node's directories holding the primary's conflist;
+    the runtime then runs what it finds there (the installed plugin included)."""
+    node_ns, conf, pod_netns, tmp = node
+    bin_dir, conf_dir = tmp / "opt-cni-bin", tmp / "etc-cni-net.d"
+    conf_dir.mkdir()
+    primary = {**conf, "plugins": conf["plugins"][:1]}
+    original = json.dumps(primary, indent=4).encode()
+    (conf_dir / "10-lab.conflist").write_bytes(original)
+    run = subprocess.run(
+        [sys.executable, "-m", "agent", "cni", "install", "--once", "--cni-bin-dir", str(bin_dir),
+         "--cni-conf-dir", str(conf_dir), "--state-dir", str(tmp / "cni-state"),
+         "--socket", str(tmp / "cni.sock"), "--timeout", "20"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0 and "chained into 10-lab.conflist" in run.stdout, run.stderr
+    installed = json.loads((conf_dir / "10-lab.conflist").read_text())
+    env = pod_env(pod_netns("web"), "shop", "web")
+    rc, result = chain(node_ns, installed, "ADD", env, (bin_dir, CNI_BIN))
+    assert rc == 0, result
+    assert workload(agent, "shop", "web")["state"] == "enrolled"
+    assert chain(node_ns, installed, "DEL", env, (bin_dir, CNI_BIN))[0] == 0
+    run = subprocess.run(
+        [sys.executable, "-m", "agent", "cni", "uninstall", "--cni-bin-dir", str(bin_dir),
+         "--cni-conf-dir", str(conf_dir), "--state-dir", str(tmp / "cni-state")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert (conf_dir / "10-lab.conflist").read_bytes() == original
+    assert not (bin_dir / "slipstream-cni").exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.cni import plugin
+from agent.common.constants import CNI_SOCKET
 from agent.node.cni import CniPods, CniRequest, Sandbox, answer
 from agent.state.enrollment import ENROLLED, FAILED, NOT_ENROLLED, PENDING, WorkloadStatus
 from agent.state.objects import ObjectKey
@@ -26,6 +27,7 @@ def test_the_plugin_is_python_3_8_of_the_standard_library_only():
             imported.add(node.module.split(".")[0])
     assert imported <= sys.stdlib_module_names, imported - sys.stdlib_module_names
     assert SOURCE.startswith("#!/usr/bin/env python3\n")
+    assert plugin.DEFAULT_SOCKET == CNI_SOCKET, "the plugin's default is the agent's socket"
 
 
 ENV = {
