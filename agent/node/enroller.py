@@ -39,6 +39,7 @@ from agent.state.enrollment import (
 )
 from agent.state.objects import ObjectKey
 
+from . import procscan
 from .capture import Binding
 from .cni import CniPods
 from .proxy.pod import PodProxy, PodRef
@@ -291,6 +292,8 @@ class Enroller:
         finally:
             active.ns.close()
             self._forget(active.pod)
+            if os.path.basename(path).startswith(procscan.ATTACHED_PREFIX):
+                procscan.detach(self.netns_dir, os.path.basename(path))
         log.info("pod unenrolled", extra={"pod": f"{key.namespace}/{key.name}", "reason": reason})
 
     async def _sweep(self, pod: Pod) -> None:
@@ -326,6 +329,8 @@ class Enroller:
         path = pod.meta.annotations.get(ANNOTATION_NETNS)
         if not pod.ip:
             raise NotYet("the pod has no IP yet")
+        if not path and self.cni is not None:
+            return self._found_in_proc(pod)
         if not path:
             raise NotYet(
                 f"the pod's network namespace is not known (no {ANNOTATION_NETNS} annotation)"
@@ -336,6 +341,23 @@ class Enroller:
                 f"{ANNOTATION_NETNS}={path} is outside the namespace directory {self.netns_dir}"
             )
         return real
+
+    def _found_in_proc(self, pod: Pod) -> str:
+        """A pod from before slipstream-cni was installed: its namespace found by its
+        address among the host's processes (agent/node/procscan.py)."""
+        name = procscan.attached_name(pod.meta.namespace, pod.meta.name)
+        path = os.path.join(self.netns_dir, name)
+        if os.path.exists(path):
+            return path
+        if self.netns_dir != os.path.realpath(netns.NETNS_RUN_DIR):
+            raise NotYet(f"no sandbox reported by slipstream-cni, and {self.netns_dir} is not"
+                         f" where `ip netns attach` names a namespace found in /proc")  # fmt: skip
+        pid = procscan.pick(pod.ip, procscan.scan(netns.own_inode()))
+        if pid is None:
+            raise NotYet(f"no sandbox reported by slipstream-cni, and no network namespace on"
+                         f" this node holds {pod.ip}")  # fmt: skip
+        log.info("found a pod's namespace in /proc", extra={"pod": str(pod.key), "pid": pid})
+        return procscan.attach(self.netns_dir, name, pid)
 
     # ------------------------------------------------ what we changed, kept across restarts
 

@@ -310,3 +310,32 @@ def test_the_install_step_chains_it_so_the_runtime_enrolls_the_pod(node, agent):
     assert run.returncode == 0, run.stderr
     assert (conf_dir / "10-lab.conflist").read_bytes() == original
     assert not (bin_dir / "slipstream-cni").exists()
+
+
+def test_a_pod_from_before_the_install_is_found_by_its_address(node, agent):
+    """No ADD ever reached the agent for it and it has no annotation: the agent finds the
+    namespace holding its address among the host's processes, and enrolls it."""
+    _, _, pod_netns, tmp = node
+    netns, peer = pod_netns("old"), pod_netns("old-peer")
+    ip("link", "add", "o0", "netns", os.path.basename(netns), "type", "veth", "peer", "name", "o1",
+       "netns", os.path.basename(peer))  # fmt: skip
+    ip("-n", os.path.basename(netns), "addr", "add", "10.250.9.9/24", "dev", "o0")
+    ip("-n", os.path.basename(netns), "link", "set", "o0", "up")
+    holder = subprocess.Popen(["ip", "netns", "exec", os.path.basename(netns), "sleep", "120"])
+    try:
+        (tmp / "objects" / "old.yaml").write_text(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: old, namespace: shop}\n"
+            "spec: {nodeName: n1, containers: [{name: c, image: old}]}\n"
+            "status: {podIP: 10.250.9.9, phase: Running}\n"
+        )
+        deadline = time.monotonic() + 30
+        while workload(agent, "shop", "old").get("state") != "enrolled":
+            assert time.monotonic() < deadline, workload(agent, "shop", "old")
+            time.sleep(0.1)
+        w = workload(agent, "shop", "old")
+        assert w["netns"] == "/run/netns/slipstream-found-shop.old", w
+        assert CHAIN in rules(w["netns"]), "captured in the namespace that holds its address"
+        assert os.stat(w["netns"]).st_ino == os.stat(netns).st_ino
+    finally:
+        holder.kill()
+        holder.wait()
