@@ -39,6 +39,9 @@ def decide(pod: Pod, namespace: Namespace | None) -> EnrollmentDecision:
         return EnrollmentDecision(False, f"pod opted out ({LABEL_DATAPLANE}: none)")
     if pod.phase in TERMINATED_PHASES:
         return EnrollmentDecision(False, f"pod is {pod.phase}")
+    if pod.spec.host_network:
+        # As Istio: the node's own namespace is not a pod's to capture.
+        return EnrollmentDecision(False, "pod uses the node's network (hostNetwork)")
     if pod_mode == "ambient":
         return EnrollmentDecision(True, f"pod labelled {LABEL_DATAPLANE}: ambient")
     if namespace is not None and namespace.meta.labels.get(LABEL_DATAPLANE) == "ambient":

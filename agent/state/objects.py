@@ -190,6 +190,7 @@ class PodSpec(_Read):
     service_account: Str = ""
     """The deprecated spelling of serviceAccountName, read where that is empty."""
     restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
+    host_network: TrueFalse = False
 
     @field_validator("containers")
     @classmethod

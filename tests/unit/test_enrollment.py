@@ -52,3 +52,26 @@ def test_containers_that_can_remove_capture_are_named(security, named):
 )
 def test_ordinary_containers_carry_no_warning(security):
     assert capture_warning(pod(security)) == ""
+
+
+def test_a_host_network_pod_is_never_enrolled():
+    """Its namespace is the node's (the agent's own): not a pod's to capture, as in Istio."""
+    from agent.state.enrollment import decide
+
+    ns = parse_object(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": {"slipstream.dev/dataplane-mode": "ambient"}},
+        }
+    )
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "shop"},
+        "spec": {"hostNetwork": True, "containers": [{"name": "c", "image": "x"}]},
+    }
+    d = decide(parse_object(body), ns)
+    assert not d.enroll and "hostNetwork" in d.reason
+    body["spec"]["hostNetwork"] = False
+    assert decide(parse_object(body), ns).enroll
