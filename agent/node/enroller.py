@@ -225,6 +225,20 @@ class Enroller:
             if failure and failure[0] > time.monotonic():
                 continue
             await self._enroll(pod)
+        if self.cni is not None:
+            self._let_go_of_found()
+
+    def _let_go_of_found(self) -> None:
+        """Names given to namespaces found in /proc whose pod is no longer enrolled here
+        (deleted while the agent was down, say): removed, so they keep nothing alive."""
+        held = {os.path.basename(a.ns.path) for a in self.active.values()}
+        try:
+            names = os.listdir(self.netns_dir)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(procscan.ATTACHED_PREFIX) and name not in held:
+                procscan.detach(self.netns_dir, name)
 
     async def _enroll(self, pod: Pod) -> None:
         key = pod.key

@@ -322,7 +322,9 @@ def test_a_pod_from_before_the_install_is_found_by_its_address(node, agent):
     ip("-n", os.path.basename(netns), "addr", "add", "10.250.9.9/24", "dev", "o0")
     ip("-n", os.path.basename(netns), "link", "set", "o0", "up")
     holder = subprocess.Popen(["ip", "netns", "exec", os.path.basename(netns), "sleep", "120"])
+    stale = "slipstream-found-shop.gone"  # as if its pod was deleted while the agent was down
     try:
+        ip("netns", "attach", stale, str(holder.pid))
         (tmp / "objects" / "old.yaml").write_text(
             "apiVersion: v1\nkind: Pod\nmetadata: {name: old, namespace: shop}\n"
             "spec: {nodeName: n1, containers: [{name: c, image: old}]}\n"
@@ -336,6 +338,8 @@ def test_a_pod_from_before_the_install_is_found_by_its_address(node, agent):
         assert w["netns"] == "/run/netns/slipstream-found-shop.old", w
         assert CHAIN in rules(w["netns"]), "captured in the namespace that holds its address"
         assert os.stat(w["netns"]).st_ino == os.stat(netns).st_ino
+        assert not os.path.exists(f"/run/netns/{stale}"), "a name no enrolled pod uses is let go"
     finally:
+        subprocess.run(["ip", "netns", "delete", stale], capture_output=True, check=False)
         holder.kill()
         holder.wait()
