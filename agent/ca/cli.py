@@ -110,12 +110,14 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     )
     p.set_defaults(func=cmd_serve)
 
-    p = cmds.add_parser("roots", parents=parents, help="list, add, activate or retire roots")
+    p = cmds.add_parser("roots", parents=parents, help="make, list, add, activate or retire roots")
     p.add_argument(
         "action",
-        choices=["list", "add", "activate", "retire"],
-        help="add a new root (trusted, not yet signing), activate it (signs from now on), "
-        "retire an old one (no longer trusted)",
+        choices=["init", "list", "add", "activate", "retire", "bundle"],
+        help="init makes the first root (active) in an empty directory, as `ca serve` does on"
+        " its first start (for a Secret, see deploy/README.md); add a new root (trusted, not"
+        " yet signing), activate it (signs from now on), retire an old one (no longer"
+        " trusted); bundle prints the trust bundle (every trusted root's certificate)",
     )
     p.add_argument("id", nargs="?", help="the root, for activate and retire")
     p.add_argument("--root-dir", required=True, help="the CA's --root-dir")
@@ -225,7 +227,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_roots(args: argparse.Namespace) -> int:
     roots = RootStore(args.root_dir)
+    if args.action == "init":
+        if os.path.exists(os.path.join(args.root_dir, "roots.json")):
+            raise SlipstreamError(f"{args.root_dir} already holds roots (see `ca roots list`)")
+        roots.load(create=True)
     roots.load(create=False)
+    if args.action == "bundle":
+        print(roots.bundle_pem(), end="")
+        return 0
     if args.action in ("activate", "retire") and not args.id:
         raise SlipstreamError(f"`ca roots {args.action}` needs the root id (see `ca roots list`)")
     if args.action == "add":

@@ -4,7 +4,7 @@ The machine's admin (the user's kubectl, `lab` commands, the lab's kubelet) uses
 admin kubeconfig on 127.0.0.1. The components (CA, agents, mesh-client pods) reach
 the server at its in-cluster address (172.30.0.250:6443) with a token of their own
 service account, got by TokenRequest as a kubelet gets a projected token: the CA and
-agents as slipstream-system/slipstream-{ca,agent} (deploy/rbac.yaml, which the lab
+agents as slipstream-system/slipstream-{ca,agent} (deploy/base/rbac.yaml, which the lab
 loads, says what they may do), a mesh-client pod as its own service account, bound
 to the pod so that it dies with it. Where the components read the cluster from
 (`spec.mesh.source` of the Lab: the API, or the manifest directory the lab writes
@@ -28,7 +28,7 @@ from .model import LabDirs, LabState
 
 API_PORT = 6443
 SYSTEM_NAMESPACE = "slipstream-system"
-RBAC = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "rbac.yaml")
+RBAC = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "base", "rbac.yaml")
 """The components' service accounts and roles: the install's own file."""
 TOKEN_TTL = 365 * 24 * 3600
 """Components' tokens live as long as a lab may (no kubelet here rotates them)."""

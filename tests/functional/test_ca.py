@@ -156,3 +156,26 @@ def test_root_rotation_is_staged(ca):
     roots(ca, "retire", old_id)
     cert, bundle = after_reload(lambda c, b: len(load_certs(b)) == 1)
     assert load_certs(bundle)[0].subject != old_root.subject
+
+
+def test_roots_init_makes_the_first_root_once_and_bundle_prints_the_trust(tmp_path):
+    """What a Kubernetes install does before `kubectl apply -k deploy/` (deploy/README.md)."""
+    import subprocess
+    import sys
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    def ca(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "agent", "ca", "roots", *args,
+                               "--root-dir", str(tmp_path / "roots")],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    first = ca("init")
+    assert first.returncode == 0 and " active " in first.stdout, first.stderr
+    again = ca("init")
+    assert again.returncode != 0 and "already holds roots" in again.stderr
+    bundle = ca("bundle")
+    (cert,) = x509.load_pem_x509_certificates(bundle.stdout.encode())
+    rid = first.stdout.split()[0]
+    assert (tmp_path / "roots" / f"{rid}.crt").read_bytes() == cert.public_bytes(Encoding.PEM)
