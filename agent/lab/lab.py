@@ -47,7 +47,6 @@ from agent.state.objects import (
     Pod,
     Resource,
     Service,
-    canonical_kind,
     parse_object,
 )
 from agent.state.store import Snapshot
@@ -294,24 +293,43 @@ class Lab:
                 self._save(state)
 
     def delete(self, kind: str, name: str, namespace: str = "default") -> list[str]:
+        """Delete an object through the API. `kind` as kubectl takes it; a kind two groups
+        serve (AuthorizationPolicy: Istio's and ours) is the one that holds `name`, or
+        named with its group (`authorizationpolicy.slipstream.dev`) when both do."""
         self.ensure_kubelet()
         with self._locked():
             state = self.load()
             self._refresh(state)
             key = ObjectKey.parse(kind, name, namespace)
-            body = state.manifests.get(str(key))
-            if body is None:
-                raise LabError(f"{key} not found in lab {self.name!r}")
             if key.kind == "Namespace" and key.name in IMPLICIT_NAMESPACES:
                 raise LabError(f"namespace {key.name!r} is built in and cannot be deleted")
+            rt = self._holder(key, "." in kind)
             doomed = [key]
             if key.kind == "Namespace":
                 doomed = [k for k in state.object_keys() if k.namespace == key.name] + [key]
-            rt = self.api().type_of(str(body.get("apiVersion", "v1")), key.kind)
             self.api().delete(rt, key.name, key.namespace or None)
             self._sync(state)
             self._save(state)
             return [f"{k.kind.lower()}/{k.name} deleted" for k in doomed]
+
+    def _holder(self, key: ObjectKey, group_given: bool) -> ResourceType:
+        """The resource (one per group, whatever its versions) that holds the object."""
+        api = self.api()
+        found: dict[str, ResourceType] = {}
+        for (api_version, kind), rt in api.types().items():
+            group = api_version.rpartition("/")[0]
+            if kind != key.kind or group in found:
+                continue
+            if group_given and ObjectKey.parse(kind, "x", "x", api_version).group != key.group:
+                continue
+            if api.get(rt, key.name, key.namespace or None) is not None:
+                found[group] = rt
+        if not found:
+            raise LabError(f"{key} not found in lab {self.name!r}")
+        if len(found) > 1:
+            names = " or ".join(f"{key.kind.lower()}.{g}" for g in sorted(found))
+            raise LabError(f"{key.kind} {key.name} exists in {len(found)} groups: say {names}")
+        return next(iter(found.values()))
 
     # ------------------------------------------------------------ validation
 
@@ -906,9 +924,12 @@ class Lab:
         return pods.status(rec)
 
     def get(self, kind: str, namespace: str | None = "default") -> list[dict[str, Any]]:
-        """Objects of a kind as the API holds them (pods with the status the lab wrote)."""
+        """Objects of a kind as the API holds them (pods with the status the lab wrote);
+        `authorizationpolicy.slipstream.dev` names one group's."""
+        kind_given = kind
         state = self.load()
-        kind = canonical_kind(kind)
+        want = ObjectKey.parse(kind, "x")
+        kind = want.kind
         if kind == "Endpoints":
             self._refresh(state)
             return [
@@ -916,7 +937,15 @@ class Lab:
                 for e in endpoints_objects(self._snapshot(state))
                 if namespace is None or e["metadata"]["namespace"] == namespace
             ]
-        types = [rt for (_, k), rt in self.api().types().items() if k == kind]
+        types = [
+            rt
+            for (api_version, k), rt in self.api().types().items()
+            if k == kind
+            and (
+                "." not in kind_given
+                or ObjectKey.parse(k, "x", "x", api_version).group == want.group
+            )
+        ]
         if not types:
             raise LabError(f"the lab's API server serves no kind {kind!r}")
         rt = types[0]

@@ -226,3 +226,19 @@ def test_a_bad_policy_leaves_the_previous_enforcement_in_place(lab):
     assert allowed(lab, "web") and not allowed(lab, "api"), "the last good policy still rules"
     policies = {p["name"]: p for p in config_dump(lab, "n2")["authorizationPolicies"]}
     assert policies["mesh/db-from-web"]["action"] == "ALLOW"
+
+
+def test_istios_policy_and_ours_of_one_name_are_both_enforced_and_deleted_apart(lab):
+    """Two objects to the API server, so two policies on the agents (an ALLOW of ours must not
+    hide Istio's DENY); `lab delete` asks which one when both exist."""
+    deny = json.loads(policy("db", "DENY", [WEB]))
+    deny["apiVersion"] = "security.istio.io/v1"
+    apply(lab, json.dumps(deny), policy("db", "ALLOW", [WEB, API]))
+    wait_until(lambda: not allowed(lab, "web"), 15, "Istio's DENY beside our ALLOW")
+    assert allowed(lab, "api")
+    with pytest.raises(LabError, match=r"exists in 2 groups: say authorizationpolicy\."):
+        lab.delete("AuthorizationPolicy", "db", "mesh")
+    lab.delete("authorizationpolicy.security.istio.io", "db", "mesh")
+    wait_until(lambda: allowed(lab, "web"), 15, "the DENY gone, our ALLOW still there")
+    lab.delete("AuthorizationPolicy", "db", "mesh")  # one left: no need to say which
+    assert lab.get("authorizationpolicy.slipstream.dev", "mesh") == []

@@ -300,9 +300,14 @@ def test_agent_stopped_with_cleanup_leaves_nothing_in_its_pods(lab):
         lambda: workload(lab, "n1", "mesh", "client").get("state") == "enrolled", 15, "enrolled"
     )
     lab.stop_agent("n1")
+    with open(lab.agent_log_path("n1")) as f:
+        log_tail = f.read()[-4000:]
     for name in ("client", "near"):
         view = netns_view(lab, name, "mesh")
-        assert view["eth0_egress"] == view["eth0_ingress"] == view["lo_ingress"] == "", name
+        assert view["eth0_egress"] == view["eth0_ingress"] == view["lo_ingress"] == "", (
+            name,
+            log_tail,
+        )
         assert (
             "clsact" not in view["qdiscs"]
             and "0x53a" not in view["rules"]
