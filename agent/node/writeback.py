@@ -153,6 +153,9 @@ class CaptureWriter:
     async def run(self, drain: asyncio.Event) -> None:
         while not drain.is_set():
             if self.store.synced:
-                await self.sync()
+                try:
+                    await self.sync()
+                except Exception:  # the write-back must never stop the agent (or its drain)
+                    log.exception("capture write-back failed; will retry")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(drain.wait(), self.interval)

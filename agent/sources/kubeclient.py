@@ -137,6 +137,7 @@ class KubeClient:
             )
         self._api = ApiClient(cfg)
         self._api.user_agent = user_agent
+        self._closed = False
 
     @classmethod
     async def open(
@@ -166,6 +167,8 @@ class KubeClient:
         timeout: aiohttp.ClientTimeout | float | None = None,
     ) -> aiohttp.ClientResponse:
         """Send a request; the caller reads (and releases) the answer, whatever its status."""
+        if self._closed:
+            raise KubeError(f"{method} {path}: the client is closed (the component is stopping)")
         url = self.server + path
         try:
             return await self._api.rest_client.request(
@@ -207,6 +210,9 @@ class KubeClient:
         return decode_answer(resp.status, data, what)
 
     async def close(self) -> None:
+        """Shared by a component's parts: those still running get a KubeError, not the
+        HTTP session's own error for a closed session."""
+        self._closed = True
         await self._api.close()
 
 

@@ -450,3 +450,15 @@ async def test_in_cluster_credentials(api, tmp_path):
         await client.close()
     with pytest.raises(KubeError, match="no Kubernetes credentials"):
         await load_credentials(None, environ={}, service_account_dir=str(tmp_path / "none"))
+
+
+async def test_a_closed_client_answers_with_a_kube_error(api):
+    """Parts of a component share its client; one still running when another closed it gets
+    the error every caller handles, not the HTTP session's own."""
+    from agent.sources.kubeclient import KubeClient, KubeError
+
+    client = await KubeClient.open(api.kubeconfig)
+    assert (await client.call("GET", "/api/v1/namespaces"))["kind"] == "NamespaceList"
+    await client.close()
+    with pytest.raises(KubeError, match="the client is closed"):
+        await client.call("GET", "/api/v1/namespaces")

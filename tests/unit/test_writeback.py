@@ -48,3 +48,35 @@ def test_written_once_per_state_and_removed_when_out_of_the_mesh():
     # A restarted agent finds the annotation right: no patch, but one Event for the record.
     (w,) = plan("a", [pod("r", "a", FAILED)], [status("r", FAILED)], {})
     assert (w.state, w.event) == (FAILED, True)
+
+
+def test_a_failing_write_back_never_stops_the_agent():
+    """Anything a write raises (here what a closed HTTP session raises while the agent
+    drains) is logged; the loop goes on and ends with the drain, raising nothing, so the
+    agent's other parts (the enroller removing capture on --cleanup) are never cancelled."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from agent.node.writeback import CaptureWriter
+
+    calls = []
+
+    class Closed:
+        async def call(self, *args, **kwargs):
+            calls.append(args)
+            raise RuntimeError("Session is closed")
+
+    snap = SimpleNamespace(pods_on_node=lambda node: (pod("mine", "a"),))
+    store = SimpleNamespace(synced=True, snapshot=snap)
+    writer = CaptureWriter("a", store, Closed(), lambda: [status("mine", PENDING)], 0.01)
+
+    async def main() -> None:
+        drain = asyncio.Event()
+        task = asyncio.create_task(writer.run(drain))
+        while len(calls) < 2:
+            await asyncio.sleep(0.01)
+        drain.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
+    assert len(calls) >= 2, "it kept trying"
