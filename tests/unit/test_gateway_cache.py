@@ -13,12 +13,11 @@ from typing import Any
 
 import pytest
 
-from gateway.config import parse_config
-from gateway.http.head import HeadRules, read_head
 from gateway.http.message import Headers, Response
 from gateway.plugins.base import Context, Shared
 from gateway.plugins.cache import freshness
 from gateway.runtime import build_plugins
+from tests.unit.gwunit import head, one_route
 
 NOW = 1_800_000_000.0
 """A wall-clock time for Date and Expires."""
@@ -135,19 +134,7 @@ class Clock:
 
 
 def cache(config: dict[str, Any] | None = None) -> tuple[Any, Clock]:
-    cfg = parse_config(
-        {
-            "listeners": [{"name": "web", "address": "127.0.0.1:8080"}],
-            "backends": [{"name": "b", "endpoints": ["http://127.0.0.1:9"]}],
-            "routes": [
-                {
-                    "name": "r",
-                    "backendRefs": [{"name": "b"}],
-                    "plugins": [{"name": "cache", "config": config or {}}],
-                }
-            ],
-        }
-    )
+    cfg = one_route({"name": "cache", "config": config or {}})
     plugin = build_plugins(cfg.routes[0].plugins, Shared(), "route:r")["cache"]
     clock = Clock()
     plugin.clock = clock
@@ -165,16 +152,7 @@ async def ask(
     On a miss the upstream `answer` (default: 200, max-age=100) goes through the response
     hook and the body taps, as the pipeline sends it."""
     fields = [(b"host", b"example.test"), *((n.encode(), v.encode()) for n, v in headers)]
-    req = read_head(
-        "GET",
-        "1.1",
-        target.encode(),
-        fields,
-        scheme="http",
-        rules=HeadRules(),
-        max_headers=100,
-        max_body=1000,
-    ).request
+    req = head(fields, target=target.encode()).request
     ctx = Context(req, "r")
     hit = await plugin.request(ctx)
     if hit is not None:

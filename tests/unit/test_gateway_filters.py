@@ -15,10 +15,11 @@ from agent.common.errors import FieldError
 from gateway.config import parse_config
 from gateway.filters import modify_headers, new_path, redirect
 from gateway.http.errors import HttpError
-from gateway.http.head import HeadRules, read_head
+from gateway.http.head import HeadRules
 from gateway.http.message import Headers, Request
 from gateway.http.uri import PathRules
 from gateway.routing import Candidate, Router
+from tests.unit.gwunit import head
 
 
 def config(filters: list[dict[str, Any]], matches: list[dict[str, Any]] | None = None) -> Any:
@@ -43,15 +44,8 @@ def request(
     scheme: str = "http",
     rules: HeadRules | None = None,
 ) -> Request:
-    return read_head(
-        "GET",
-        "1.1",
-        target.encode(),
-        [(b"host", host.encode()), *headers],
-        scheme=scheme,
-        rules=rules or HeadRules(),
-        max_headers=100,
-        max_body=1000,
+    return head(
+        [(b"host", host.encode()), *headers], target=target.encode(), scheme=scheme, rules=rules
     ).request
 
 

@@ -5,30 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gateway.http.errors import HttpError
-from gateway.http.head import HeadRules, read_head
+from gateway.http.head import HeadRules
 from gateway.http.uri import PathRules
-
-
-def head(
-    fields: list[tuple[bytes, bytes]],
-    *,
-    method: str = "GET",
-    version: str = "1.1",
-    target: bytes = b"/",
-    scheme: str = "http",
-    rules: HeadRules | None = None,
-):
-    return read_head(
-        method,
-        version,
-        target,
-        fields,
-        scheme=scheme,
-        rules=rules or HeadRules(),
-        max_headers=100,
-        max_body=1000,
-    )
-
+from tests.unit.gwunit import head
 
 H = [(b"host", b"example.test")]
 

@@ -18,10 +18,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwcrypto import jwk, jws
 
-from gateway.config import parse_config
 from gateway.plugins.base import Shared
 from gateway.plugins.jwt import TokenError, parse_jwks
 from gateway.runtime import build_plugins
+from tests.unit.gwunit import one_route
 
 
 def public(key: jwk.JWK, **extra: Any) -> dict[str, Any]:
@@ -125,27 +125,15 @@ def write(path: Path, *keys: dict[str, Any]) -> None:
 
 
 async def plugin(path: Path, algorithms: list[str]) -> Any:
-    cfg = parse_config(
+    cfg = one_route(
         {
-            "listeners": [{"name": "web", "address": "127.0.0.1:8080"}],
-            "backends": [{"name": "b", "endpoints": ["http://127.0.0.1:9"]}],
-            "routes": [
-                {
-                    "name": "r",
-                    "backendRefs": [{"name": "b"}],
-                    "plugins": [
-                        {
-                            "name": "jwt",
-                            "config": {
-                                "jwksFile": str(path),
-                                "algorithms": algorithms,
-                                "minRefreshInterval": "1h",
-                                "refreshInterval": "1h",
-                            },
-                        }
-                    ],
-                }
-            ],
+            "name": "jwt",
+            "config": {
+                "jwksFile": str(path),
+                "algorithms": algorithms,
+                "minRefreshInterval": "1h",
+                "refreshInterval": "1h",
+            },
         }
     )
     p = build_plugins(cfg.routes[0].plugins, Shared(), "route:r")["jwt"]

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from gateway.config import parse_config
-from gateway.http.head import HeadRules, read_head
 from gateway.routing import ROUTE_CACHE_SIZE, Router
+from tests.unit.gwunit import head
 
 
 def router(*routes: dict[str, Any]) -> Router:
@@ -41,17 +41,7 @@ def routed(
     """`route#rule` of the chosen match, or None for a 404."""
     # (names lower-cased, as both engines hand them to read_head)
     fields = [(b"host", host.encode()), *((n.lower().encode(), v.encode()) for n, v in headers)]
-    head = read_head(
-        method,
-        "1.1",
-        target.encode(),
-        fields,
-        scheme="http",
-        rules=HeadRules(),
-        max_headers=100,
-        max_body=1000,
-    )
-    found = r.route(head.request)
+    found = r.route(head(fields, method=method, target=target.encode()).request)
     return None if found is None else f"{found.route.name}#{found.rule}"
 
 
