@@ -583,19 +583,13 @@ class Lab:
 
     def _refresh(self, state: LabState) -> None:
         """Read every synced kind from the API into the lab's cache (`state.manifests`)."""
-        api = self.api()
         objs: dict[str, dict[str, Any]] = {}
-        for api_version, kind in followed(state.spec):
-            rt = api.types().get((api_version, kind))
-            if rt is None:
-                continue
-            items, _ = api.list(rt)
-            for body in items:
-                meta = body.get("metadata") or {}
-                key = ObjectKey.parse(
-                    kind, meta.get("name", ""), meta.get("namespace") or "default", api_version
-                )
-                objs[str(key)] = body
+        for api_version, kind, body in self._listed(followed(state.spec)):
+            meta = body.get("metadata") or {}
+            key = ObjectKey.parse(
+                kind, meta.get("name", ""), meta.get("namespace") or "default", api_version
+            )
+            objs[str(key)] = body
         state.manifests = objs
         state.live = {
             str(ObjectKey("Pod", rec.namespace, rec.name)): self._live(state, rec)
@@ -958,19 +952,25 @@ class Lab:
     def documents(self) -> list[Document]:
         """Every object the components read, as the API holds it, one document each
         (`policy check` reads a lab this way)."""
-        api = self.api()
         out = []
-        for api_version, kind in SYNCED:
-            rt = api.types().get((api_version, kind))
-            if rt is None:
-                continue
-            items, _ = api.list(rt)
-            for body in items:
-                body = {"apiVersion": api_version, "kind": kind, **body}
-                meta = body.get("metadata") or {}
-                where = f"{kind} {meta.get('namespace') or ''}/{meta.get('name', '')}"
-                out.append(Document(where.replace(" /", " "), 1, 1, body))
+        for api_version, kind, body in self._listed(SYNCED):
+            body = {"apiVersion": api_version, "kind": kind, **body}
+            meta = body.get("metadata") or {}
+            where = f"{kind} {meta.get('namespace') or ''}/{meta.get('name', '')}"
+            out.append(Document(where.replace(" /", " "), 1, 1, body))
         return out
+
+    def _listed(
+        self, kinds: Sequence[tuple[str, str]]
+    ) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """(apiVersion, kind, object) of every object of `kinds` the API serves (a kind whose
+        CRD is not registered is skipped)."""
+        api = self.api()
+        for api_version, kind in kinds:
+            rt = api.types().get((api_version, kind))
+            if rt is not None:
+                for body in api.list(rt)[0]:
+                    yield api_version, kind, body
 
     def _snapshot(self, state: LabState) -> Snapshot:
         """The lab's objects as the agents' store sees them (same endpoint rules)."""
