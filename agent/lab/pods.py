@@ -42,6 +42,16 @@ CREDENTIAL_ID = "credential-id"
 WRITABLE = ("/tmp", "/var/tmp")
 """The machine's directories a pod may write (scratch space; everything else of the
 machine's filesystem is read-only in a pod)."""
+
+
+def code_paths() -> list[str]:
+    """What the lab's components run: the Slipstream checkout or install, its environment and
+    the interpreter's. Read-only in every pod even where it lies under a WRITABLE directory (a
+    clone under /tmp): a pod must never write the code the agents run."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return sorted({os.path.realpath(p) for p in (here, sys.prefix, sys.base_prefix)})
+
+
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Children this process started; polled so they never linger as zombies in a
@@ -118,6 +128,7 @@ def create_sandbox(state: LabState, dirs: LabDirs, lab: str, pod: Pod) -> PodRec
             "hide": os.path.dirname(dirs.dir),
             "show": _shown(state, dirs, rec) if extra else [],
             "writable": list(WRITABLE),
+            "protect": code_paths(),
         },
         "containers": [
             _container_spec(rec, c, fields, extra, raw, f"spec.containers[{i}]")

@@ -15,7 +15,8 @@ container's capabilities; README: "What the lab isolates"):
 - their own PID namespace: no other pod's processes, no agent, no CA to signal, trace or
   read through /proc; their own IPC and UTS namespaces and network namespace;
 - the machine's files read-only, except /tmp and /var/tmp (scratch the tests share with
-  pods, mounted nodev); a fresh /proc (with /proc/sys read-only but for the network
+  pods, mounted nodev), and within those the Slipstream code the lab runs stays read-only
+  (a checkout under /tmp); a fresh /proc (with /proc/sys read-only but for the network
   namespace's own net/), a read-only /sys, a /dev of a few character devices (no disks)
   with a new devpts and a private shm; their /etc/hosts (read-only);
 - the lab's directory (node credentials, the CA's keys, other pods' files) replaced by an
@@ -262,10 +263,23 @@ def isolate(spec: dict[str, Any]) -> None:
     for w in writable:
         _bind(w, w)
         _mount(None, w, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV)
+    # ...but never the code the lab runs, wherever it was cloned.
+    protected = [
+        p
+        for p in sandbox.get("protect", [])
+        if os.path.isdir(p) and any(p == w or p.startswith(w + "/") for w in writable)
+    ]
+    for p in protected:
+        _bind(p, p, MS_REC)
+        _read_only(p)
     # Everything else of the machine's read-only.
     ours = ("/proc", "/sys", "/dev", hide)
     for point in _mount_points():
-        if point in writable or any(point == o or point.startswith(o + "/") for o in ours):
+        if (
+            point in writable
+            or point in protected
+            or any(point == o or point.startswith(o + "/") for o in ours)
+        ):
             continue
         if not os.statvfs(point).f_flag & MS_RDONLY:
             _read_only(point)

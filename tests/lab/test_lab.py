@@ -441,3 +441,56 @@ def test_containers_get_a_containers_capabilities_and_see_only_their_pod(make_la
     assert "mtu-set" in netadmin and "mtu-set" not in plain
     # A PID namespace of the pod's own: the supervisor is its pid 1, pids count from there.
     assert plain["init"] == "python" and int(plain["maxpid"]) < 20, plain
+
+
+def test_code_the_lab_runs_stays_read_only_under_a_writable_directory(tmp_path):
+    """A checkout under /tmp: pods may write /tmp, never the Slipstream code in it. Runs the
+    pod supervisor itself on a spec whose protected code lies in a scratch directory."""
+    from agent.lab.pods import WRITABLE, code_paths
+
+    assert str(tmp_path).startswith("/tmp/")
+    code, scratch, pod = tmp_path / "code", tmp_path / "scratch", tmp_path / "pod"
+    for d in (code, scratch, pod):
+        d.mkdir()
+    (pod / "hosts").write_text("127.0.0.1 localhost\n")
+    probe = (
+        f"touch {code}/x 2>/dev/null && echo code=written || echo code=refused; "
+        f"touch {scratch}/y 2>/dev/null && echo scratch=written || echo scratch=refused"
+    )
+    spec = {
+        "pod": "t/probe",
+        "hostname": "probe",
+        "hosts": str(pod / "hosts"),
+        "restartPolicy": "Never",
+        "sandbox": {
+            "hide": str(tmp_path / "hidden"),
+            "show": [],
+            "writable": list(WRITABLE),
+            "protect": [*code_paths(), str(code)],
+        },
+        "containers": [
+            {
+                "name": "c",
+                "argv": ["sh", "-c", probe],
+                "env": {"PATH": "/usr/bin:/bin"},
+                "log": str(pod / "c.log"),
+                "capabilities": [],
+            }
+        ],
+    }
+    (tmp_path / "hidden").mkdir()
+    (pod / "spec.json").write_text(json.dumps(spec))
+    ns = f"t-sbx-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "agent.lab.supervisor", str(pod)],
+            check=True,
+            timeout=30,
+        )
+        wait_until(lambda: "scratch=" in (pod / "c.log").read_text(), 10, "the probe")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    out = (pod / "c.log").read_text()
+    assert "code=refused" in out and "scratch=written" in out, out
+    assert not (code / "x").exists() and (scratch / "y").exists()
