@@ -273,13 +273,10 @@ def isolate(spec: dict[str, Any]) -> None:
         _bind(p, p, MS_REC)
         _read_only(p)
     # Everything else of the machine's read-only.
-    ours = ("/proc", "/sys", "/dev", hide)
+    # (Mounts below a writable directory are out of reach: its bind above carried none.)
+    ours = ("/proc", "/sys", "/dev", hide, *writable)
     for point in _mount_points():
-        if (
-            point in writable
-            or point in protected
-            or any(point == o or point.startswith(o + "/") for o in ours)
-        ):
+        if point in protected or any(point == o or point.startswith(o + "/") for o in ours):
             continue
         if not os.statvfs(point).f_flag & MS_RDONLY:
             _read_only(point)
