@@ -51,7 +51,7 @@ from agent.state.objects import (
 )
 from agent.state.store import Snapshot
 
-from . import access, cluster, mesh, model, net, pods
+from . import access, cluster, cnirun, mesh, model, net, pods
 from .errors import LabError
 from .kubeapi import KubeApiError, KubeClient, ResourceType
 from .model import LabSpec, LabState, NodeRecord, PodRecord
@@ -90,6 +90,10 @@ def followed(spec: LabSpec) -> tuple[tuple[str, str], ...]:
 NOT_FOR_COMPONENTS = ("Service default/kubernetes",)
 """The API server's own Service has no selector: the file source could give it no endpoints."""
 FAILED_REASON = "LabCannotRun"
+SANDBOX_FAILED_REASON = "FailedCreatePodSandBox"
+SANDBOX_RETRY_FIRST = 1.0
+SANDBOX_RETRY_MAX = 10.0
+"""The kubelet's retry of a pod whose CNI ADD failed: doubling from 1 s up to 10 s."""
 
 
 def _now_iso() -> str:
@@ -119,6 +123,8 @@ class Lab:
         self._api: KubeClient | None = None
         self._status_written: dict[str, dict[str, Any]] = {}
         """Pod status last written through the API by this process, by "namespace/name"."""
+        self._sandbox_retry: dict[str, tuple[float, float]] = {}
+        """Pods whose sandbox the CNI chain refused: when to try again, and the delay."""
 
     def api(self) -> KubeClient:
         """The lab's client of its API server (admin)."""
@@ -207,6 +213,12 @@ class Lab:
                 net.build_bridge(self.name)
                 for node in state.nodes.values():
                     net.build_node(self.name, node, state.nodes.values())
+                    if spec.pod_network == "cni":
+                        cnirun.install_primary(
+                            cnirun.NodeCni.under(self.dirs.cni(node.name), node.netns),
+                            node.pod_cidr,
+                            model.pod_gateway(node.index),
+                        )
                 net.build_control_plane(self.name, state.nodes.values())
                 cluster.start_apiserver(state, self.dirs)
                 self._save(state)
@@ -223,6 +235,9 @@ class Lab:
                     self._save(state)
                     for node in state.nodes.values():
                         mesh.wait_agent_ready(state, node)
+                        if spec.pod_network == "cni":
+                            mesh.start_cni_install(state, self.dirs, node)
+                    self._save(state)
                 cluster.spawn(
                     state, self.dirs, "kubelet", cluster.kubelet_argv(self.name, self.root)
                 )
@@ -575,7 +590,7 @@ class Lab:
             if not self.exists():
                 raise LabError(f"lab {self.name!r} is down")
             state = self.load()
-            if full:
+            if full or self.sandbox_retry_due():
                 self._sync(state)
                 self._save(state)
             else:
@@ -597,13 +612,15 @@ class Lab:
         }
 
     def _live(self, state: LabState, rec: PodRecord) -> dict[str, Any]:
-        return {
+        live = {
             "nodeName": rec.node,
             "podIP": rec.ip,
             "hostIP": state.nodes[rec.node].ip,
             "phase": self.pod_status(rec)["phase"],
-            "netns": os.path.join(net.netns.NETNS_RUN_DIR, rec.netns),
         }
+        if state.spec.pod_network != "cni":  # with a CNI chain, the agent hears it from there
+            live["netns"] = os.path.join(net.netns.NETNS_RUN_DIR, rec.netns)
+        return live
 
     def _sync(self, state: LabState) -> None:
         """Make the lab match its API: stop pods that are gone, schedule and run new ones,
@@ -631,11 +648,19 @@ class Lab:
                 continue  # another node's pod: its kubelet's to run, as on a cluster
             if (body.get("status") or {}).get("phase") in ("Failed", "Succeeded"):
                 continue  # what the lab could not run is not tried again
+            if self._sandbox_retry.get(key, (0.0, 0.0))[0] > time.monotonic():
+                continue
             try:
                 rec, pod = self._create_pod(state, api, pod_rt, body)
+            except cnirun.CniError as exc:
+                # No sandbox yet: the pod waits, and the kubelet tries again (a real one
+                # reports FailedCreatePodSandBox and backs off the same way).
+                self._sandbox_failed(api, pod_rt, key, str(exc))
+                continue
             except SlipstreamError as exc:
                 self._fail(state, api, pod_rt, key, str(exc))
                 continue
+            self._sandbox_retry.pop(key, None)
             created.append((rec, pod))
         self._write_objects(state)
         pods.write_all_hosts(state)
@@ -688,16 +713,21 @@ class Lab:
                     "target": {"apiVersion": "v1", "kind": "Node", "name": node},
                 },
             )
-            pod = parse_object(api.get(pod_rt, name, ns))
+            body = api.get(pod_rt, name, ns)
+            pod = parse_object(body)
             assert isinstance(pod, Pod)
-        rec = pods.create_sandbox(state, self.dirs, self.name, pod)
-        rec.uid = str(meta.get("uid", ""))
-        netns_path = os.path.join(net.netns.NETNS_RUN_DIR, rec.netns)
-        # The agent learns the pod's network namespace from this annotation (the lab is
-        # the CNI here); the lab sets it, whatever the manifest said.
-        stored = api.merge_patch(
-            pod_rt, name, ns, {"metadata": {"annotations": {ANNOTATION_NETNS: netns_path}}}
-        )
+        if state.spec.pod_network == "cni" and state.spec.source == "file":
+            # The agent decides a CNI ADD on the pod it reads: it must be there first.
+            state.manifests[str(pod.key)] = body
+            self._write_objects(state)
+        rec = pods.create_sandbox(state, self.dirs, self.name, pod, str(meta.get("uid", "")))
+        if state.spec.pod_network != "cni":
+            # The agent learns the pod's network namespace from this annotation (the lab
+            # is the CNI here); the lab sets it, whatever the manifest said.
+            netns_path = os.path.join(net.netns.NETNS_RUN_DIR, rec.netns)
+            api.merge_patch(
+                pod_rt, name, ns, {"metadata": {"annotations": {ANNOTATION_NETNS: netns_path}}}
+            )
         # Its address, as a kubelet reports once the CNI ran: before the containers
         # start, so that the node agent reading the API can enroll the pod first.
         stored = api.merge_patch(
@@ -707,6 +737,24 @@ class Lab:
         state.manifests[str(pod.key)] = stored
         state.live[str(pod.key)] = self._live(state, rec)
         return rec, pod
+
+    def _sandbox_failed(self, api: KubeClient, pod_rt: ResourceType, key: str, why: str) -> None:
+        _, delay = self._sandbox_retry.get(key, (0.0, SANDBOX_RETRY_FIRST / 2))
+        delay = min(delay * 2, SANDBOX_RETRY_MAX)
+        self._sandbox_retry[key] = (time.monotonic() + delay, delay)
+        log.warning("cannot create the pod's sandbox", extra={"pod": key, "reason": why})
+        ns, _, name = key.partition("/")
+        status = {
+            "phase": "Pending",
+            "reason": SANDBOX_FAILED_REASON,
+            "message": f"Failed to create pod sandbox: {why}",
+        }
+        with contextlib.suppress(KubeApiError):
+            api.merge_patch(pod_rt, name, ns, {"status": status}, sub="status")
+
+    def sandbox_retry_due(self) -> bool:
+        now = time.monotonic()
+        return any(at <= now for at, _ in self._sandbox_retry.values())
 
     def _fail(
         self, state: LabState, api: KubeClient, pod_rt: ResourceType, key: str, reason: str

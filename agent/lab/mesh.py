@@ -29,7 +29,7 @@ from agent.common import constants, netns
 from agent.common.errors import SlipstreamError
 from agent.state.enrollment import ENROLLED
 
-from . import access, model, net, pods
+from . import access, cnirun, model, net, pods
 from .errors import LabError
 from .model import LabDirs, LabState, NodeRecord, PodRecord, ProcessRecord
 
@@ -185,6 +185,7 @@ def agent_argv(
         spec.certificate_ttl,
         "--bundle-refresh",
         spec.bundle_refresh,
+        *(["--cni-socket", cni_socket(dirs, node.name)] if spec.pod_network == "cni" else []),
         *spec.agent_args,
         *extra,
     ]
@@ -201,6 +202,46 @@ def start_agent(
         agent_argv(state, dirs, node, extra),
         f"{dirs.logs}/agent-{node.name}.log",
     )
+
+
+def cni_socket(dirs: LabDirs, node: str) -> str:
+    return f"{dirs.cni(node)}/cni.sock"
+
+
+def cni_install_argv(dirs: LabDirs, node: str) -> list[str]:
+    """The DaemonSet's install step (deploy/base/agent.yaml, container cni-install), with the
+    lab node's directories for the host's."""
+    cni = cnirun.NodeCni.under(dirs.cni(node), "")
+    return [
+        sys.executable, "-m", "agent", "cni", "install",
+        "--cni-bin-dir", cni.bin_dir, "--cni-conf-dir", cni.conf_dir,
+        "--state-dir", f"{dirs.cni(node)}/install", "--socket", cni_socket(dirs, node),
+        "--log-format", "json",
+    ]  # fmt: skip
+
+
+def start_cni_install(state: LabState, dirs: LabDirs, node: NodeRecord) -> None:
+    """Run the install step on the node and wait until slipstream-cni is chained."""
+    _spawn(
+        state,
+        "cni-install",
+        node.name,
+        node.netns,
+        cni_install_argv(dirs, node.name),
+        f"{dirs.logs}/cni-install-{node.name}.log",
+    )
+    rec = state.processes[f"cni-install/{node.name}"]
+    conf_dir = cnirun.NodeCni.under(dirs.cni(node.name), "").conf_dir
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not cnirun.chained(conf_dir):
+        if not net.alive(rec.pid, rec.starttime):
+            raise LabError(f"the CNI install step exited during start:\n{pods.tail(rec.log)}")
+        if time.monotonic() > deadline:
+            raise LabError(
+                f"the CNI install step did not chain slipstream-cni on node {node.name} "
+                f"within {READY_TIMEOUT:.0f}s:\n{pods.tail(rec.log)}"
+            )
+        time.sleep(0.05)
 
 
 def agent_alive(state: LabState, node: str) -> bool:

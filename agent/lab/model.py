@@ -83,6 +83,11 @@ class LabSpec:
     (`kube`, as on a real cluster), or the manifest directory the lab writes from it
     (`file`, the small installs' source; tests that put objects past the API's
     validation use it)."""
+    pod_network: str = "lab"
+    """How pods get their network (`spec.podNetwork`): `lab`, veths the lab makes itself
+    and a `slipstream.dev/netns` annotation the agents read; or `cni`, the reference CNI
+    plugins as each node's primary CNI with slipstream-cni chained by the install step,
+    run as a container runtime runs them (agent/lab/cnirun.py)."""
 
 
 def _node_name(name: str) -> str:
@@ -123,6 +128,7 @@ class LabBody(Model):
 
     nodes: tuple[Annotated[Str, AfterValidator(_node_name)], ...]
     mesh: LabMesh = LabMesh.model_validate({})
+    pod_network: Literal["lab", "cni"] = "lab"
 
     @field_validator("nodes")
     @classmethod
@@ -153,6 +159,7 @@ def parse_lab_spec(body: Mapping[str, Any]) -> LabSpec:
         m.bundle_refresh,
         m.agent_args,
         m.source,
+        lab.pod_network,
     )
 
 
@@ -576,3 +583,8 @@ class LabDirs:
     def agent(self, node: str) -> str:
         """An agent's state directory and credentials."""
         return f"{self.dir}/agents/{node}"
+
+    def cni(self, node: str) -> str:
+        """A node's CNI directories (`podNetwork: cni`): bin, net.d, the IPAM's store, the
+        install step's state and the agent's CNI socket."""
+        return f"{self.dir}/cni/{node}"

@@ -13,6 +13,7 @@ reads).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -21,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from typing import Any
 
 from agent.ca import credentials
@@ -29,9 +31,9 @@ from agent.common import netns
 from agent.common.errors import SlipstreamError
 from agent.state.objects import Container, Pod
 
-from . import access, model, net
+from . import access, cnirun, model, net
 from .errors import LabError
-from .model import LabDirs, LabState, PodRecord
+from .model import LabDirs, LabState, NodeRecord, PodRecord
 
 log = logging.getLogger("agent.lab")
 
@@ -52,6 +54,8 @@ def code_paths() -> list[str]:
     return sorted({os.path.realpath(p) for p in (here, sys.prefix, sys.base_prefix)})
 
 
+CNI_RESULT = "cni.json"
+"""In a pod's directory: the CNI ADD's container ID and result, for DEL (libcni's cache)."""
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Children this process started; polled so they never linger as zombies in a
@@ -88,26 +92,31 @@ def pod_path() -> str:
     return f"{os.path.dirname(sys.executable)}:{SYSTEM_PATH}"
 
 
-def create_sandbox(state: LabState, dirs: LabDirs, lab: str, pod: Pod) -> PodRecord:
+def create_sandbox(state: LabState, dirs: LabDirs, lab: str, pod: Pod, uid: str = "") -> PodRecord:
     """Namespace, veth, address and the files the supervisor will need; no process yet."""
     node = state.nodes[pod.node_name] if pod.node_name else state.choose_node()
-    host = model.free_pod_host(state.used_pod_ips(), node.index)
-    if host is None:
-        raise LabError(f"node {node.name} has no free pod address left")
     ns, name = pod.meta.namespace, pod.meta.name
     rec = PodRecord(
         ns,
         name,
         node.name,
-        model.pod_ip(node.index, host),
+        "",
         model.pod_netns(lab, ns, name),
-        model.host_veth(ns, name),
+        "",
         os.path.join(dirs.pods, f"{ns}_{name}"),
         time.time(),
+        uid,
     )
-    state.pods[f"{ns}/{name}"] = rec
-    net.build_pod(node, rec)
-    os.makedirs(rec.dir, exist_ok=True)
+    if state.spec.pod_network == "cni":
+        _cni_add(state, dirs, node, rec)
+    else:
+        host = model.free_pod_host(state.used_pod_ips(), node.index)
+        if host is None:
+            raise LabError(f"node {node.name} has no free pod address left")
+        rec.ip, rec.veth = model.pod_ip(node.index, host), model.host_veth(ns, name)
+        state.pods[f"{ns}/{name}"] = rec
+        net.build_pod(node, rec)
+        os.makedirs(rec.dir, exist_ok=True)
     fields = {
         "metadata.name": name,
         "metadata.namespace": ns,
@@ -266,12 +275,58 @@ def wait_started(rec: PodRecord) -> None:
     )
 
 
+def _node_cni(dirs: LabDirs, node: NodeRecord) -> cnirun.NodeCni:
+    return cnirun.NodeCni.under(dirs.cni(node.name), node.netns)
+
+
+def _cni_pod(rec: PodRecord, container_id: str) -> cnirun.PodNetwork:
+    return cnirun.PodNetwork(
+        container_id, netns.path_of(rec.netns), rec.namespace, rec.name, rec.uid
+    )
+
+
+def _cni_add(state: LabState, dirs: LabDirs, node: NodeRecord, rec: PodRecord) -> None:
+    """The pod's network from the node's CNI chain, as a runtime makes a sandbox: the
+    namespace, then ADD through every plugin (slipstream-cni returns once the agent has
+    decided). A failed ADD leaves nothing behind (DEL, namespace removed)."""
+    os.makedirs(rec.dir, exist_ok=True)
+    net.add_netns(rec.netns)
+    container_id = uuid.uuid4().hex
+    try:
+        result = cnirun.add(_node_cni(dirs, node), _cni_pod(rec, container_id))
+        rec.ip, rec.veth = cnirun.pod_address(result), cnirun.host_interface(result)
+    except BaseException:
+        with contextlib.suppress(SlipstreamError):
+            cnirun.delete(_node_cni(dirs, node), _cni_pod(rec, container_id), None)
+        net.delete_netns(rec.netns)
+        shutil.rmtree(rec.dir, ignore_errors=True)
+        raise
+    with open(os.path.join(rec.dir, CNI_RESULT), "w") as f:
+        json.dump({"containerID": container_id, "result": result}, f)
+    state.pods[f"{rec.namespace}/{rec.name}"] = rec
+
+
+def _cni_del(dirs: LabDirs, node: NodeRecord, rec: PodRecord) -> None:
+    cached = read_json(os.path.join(rec.dir, CNI_RESULT))
+    if cached is None:
+        return
+    try:
+        cnirun.delete(_node_cni(dirs, node), _cni_pod(rec, cached["containerID"]), cached["result"])
+    except SlipstreamError as exc:
+        log.warning(
+            "CNI DEL failed", extra={"pod": f"{rec.namespace}/{rec.name}", "error": str(exc)}
+        )
+
+
 def remove(state: LabState, dirs: LabDirs, rec: PodRecord) -> None:
-    """Stop the pod's processes, revoke its credential, remove its namespace and veth."""
+    """Stop the pod's processes, revoke its credential, remove its namespace and veth (DEL
+    through the CNI chain first, with `podNetwork: cni`)."""
     net.kill_in([rec.netns])
     revoke_mesh_credentials(dirs, rec)
     reap()
     node = state.nodes.get(rec.node)
+    if node is not None and state.spec.pod_network == "cni":
+        _cni_del(dirs, node, rec)
     if node is not None:
         # Deleting the node's end takes the pod's end with it at once, even if
         # something still holds the pod's namespace open for a moment.
