@@ -1,9 +1,11 @@
 """The agent's HTTP endpoints: admin (localhost only), readiness, later metrics.
 
 Admin on 127.0.0.1:15000 serves `/config_dump` (the store and each
-component's view as JSON) and `/logging` (read or change log levels).
-Readiness on :15021 answers `/healthz/ready` with 200 once every source has
-synced and every component reports ready, 503 before.
+component's view as JSON), `/logging` (read or change log levels) and `/drain`
+(POST starts a drain before the agent is stopped, as the DaemonSet's preStop hook
+does with `slipstream drain`; GET tells how far it got). Readiness on :15021 answers
+`/healthz/ready` with 200 once every source has synced and every component reports
+ready, 503 before and while draining.
 """
 
 from __future__ import annotations
@@ -37,8 +39,11 @@ class AdminServer:
         admin_addr: tuple[str, int] = ("127.0.0.1", 15000),
         ready_addr: tuple[str, int] = ("0.0.0.0", 15021),
         detail: Callable[[], str] = lambda: "",
+        drain: Callable[[bool], dict[str, Any]] | None = None,
     ) -> None:
         self._config_dump = config_dump
+        self._drain = drain
+        """Starts the drain (True) or only reports it (False)."""
         self._ready = ready
         self._detail = detail
         """What is not synced or stale (one line each), said after ready / not ready."""
@@ -50,6 +55,9 @@ class AdminServer:
         app.router.add_get("/config_dump", self._handle_config_dump)
         app.router.add_get("/logging", self._handle_logging)
         app.router.add_post("/logging", self._handle_logging)
+        if self._drain is not None:
+            app.router.add_get("/drain", self._handle_drain)
+            app.router.add_post("/drain", self._handle_drain)
         return app
 
     def ready_app(self) -> web.Application:
@@ -76,6 +84,10 @@ class AdminServer:
             )
         root = logging.getLogger()
         return web.json_response({"level": logging.getLevelName(root.level).lower()})
+
+    async def _handle_drain(self, request: web.Request) -> web.Response:
+        assert self._drain is not None
+        return web.json_response(self._drain(request.method == "POST"))
 
     async def _handle_ready(self, request: web.Request) -> web.Response:
         detail = self._detail()

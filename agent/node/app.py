@@ -98,6 +98,7 @@ class Agent:
             admin_addr=config.admin_addr,
             ready_addr=config.ready_addr,
             detail=self._source_detail,
+            drain=self.drain,
         )
         self.mesh = MeshContext(
             config.node,
@@ -113,6 +114,8 @@ class Agent:
         self.programs: Any = None
         self.enroller: Enroller | None = None
         self.cni = CniPods() if config.cni_socket else None
+        self.draining = False
+        """Set by the preStop drain (`drain`); a stopping agent drains on SIGTERM anyway."""
 
     def _cert_manager(self) -> CertManager | None:
         c = self.config
@@ -165,11 +168,24 @@ class Agent:
         return self.source
 
     def _source_detail(self) -> str:
+        if self.draining:
+            return "draining: the agent is being stopped"
         return self.source.readiness() if isinstance(self.source, KubeSource) else ""
+
+    def drain(self, start: bool) -> dict[str, Any]:
+        """The preStop drain (`slipstream drain`): from now on unready, and a new pod's
+        CNI ADD is refused (it waits for the next agent, never starts uncaptured); the
+        pods enrolled keep their capture and connections. Says how many are still open."""
+        if start and not self.draining:
+            self.draining = True
+            log.info("drain started: new pods wait for the next agent")
+        proxies = self.enroller.proxies() if self.enroller is not None else []
+        return {"draining": self.draining, "connections": sum(p.connections for p in proxies)}
 
     def ready(self) -> bool:
         return (
-            self.store.synced
+            not self.draining
+            and self.store.synced
             and self.enroller is not None
             and self.enroller.reconciled_version >= self.store.synced_version
         )
@@ -204,7 +220,9 @@ class Agent:
         if self.certs is not None:
             parts["certificates"] = self.certs
         if self.cni is not None:
-            parts["cni"] = CniServer(self.config.cni_socket, self.cni, self.enroller)
+            parts["cni"] = CniServer(
+                self.config.cni_socket, self.cni, self.enroller, draining=lambda: self.draining
+            )
         if isinstance(self.source, KubeSource):
             enroller = self.enroller
             parts["capture-writeback"] = CaptureWriter(

@@ -1,8 +1,13 @@
-"""`slipstream agent`: run the node agent (registered by agent/cli.py)."""
+"""`slipstream agent`: run the node agent; `slipstream drain`: its preStop hook (registered
+by agent/cli.py)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict
 
 from agent.common.constants import ADMIN_PORT, CNI_SOCKET, DEFAULT_TRUST_DOMAIN, READY_PORT
@@ -124,6 +129,50 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         help="open inbound HBONE streams one peer identity may hold (default %(default)s)",
     )
     p.set_defaults(func=_run_agent)
+
+    d = sub.add_parser(
+        "drain",
+        parents=parents,
+        help="drain the node agent before it stops (the DaemonSet's preStop hook)",
+        description="Tell the node agent it is about to be stopped: it turns unready and refuses"
+        " new pods' CNI ADD (they wait for the next agent rather than start uncaptured), while"
+        " its pods keep their capture. Waits until the agent's proxied connections have"
+        " closed, or --wait has passed; never fails (a preStop hook must not hold the pod).",
+    )
+    d.add_argument(
+        "--admin",
+        default=f"127.0.0.1:{ADMIN_PORT}",
+        metavar="ADDR",
+        help="the agent's admin endpoint (default %(default)s)",
+    )
+    d.add_argument(
+        "--wait",
+        default="20s",
+        help="at most this long for open connections to close (default %(default)s; keep it"
+        " under terminationGracePeriodSeconds minus the agent's own drain)",
+    )
+    d.set_defaults(func=_drain)
+
+
+def _drain(args: argparse.Namespace) -> int:
+    host, port = parse_address(args.admin, "127.0.0.1")
+    url = f"http://{host}:{port}/drain"
+    deadline = time.monotonic() + parse_duration(args.wait)
+    method = "POST"
+    while True:
+        try:
+            req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+            with urllib.request.urlopen(req, timeout=5) as r:
+                status = json.load(r)
+        except (OSError, ValueError) as exc:
+            print(f"drain: the agent at {host}:{port} did not answer ({exc}); nothing to wait for")
+            return 0
+        method = "GET"
+        left = deadline - time.monotonic()
+        if status.get("connections", 0) == 0 or left <= 0:
+            print(f"drain: draining; {status.get('connections', 0)} connections still open")
+            return 0
+        time.sleep(min(0.5, left))
 
 
 def _run_agent(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -38,6 +39,9 @@ log = logging.getLogger("agent.cni")
 DECIDE_TIMEOUT = 25.0
 """How long ADD waits for a decision (the plugin's own default timeout is 30 s)."""
 MAX_BODY = 64 * 1024
+DRAINING = (
+    "the node agent is draining (being upgraded or removed): the pod waits for the next agent"
+)
 
 
 class CniRequest(Model):
@@ -134,9 +138,16 @@ class CniServer:
     """The socket (a runtime Component)."""
 
     def __init__(
-        self, path: str, pods: CniPods, enroller: Decider, *, timeout: float = DECIDE_TIMEOUT
+        self,
+        path: str,
+        pods: CniPods,
+        enroller: Decider,
+        *,
+        timeout: float = DECIDE_TIMEOUT,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self.path = path
+        self.draining = draining
         self.pods = pods
         self.enroller = enroller
         self.timeout = timeout
@@ -178,6 +189,8 @@ class CniServer:
         if not (req.pod_namespace and req.pod_name and req.netns):
             return _json(400, {"error": "podNamespace, podName and netns are required"})
         enroller = self.enroller
+        if req.command == "ADD" and self.draining():
+            return _json(503, {"error": DRAINING})
         if req.command == "ADD":
             self.pods.add(req.key, Sandbox(req.container_id, req.netns, req.ips))
             enroller.retry_now(req.key)

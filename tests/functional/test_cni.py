@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from agent.cni import plugin as cni_plugin
+from agent.lab import cnirun
 from agent.node.datapath.iptables import CHAIN
 from tests.functional.test_agent_process import free_port, get
 
@@ -83,6 +84,7 @@ def node(tmp_path):
         ],
     }
     made: list[str] = []
+    BIN_OF[names["node"]] = plugins_in(tmp_path / "bin")
 
     def pod_netns(name: str) -> str:
         ns = f"sscni_{tag}_{name}"
@@ -97,7 +99,12 @@ def node(tmp_path):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
-def plugin_run(node_ns: str, path: Path, command: str, conf: dict, env: dict) -> tuple[int, dict]:
+def plugin_run(
+    node_ns: str, path: Path, command: str, conf: dict, env: dict | cnirun.PodNetwork
+) -> tuple[int, dict]:
+    """One plugin by hand (its stdin and environment as given)."""
+    if isinstance(env, cnirun.PodNetwork):
+        env = env.env(command, str(CNI_BIN))
     proc = subprocess.run(
         ["ip", "netns", "exec", node_ns, str(path)],
         input=json.dumps(conf),
@@ -111,39 +118,35 @@ def plugin_run(node_ns: str, path: Path, command: str, conf: dict, env: dict) ->
     return proc.returncode, out
 
 
+BIN_OF: dict[str, Path] = {}
+"""Each test node's CNI bin directory, by its namespace."""
+
+
+def plugins_in(bin_dir: Path) -> Path:
+    """A node's CNI bin directory: the reference plugins, and slipstream-cni unless installed."""
+    bin_dir.mkdir(exist_ok=True)
+    for name in ("bridge", "host-local", "loopback"):
+        if not (bin_dir / name).exists():
+            (bin_dir / name).symlink_to(CNI_BIN / name)
+    if not (bin_dir / "slipstream-cni").exists():
+        (bin_dir / "slipstream-cni").symlink_to(PLUGIN)
+    return bin_dir
+
+
 def chain(
-    node_ns: str, conflist: dict, command: str, env: dict, bin_dirs: tuple[Path, ...] = ()
+    node_ns: str, conflist: dict, command: str, pod: cnirun.PodNetwork, bin_dir: Path | None = None
 ) -> tuple[int, dict]:
-    """The conflist as libcni runs it: each plugin, found by its type in the bin
-    directories, with the previous one's result (ADD, CHECK), or in reverse order (DEL)."""
-    plugins = conflist["plugins"]
-    prev: dict | None = None
-    order = reversed(plugins) if command == "DEL" else plugins
-    for p in order:
-        conf = {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **p}
-        if prev is not None and command != "DEL":
-            conf["prevResult"] = prev
-        found = [d / p["type"] for d in bin_dirs if (d / p["type"]).exists()]
-        path = (
-            found[0] if found else PLUGIN if p["type"] == "slipstream-cni" else CNI_BIN / p["type"]
-        )
-        rc, out = plugin_run(node_ns, path, command, conf, env)
-        if rc != 0:
-            return rc, out
-        if command == "ADD":
-            prev = out
-        elif command == "CHECK" and prev is None:
-            prev = env.get("_prev")  # CHECK carries the ADD's result
-    return 0, prev or {}
+    """The conflist as a runtime runs it (the lab's runtime, agent/lab/cnirun.py): the exit
+    status, and the result or the failing plugin's error."""
+    node = cnirun.NodeCni(str(bin_dir or BIN_OF[node_ns]), "", "", node_ns)
+    try:
+        return 0, cnirun.run(node, conflist, command, pod)
+    except cnirun.CniError as exc:
+        return 1, exc.reply
 
 
-def pod_env(netns: str, ns: str, name: str) -> dict:
-    return {
-        "CNI_CONTAINERID": secrets.token_hex(8),
-        "CNI_NETNS": netns,
-        "CNI_IFNAME": "eth0",
-        "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}",
-    }
+def pod_env(netns: str, ns: str, name: str) -> cnirun.PodNetwork:
+    return cnirun.PodNetwork(secrets.token_hex(8), netns, ns, name, "")
 
 
 @pytest.fixture
@@ -263,10 +266,10 @@ def test_bad_invocations_name_what_is_wrong(node, agent):
     node_ns, conf, pod_netns, _ = node
     ours = {**conf["plugins"][1], "cniVersion": "1.0.0", "name": "lab"}
     netns = pod_netns("web")
+    no_args = {**pod_env(netns, "shop", "web").env("ADD", str(CNI_BIN)), "CNI_ARGS": ""}
     cases = [
         (ours, pod_env(netns, "shop", "web"), 7, "prevResult"),  # not chained
-        ({**ours, "prevResult": {}}, {**pod_env(netns, "shop", "web"), "CNI_ARGS": ""}, 4,
-         "K8S_POD_NAME"),
+        ({**ours, "prevResult": {}}, no_args, 4, "K8S_POD_NAME"),
         ({**ours, "cniVersion": "9.9.9", "prevResult": {}}, pod_env(netns, "shop", "web"), 1,
          "9.9.9"),
     ]  # fmt: skip
@@ -298,10 +301,11 @@ def test_the_install_step_chains_it_so_the_runtime_enrolls_the_pod(node, agent):
     assert run.returncode == 0 and "chained into 10-lab.conflist" in run.stdout, run.stderr
     installed = json.loads((conf_dir / "10-lab.conflist").read_text())
     env = pod_env(pod_netns("web"), "shop", "web")
-    rc, result = chain(node_ns, installed, "ADD", env, (bin_dir, CNI_BIN))
+    plugins_in(bin_dir)  # the primary's plugins beside the one the install step put there
+    rc, result = chain(node_ns, installed, "ADD", env, bin_dir)
     assert rc == 0, result
     assert workload(agent, "shop", "web")["state"] == "enrolled"
-    assert chain(node_ns, installed, "DEL", env, (bin_dir, CNI_BIN))[0] == 0
+    assert chain(node_ns, installed, "DEL", env, bin_dir)[0] == 0
     run = subprocess.run(
         [sys.executable, "-m", "agent", "cni", "uninstall", "--cni-bin-dir", str(bin_dir),
          "--cni-conf-dir", str(conf_dir), "--state-dir", str(tmp / "cni-state")],
@@ -343,3 +347,28 @@ def test_a_pod_from_before_the_install_is_found_by_its_address(node, agent):
         subprocess.run(["ip", "netns", "delete", stale], capture_output=True, check=False)
         holder.kill()
         holder.wait()
+
+
+def test_a_draining_agent_turns_unready_and_new_pods_wait_for_the_next(node, agent):
+    """The DaemonSet's preStop hook (`slipstream drain`): the agent stops taking new pods
+    (their ADD fails, so the kubelet retries until the next agent answers) and reports
+    unready, while the pods it enrolled keep their capture."""
+    node_ns, conf, pod_netns, _ = node
+    web = pod_netns("web")
+    rc, out = chain(node_ns, conf, "ADD", pod_env(web, "shop", "web"))
+    assert rc == 0, out
+    res = subprocess.run(
+        [sys.executable, "-m", "agent", "drain", "--admin", agent.split("//")[1], "--wait", "2s"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0 and "draining" in res.stdout, res
+    with urllib.request.urlopen(f"{agent}/drain", timeout=10) as r:
+        assert json.load(r)["draining"] is True
+    with urllib.request.urlopen(f"{agent}/config_dump", timeout=10) as r:
+        assert json.load(r)["ready"] is False
+    rc, out = chain(node_ns, conf, "ADD", pod_env(pod_netns("late"), "plain", "legacy"))
+    assert rc != 0 and out["code"] == 11 and "draining" in out["msg"], out
+    assert workload(agent, "shop", "web")["state"] == "enrolled"
+    assert CHAIN in rules(web), "the enrolled pod keeps its capture"

@@ -13,6 +13,8 @@ import pytest
 import yaml
 
 from agent.cli import build_parser
+from agent.common.units import parse_duration
+from agent.node.app import AgentConfig
 from agent.state import crds
 from gateway.config.model import parse_config
 
@@ -93,6 +95,13 @@ def test_every_command_is_one_slipstream_accepts(base):
     agent = containers["slipstream-agent/agent"]["command"]
     assert agent[agent.index("--source") + 1] == "kube"
     assert "--cni-socket" in agent
+    # The preStop drain: a command too, and over before the grace period ends.
+    hook = containers["slipstream-agent/agent"]["lifecycle"]["preStop"]["exec"]["command"]
+    args = parser.parse_args(hook[1:])
+    assert hook[:2] == ["slipstream", "drain"] and args.func.__name__ == "_drain"
+    ds = next(d for d in base if d["kind"] == "DaemonSet")
+    grace = ds["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert parse_duration(args.wait) + AgentConfig.drain_deadline < grace
 
 
 def test_the_gateway_config_is_valid(base):
