@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
+from agent.lab import model
 from agent.lab.lab import Lab
 
 CREATED: set[str] = set()
@@ -104,3 +109,28 @@ def lookup_links(lab: Lab, node: str, pod: str, namespace: str) -> int:
         if f"netns_ino:\t{inode}\n" in info and "attach_type:\t36" in info:
             count += 1
     return count
+
+
+@contextlib.contextmanager
+def bridge_capture(lab: Lab, path: Path) -> Iterator[Path]:
+    """tcpdump on the lab's bridge (every node's traffic crosses it), written to `path`."""
+    argv = ["ip", "netns", "exec", model.bridge_netns(lab.name), "tcpdump", "-i", "any"]
+    dump = subprocess.Popen(
+        [*argv, "--immediate-mode", "-U", "-s", "0", "-w", str(path), "ip or ip6"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: path.exists() and path.stat().st_size > 0, 15, "tcpdump to start")
+        yield path
+    finally:
+        dump.send_signal(signal.SIGINT)
+        dump.wait(10)
+        assert dump.stderr is not None
+        dump.stderr.close()
+
+
+def seen(pcap: Path, expr: str) -> list[str]:
+    """The packets of a capture that match a tcpdump expression, a line each."""
+    res = subprocess.run(["tcpdump", "-r", str(pcap), "-nn", expr], capture_output=True, text=True)
+    return res.stdout.splitlines()

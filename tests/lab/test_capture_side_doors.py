@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import subprocess
 import sys
 import textwrap
@@ -24,9 +23,16 @@ from pathlib import Path
 import pytest
 
 from agent.common.manifest import load_text
-from agent.lab import model
 from agent.lab.lab import Lab
-from tests.lab.labkit import access_log, config_dump, new_lab_name, wait_until, workload
+from tests.lab.labkit import (
+    access_log,
+    bridge_capture,
+    config_dump,
+    new_lab_name,
+    seen,
+    wait_until,
+    workload,
+)
 
 RAWTCP = str(Path(__file__).parent / "rawtcp.py")
 DEFAULT_CAPS = (
@@ -132,30 +138,6 @@ def counter(lab: Lab, node: str, name: str) -> int:
 def app_saw(lab: Lab, name: str, text: str) -> bool:
     ns = "plain" if name == "web" else "mesh"
     return any(text in Path(p).read_text() for p in lab.log_paths(name, ns))
-
-
-@contextlib.contextmanager
-def bridge_capture(lab: Lab, path: Path) -> Iterator[Path]:
-    """tcpdump on the lab's bridge (every node's traffic crosses it), written to `path`."""
-    argv = ["ip", "netns", "exec", model.bridge_netns(lab.name), "tcpdump", "-i", "any"]
-    dump = subprocess.Popen(
-        [*argv, "--immediate-mode", "-U", "-s", "0", "-w", str(path), "ip or ip6"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_until(lambda: path.exists() and path.stat().st_size > 0, 15, "tcpdump to start")
-        yield path
-    finally:
-        dump.send_signal(signal.SIGINT)
-        dump.wait(10)
-        assert dump.stderr is not None
-        dump.stderr.close()
-
-
-def seen(pcap: Path, expr: str) -> list[str]:
-    res = subprocess.run(["tcpdump", "-r", str(pcap), "-nn", expr], capture_output=True, text=True)
-    return res.stdout.splitlines()
 
 
 # ---------------------------------------------------------------------------------- fragments

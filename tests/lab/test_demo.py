@@ -34,7 +34,7 @@ def test_demo_runs_and_ctrl_c_tears_it_down():
         ]
 
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a hang guard, not a speed check
         while not (calls("shop/frontend") and calls("legacy/old-client")):
             assert proc.poll() is None, "".join(lines)
             assert time.monotonic() < deadline, "no successful call shown:\n" + "".join(lines)

@@ -24,7 +24,7 @@ from agent.identity.caclient import CAClient, CARefused
 from agent.identity.certs import SpiffeId, ca_identity, generate_key, key_pem, make_csr
 from agent.lab import model
 from agent.lab.lab import Lab
-from tests.lab.labkit import access_log, config_dump, curl, wait_until
+from tests.lab.labkit import access_log, bridge_capture, config_dump, curl, seen, wait_until
 
 ECHO = '[slipstream, app, http-echo, --port, "8080"]'
 TCP_ECHO = '[slipstream, app, tcp-echo, --port, "9000"]'
@@ -92,6 +92,10 @@ def lab(make_lab) -> Lab:
     lab = make_lab(cluster())
     for name, ns in (("server-1", "mesh"), ("server-2", "mesh"), ("server", "plain")):
         wait_until(lambda n=name, s=ns: served(lab, n, s), 10, f"{ns}/{name} to serve")
+    echo = ["python3", "-c", SEND_MARKER, ip(lab, "tcp"), "9000", "ready?"]
+    wait_until(
+        lambda: lab.exec("client", echo, namespace="mesh").returncode == 0, 10, "tcp to serve"
+    )
     return lab
 
 
@@ -107,29 +111,7 @@ print(got.decode().strip())
 
 
 def test_traffic_between_enrolled_pods_crosses_the_bridge_encrypted(lab, tmp_path):
-    pcap = tmp_path / "bridge.pcap"
-    dump = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            model.bridge_netns(lab.name),
-            "tcpdump",
-            "-i",
-            "any",
-            "--immediate-mode",
-            "-U",
-            "-s",
-            "0",
-            "-w",
-            str(pcap),
-            "tcp",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_until(lambda: pcap.exists() and pcap.stat().st_size > 0, 15, "tcpdump to start")
+    with bridge_capture(lab, tmp_path / "bridge.pcap") as pcap:
         secret = f"SECRET-{uuid.uuid4().hex}"
         visible = f"VISIBLE-{uuid.uuid4().hex}"
         res = lab.exec(
@@ -141,10 +123,6 @@ def test_traffic_between_enrolled_pods_crosses_the_bridge_encrypted(lab, tmp_pat
         assert curl(lab, "client", f"http://{ip(lab, 'server', 'plain')}:8080/{visible}", "plain")
         # The marker sent after the secret is on the wire, so the secret's packets are too.
         wait_until(lambda: visible.encode() in pcap.read_bytes(), 15, "the visible marker")
-    finally:
-        dump.send_signal(signal.SIGINT)
-        dump.wait(10)
-        dump.stderr.close()
     raw = pcap.read_bytes()
     assert visible.encode() in raw, (
         "plaintext between unenrolled pods is visible on the wire (the check works)"
@@ -152,14 +130,8 @@ def test_traffic_between_enrolled_pods_crosses_the_bridge_encrypted(lab, tmp_pat
     assert secret.encode() not in raw, (
         "a marker sent between enrolled pods must never appear on the wire"
     )
-    hbone = subprocess.run(
-        ["tcpdump", "-r", str(pcap), "-nn", "tcp port 15008"], capture_output=True, text=True
-    )
-    assert len(hbone.stdout.splitlines()) > 4, "the enrolled pods' bytes did cross, on 15008"
-    tcp9000 = subprocess.run(
-        ["tcpdump", "-r", str(pcap), "-nn", "tcp port 9000"], capture_output=True, text=True
-    )
-    assert tcp9000.stdout == "", "no plaintext 9000 on the bridge"
+    assert len(seen(pcap, "tcp port 15008")) > 4, "the enrolled pods' bytes did cross, on 15008"
+    assert seen(pcap, "tcp port 9000") == [], "no plaintext 9000 on the bridge"
 
 
 def test_the_server_sees_the_client_and_the_destination_logs_both_identities(lab):
