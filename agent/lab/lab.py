@@ -51,7 +51,7 @@ from agent.state.objects import (
 )
 from agent.state.store import Snapshot
 
-from . import access, cluster, cnirun, mesh, model, net, pods
+from . import access, cluster, cnirun, mesh, model, net, pods, workloads
 from .errors import LabError
 from .kubeapi import KubeApiError, KubeClient, ResourceType
 from .model import LabSpec, LabState, NodeRecord, PodRecord
@@ -77,7 +77,19 @@ SYNCED = (
 """What the components read, and so what the lab writes to their file source (with
 `spec.mesh.source: file`) and what `policy check` reads of a lab. Kinds without a
 registered CRD are skipped."""
-KUBELET_KINDS = (("v1", "Namespace"), ("v1", "ServiceAccount"), ("v1", "Service"), ("v1", "Pod"))
+WORKLOAD_KINDS = (
+    (workloads.APPS, "DaemonSet"),
+    (workloads.APPS, "Deployment"),
+    (workloads.APPS, "ReplicaSet"),
+)
+"""What the lab's controller manager acts on (workloads.py), before it runs pods."""
+KUBELET_KINDS = (
+    ("v1", "Namespace"),
+    ("v1", "ServiceAccount"),
+    ("v1", "Service"),
+    ("v1", "Pod"),
+    *WORKLOAD_KINDS,
+)
 """What the lab itself needs to run pods (which pods, on which nodes, in the mesh or not,
 and the names in their hosts files): all it follows when the components read the API."""
 
@@ -627,6 +639,7 @@ class Lab:
         write the components' file source and every pod's status."""
         api = self.api()
         pod_rt = api.type_of("v1", "Pod")
+        self._control(state, api)
         self._refresh(state)
         api_pods = {
             f"{b['metadata'].get('namespace', 'default')}/{b['metadata']['name']}": b
@@ -682,6 +695,41 @@ class Lab:
         # Saved before the status says Running: whoever reads that finds the pod's record.
         self._save(state)
         self._write_statuses(state, api_pods)
+
+    def _control(self, state: LabState, api: KubeClient) -> None:
+        """The controller manager's pass (workloads.py): pods for DaemonSets and ReplicaSets,
+        ReplicaSets for Deployments, what lost its owner deleted, and their status."""
+        listed = {kind: api.list(api.type_of(av, kind))[0] for av, kind in WORKLOAD_KINDS}
+        pod_rt = api.type_of("v1", "Pod")
+        pods_now = api.list(pod_rt)[0]
+        plan = workloads.plan(
+            listed["DaemonSet"], listed["Deployment"], listed["ReplicaSet"], pods_now, state.nodes
+        )
+        for body in plan.create:
+            rt = api.type_of(body["apiVersion"], body["kind"])
+            meta = body["metadata"]
+            try:
+                api.request("POST", rt.path(meta["namespace"]), body)
+            except KubeApiError as exc:
+                log.warning(
+                    "controller could not create", extra={"object": meta, "error": str(exc)}
+                )
+        for av, kind, ns, name in plan.delete:
+            with contextlib.suppress(KubeApiError):
+                api.delete(api.type_of(av, kind), name, ns)
+        rs_rt = api.type_of(workloads.APPS, "ReplicaSet")
+        for ns, name, replicas in plan.scale:
+            with contextlib.suppress(KubeApiError):
+                api.merge_patch(rs_rt, name, ns, {"spec": {"replicas": replicas}})
+        have = {(kind, workloads.namespace_of(o), o["metadata"]["name"]): o.get("status") or {}
+                for kind, objs in listed.items() for o in objs}  # fmt: skip
+        for kind, ns, name, status in plan.status:
+            if have.get((kind, ns, name)) == status:
+                continue
+            with contextlib.suppress(KubeApiError):
+                api.merge_patch(
+                    api.type_of(workloads.APPS, kind), name, ns, {"status": status}, sub="status"
+                )
 
     def _create_pod(
         self, state: LabState, api: KubeClient, pod_rt: ResourceType, body: dict[str, Any]

@@ -1359,6 +1359,10 @@ class ApiCore:
             "services",
             CRD_KEY,
             "endpointslices.discovery.k8s.io",
+            "daemonsets.apps",
+            "deployments.apps",
+            "replicasets.apps",
+            "poddisruptionbudgets.policy",
         ):
             meta["generation"] = 1
         if not applied:

@@ -161,6 +161,41 @@ BUILTINS: tuple[ResourceType, ...] = (
     ),
 )
 
+WORKLOADS: tuple[ResourceType, ...] = (
+    *(
+        ResourceType(
+            "apps",
+            "v1",
+            kind,
+            plural,
+            kind.lower(),
+            True,
+            short_names=short,
+            categories=("all",),
+            subresources=("status",),
+            schema_ref=f"io.k8s.api.apps.v1.{kind}",
+        )
+        for kind, plural, short in (
+            ("DaemonSet", "daemonsets", ("ds",)),
+            ("Deployment", "deployments", ("deploy",)),
+            ("ReplicaSet", "replicasets", ("rs",)),
+        )
+    ),
+    ResourceType(
+        "policy",
+        "v1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        True,
+        short_names=("pdb",),
+        subresources=("status",),
+        schema_ref="io.k8s.api.policy.v1.PodDisruptionBudget",
+    ),
+)
+"""What `deploy/` is made of beyond the kinds above: stored, validated and served (the
+controllers that act on them are controllers.py's)."""
+
 CRD_KEY = "customresourcedefinitions.apiextensions.k8s.io"
 
 
@@ -170,7 +205,7 @@ class Registry:
     def __init__(self) -> None:
         self._types: dict[tuple[str, str, str], ResourceType] = {}
         self._by_crd: dict[str, list[ResourceType]] = {}
-        for rt in BUILTINS:
+        for rt in (*BUILTINS, *WORKLOADS):
             self._types[(rt.group, rt.version, rt.plural)] = rt
         self.generation = 0
         """Bumped on every change, so discovery documents can be cached by it."""

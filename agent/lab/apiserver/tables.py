@@ -217,7 +217,96 @@ def _event(o: dict[str, Any], now: float) -> Row:
     ]
 
 
+def _status_of(o: dict[str, Any], *fields: str) -> list[int]:
+    st = o.get("status") or {}
+    return [int(st.get(f) or 0) for f in fields]
+
+
+def _selector_text(o: dict[str, Any]) -> str:
+    labels = ((o.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "<none>"
+
+
+def _daemonset(o: dict[str, Any], now: float) -> Row:
+    desired, current, ready, updated, available = _status_of(
+        o, "desiredNumberScheduled", "currentNumberScheduled", "numberReady",
+        "updatedNumberScheduled", "numberAvailable",
+    )  # fmt: skip
+    node_selector = ((o.get("spec") or {}).get("template") or {}).get("spec", {}).get(
+        "nodeSelector"
+    ) or {}
+    selector = ",".join(f"{k}={v}" for k, v in sorted(node_selector.items())) or "<none>"
+    return [o["metadata"].get("name", ""), desired, current, ready, updated, available,
+            selector, age(o, now)]  # fmt: skip
+
+
+def _deployment(o: dict[str, Any], now: float) -> Row:
+    ready, updated, available = _status_of(o, "readyReplicas", "updatedReplicas",
+                                           "availableReplicas")  # fmt: skip
+    want = int((o.get("spec") or {}).get("replicas", 1))
+    return [o["metadata"].get("name", ""), f"{ready}/{want}", updated, available, age(o, now),
+            _selector_text(o)]  # fmt: skip
+
+
+def _replicaset(o: dict[str, Any], now: float) -> Row:
+    current, ready = _status_of(o, "replicas", "readyReplicas")
+    want = int((o.get("spec") or {}).get("replicas", 1))
+    return [o["metadata"].get("name", ""), want, current, ready, age(o, now), _selector_text(o)]
+
+
+def _pdb(o: dict[str, Any], now: float) -> Row:
+    spec = o.get("spec") or {}
+    allowed = int((o.get("status") or {}).get("disruptionsAllowed") or 0)
+    return [o["metadata"].get("name", ""), str(spec.get("minAvailable", "N/A")),
+            str(spec.get("maxUnavailable", "N/A")), allowed, age(o, now)]  # fmt: skip
+
+
 PRINTERS: dict[str, Printer] = {
+    "daemonsets.apps": (
+        [
+            NAME,
+            _col("Desired", "integer"),
+            _col("Current", "integer"),
+            _col("Ready", "integer"),
+            _col("Up-to-date", "integer"),
+            _col("Available", "integer"),
+            _col("Node Selector"),
+            AGE,
+        ],
+        _daemonset,
+    ),
+    "deployments.apps": (
+        [
+            NAME,
+            _col("Ready"),
+            _col("Up-to-date", "integer"),
+            _col("Available", "integer"),
+            AGE,
+            _col("Selector", priority=1),
+        ],
+        _deployment,
+    ),
+    "replicasets.apps": (
+        [
+            NAME,
+            _col("Desired", "integer"),
+            _col("Current", "integer"),
+            _col("Ready", "integer"),
+            AGE,
+            _col("Selector", priority=1),
+        ],
+        _replicaset,
+    ),
+    "poddisruptionbudgets.policy": (
+        [
+            NAME,
+            _col("Min Available"),
+            _col("Max Unavailable"),
+            _col("Allowed Disruptions", "integer"),
+            AGE,
+        ],
+        _pdb,
+    ),
     "pods": (
         [
             NAME,
