@@ -71,4 +71,4 @@ image-test: setup image
 clean:
 	-$(BIN)/slipstream lab down --all
 	SLIPSTREAM_INTERPRETED=1 ./scripts/compile.sh
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .image

@@ -5,7 +5,7 @@
 #   1. Debian packages: podman (which builds with buildah's code), mmdebstrap, python3-venv.
 #   2. The base: a Debian 12 root made by mmdebstrap from the host's own apt sources, with
 #      the image's packages (bcc, python3, iproute2...) already in it, imported as
-#      localhost/slipstream-base:bookworm. Made once and kept in build/image/; IMAGE_REBASE=1
+#      localhost/slipstream-base:bookworm. Made once and kept in .image/; IMAGE_REBASE=1
 #      makes it again (for Debian's updates). SLIPSTREAM_IMAGE_BASE=<registry image> uses a
 #      registry's debian:bookworm-slim instead, where one can be reached.
 #   3. The build context: the wheel of this tree (HEAD plus uncommitted changes to tracked
@@ -22,7 +22,8 @@
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-OUT="$ROOT/build/image"
+# Not build/: scripts/compile.sh removes that whole directory when it rebuilds.
+OUT="$ROOT/.image"
 IMAGE=${IMAGE:-localhost/slipstream:dev}
 BASE_IMAGE=localhost/slipstream-base:bookworm
 LOCK="$ROOT/deploy/image/requirements.txt"
@@ -140,10 +141,11 @@ fi
 
 # --- 4. the image ------------------------------------------------------------------
 # How these machines run containers (tests/image/test_image.py does the same): runc, as crun
-# refuses a hybrid cgroup layout; and no more open files than our own hard limit, as podman's
-# defaults need CAP_SYS_RESOURCE, which root here does not have.
+# refuses a hybrid cgroup layout; and limits no higher than our own, as podman's defaults need
+# CAP_SYS_RESOURCE, which root here does not have (processes: at most 32768, as runc was
+# refused even our own hard limit of 96370 here, for a reason not found).
 NOFILE=$(ulimit -Hn)
-NPROC=$(ulimit -Hu)
+NPROC=$(awk '/^Max processes/ {print $4}' /proc/self/limits)
 if [ "$NPROC" = unlimited ] || [ "$NPROC" -gt 32768 ]; then NPROC=32768; fi
 RUNTIME="--runtime=runc --ulimit=nofile=$NOFILE:$NOFILE --ulimit=nproc=$NPROC:$NPROC"
 build() {

@@ -52,7 +52,8 @@ CAPS = {
 def runtime_flags() -> list[str]:
     """How these machines run containers (scripts/image.sh builds the same way): runc, as
     crun refuses their hybrid cgroup layout; and limits no higher than ours, as podman's
-    defaults need CAP_SYS_RESOURCE, which root here does not hold."""
+    defaults need CAP_SYS_RESOURCE, which root here does not hold (processes: at most 32768,
+    as higher ones were refused here)."""
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], 32768)
     return [
