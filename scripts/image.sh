@@ -2,17 +2,20 @@
 # Builds the container image slipstream:dev (deploy/image/Containerfile) with Debian's
 # podman, as root, without a registry and without a network inside the build:
 #
-#   1. Debian packages: podman (which builds with buildah's code), mmdebstrap, python3-venv.
-#   2. The base: a Debian 12 root made by mmdebstrap from the host's own apt sources, with
-#      the image's packages (bcc, python3, iproute2...) already in it, imported as
-#      localhost/slipstream-base:bookworm. Made once and kept in .image/; IMAGE_REBASE=1
-#      makes it again (for Debian's updates). SLIPSTREAM_IMAGE_BASE=<registry image> uses a
-#      registry's debian:bookworm-slim instead, where one can be reached.
-#   3. The build context: the wheel of this tree (HEAD plus uncommitted changes to tracked
+#   1. Debian packages: podman (which builds with buildah's code), runc, mmdebstrap, python3-venv.
+#   2. The build context: the wheel of this tree (HEAD plus uncommitted changes to tracked
 #      files) and the wheels of its dependencies at the versions deploy/image/requirements.txt
 #      pins, built on the host (same Debian, same Python 3.11 as the image).
+#   3. The base: a Debian 12 root made by mmdebstrap from the host's own apt sources, with
+#      the image's packages (bcc, python3, iproute2...) already in it, imported as
+#      localhost/slipstream-base:bookworm. Made once and kept in .image/;
+#      SLIPSTREAM_IMAGE_REBASE=1 makes it again (for Debian's updates).
+#      SLIPSTREAM_IMAGE_BASE=docker.io/library/debian:bookworm-slim (or another Debian 12)
+#      uses a registry's base instead, where one can be reached; the build then installs the
+#      packages itself, with the host's network (not reproducible: apt's state is dated).
 #   4. podman build --network=none --timestamp=<commit time>: the same commit and base give
-#      the same image ID. The old image of the same tag is removed.
+#      the same image ID. The image's older build under the same tag is removed.
+#      SLIPSTREAM_IMAGE names it (localhost/slipstream:dev).
 #
 #   scripts/image.sh           build (what `make image` runs)
 #   scripts/image.sh --lock    re-resolve pyproject.toml's dependencies into the lock file
@@ -24,7 +27,7 @@ set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # Not build/: scripts/compile.sh removes that whole directory when it rebuilds.
 OUT="$ROOT/.image"
-IMAGE=${IMAGE:-localhost/slipstream:dev}
+IMAGE=${SLIPSTREAM_IMAGE:-localhost/slipstream:dev}
 BASE_IMAGE=localhost/slipstream-base:bookworm
 LOCK="$ROOT/deploy/image/requirements.txt"
 CONTAINERFILE="$ROOT/deploy/image/Containerfile"
@@ -47,7 +50,7 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
 fi
 
-# --- 3a. wheels (and the lock) -------------------------------------------------
+# --- 2. wheels (and the lock) ----------------------------------------------------
 TOOLS="$OUT/tools"
 if [ ! -x "$TOOLS/bin/pip" ]; then
     /usr/bin/python3 -m venv "$TOOLS"
@@ -90,7 +93,7 @@ for w in "$CONTEXT"/wheels/*.whl; do
     grep -qi "^$name==" "$LOCK" || die "$name is not in $LOCK: run scripts/image.sh --lock"
 done
 
-# --- 2. the base -----------------------------------------------------------------
+# --- 3. the base -----------------------------------------------------------------
 # The packages are the Containerfile's own list, so the two cannot drift apart.
 PACKAGES=$(sed -n 's/^ARG PACKAGES="\(.*\)"$/\1/p' "$CONTAINERFILE")
 [ -n "$PACKAGES" ] || die "no ARG PACKAGES line in $CONTAINERFILE"
@@ -116,7 +119,7 @@ else
         --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
         --dpkgopt='path-include=/usr/share/doc/*/copyright' --skip=output/dev --format=tar \
         bookworm "$ROOTFS/debian.tar.new" "$SOURCES"
-    if [ "${IMAGE_REBASE:-}" = 1 ] || [ ! -e "$ROOTFS/debian.tar" ] \
+    if [ "${SLIPSTREAM_IMAGE_REBASE:-}" = 1 ] || [ ! -e "$ROOTFS/debian.tar" ] \
         || [ "$(cat "$ROOTFS/args" 2>/dev/null)" != "$*" ]; then
         say "making the Debian 12 base with mmdebstrap (about a minute)"
         rm -rf "$ROOTFS/debian.tar.new"
