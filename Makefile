@@ -57,8 +57,8 @@ fuzz: setup
 	$(BIN)/python -m tests.fuzz --seconds $(FUZZ_SECONDS) $(FUZZ)
 
 # The container image slipstream:dev that deploy/ names (deploy/image/Containerfile), built
-# with podman from a Debian base made by mmdebstrap, no registry needed: about 3 minutes the
-# first time, about 1 after (the base is kept). `scripts/image.sh --twice` checks that two
+# with podman from a Debian base made by mmdebstrap, no registry needed: about 4 minutes the
+# first time, about 2 after (the base is kept). `scripts/image.sh --twice` checks that two
 # builds give the same image ID. Neither target is part of `make test` or CI.
 image:
 	@./scripts/image.sh
