@@ -1,0 +1,1 @@
+"""The container image, run as deploy/base/ runs it (make image-test)."""
