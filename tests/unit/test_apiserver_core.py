@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agent.lab.apiserver.core import ApiCore, Response
+from agent.lab.apiserver.core import NAMESPACE_CLEANUP_DELAY, ApiCore, Response
 from tests.unit.apiserver_helpers import Api, events, pod
 
 PODS = "/api/v1/namespaces/default/pods"
@@ -819,7 +819,10 @@ def test_endpoint_slices_follow_selectors_and_readiness(api: Api) -> None:
     assert api.core.store.count("endpointslices.discovery.k8s.io") == 0
 
 
-def test_namespace_deletion_takes_its_objects_and_finalizers_hold(api: Api) -> None:
+def test_namespace_deletion_takes_its_objects_and_finalizers_hold() -> None:
+    now = [1000.0]
+    core = ApiCore(clock=lambda: now[0])
+    api = Api(core)
     api("POST", "/api/v1/namespaces", {"metadata": {"name": "gone"}})
     api("POST", "/api/v1/namespaces/gone/configmaps", {"metadata": {"name": "c"}})
     api(
@@ -829,6 +832,12 @@ def test_namespace_deletion_takes_its_objects_and_finalizers_hold(api: Api) -> N
     )
     status, ns = api("DELETE", "/api/v1/namespaces/gone")
     assert status == 200 and ns["status"]["phase"] == "Terminating"
+    # Its objects outlive it a moment (the namespace controller's lag), as `kubectl delete
+    # -k` of an install that holds its namespace relies on; new ones are refused at once.
+    assert api("GET", "/api/v1/namespaces/gone/configmaps/c")[0] == 200
+    status, out = api("POST", "/api/v1/namespaces/gone/configmaps", {"metadata": {"name": "new"}})
+    assert status == 403 and "being terminated" in out["message"]
+    now[0] += NAMESPACE_CLEANUP_DELAY
     assert api("GET", "/api/v1/namespaces/gone/configmaps/c")[0] == 404
     status, held = api("GET", "/api/v1/namespaces/gone/configmaps/held")
     assert held["metadata"]["deletionTimestamp"]

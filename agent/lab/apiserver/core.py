@@ -65,6 +65,8 @@ MAX_BODY = 3 * 1024 * 1024
 MAX_DEPTH = 100
 """Nesting of a JSON or YAML body; deeper bodies are refused before anything walks them."""
 DEFAULT_WATCH_TIMEOUT = 1800.0
+NAMESPACE_CLEANUP_DELAY = 1.0
+"""How long a deleted namespace's objects outlive it (the namespace controller's lag)."""
 BOOTSTRAP_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
 JSON = "application/json"
@@ -326,6 +328,8 @@ class ApiCore:
         self.store.listeners.append(self._track_ips)
         self._enc: dict[tuple[str, str, str, str], tuple[str, bytes]] = {}
         self._validators: dict[tuple[str, str], Any] = {}
+        self._terminating: dict[str, float] = {}
+        """Namespaces being deleted: when their objects go (`collect`)."""
         self._boot()
 
     # -------------------------------------------------------------- startup and state
@@ -344,6 +348,9 @@ class ApiCore:
                 self._register_crd(crd)
             for svc in self.store.items("services"):
                 self._allocated_ips.add(str((svc.get("spec") or {}).get("clusterIP")))
+            for ns_obj in self.store.items("namespaces"):
+                if ns_obj["metadata"].get("deletionTimestamp"):
+                    self._terminating[ns_obj["metadata"]["name"]] = self.clock()
             for t in loaded.tokens:
                 rec = auth.TokenRecord.from_json(t)
                 self.tokens.records[rec.digest] = rec
@@ -552,6 +559,7 @@ class ApiCore:
     # -------------------------------------------------------------- entry point
 
     def handle(self, req: Request) -> Response | WatchStream:
+        self.collect()
         try:
             if req.path in ("/healthz", "/livez", "/readyz"):
                 return Response(200, b"ok", "text/plain")
@@ -693,6 +701,8 @@ class ApiCore:
             return self._token_request(req, r)
         if r.subresource == "binding":
             return self._bind(req, r)
+        if r.subresource == "scale":
+            return self._scale(req, r, verb)
         fmt = (
             negotiate(req.headers.get("accept", ""))
             if verb in ("get", "list", "watch")
@@ -729,6 +739,61 @@ class ApiCore:
             out = self._delete_collection(req, r)
         self.controller.sync(self.now(), self.new_uid)
         return out
+
+    def _scale(self, req: Request, r: Route, verb: str) -> Response:
+        """The `scale` subresource (autoscaling/v1 Scale) of Deployments and ReplicaSets:
+        what `kubectl scale` reads and patches."""
+        rt = r.rt
+        obj = self.store.get(rt.store_key, r.namespace, r.name)
+        if obj is None:
+            raise E.not_found(rt.plural, rt.group, r.name)
+
+        def scale_of(o: dict[str, Any]) -> dict[str, Any]:
+            meta = o["metadata"]
+            labels = ((o.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+            return {
+                "apiVersion": "autoscaling/v1",
+                "kind": "Scale",
+                "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion",
+                                                  "creationTimestamp") if k in meta},
+                "spec": {"replicas": int((o.get("spec") or {}).get("replicas", 1))},
+                "status": {
+                    "replicas": int((o.get("status") or {}).get("replicas") or 0),
+                    "selector": ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+                },
+            }  # fmt: skip
+
+        current = scale_of(obj)
+        if verb == "get":
+            return Response(200, dumps(current), JSON)
+        try:
+            body = json.loads(req.body or b"null")
+        except ValueError as exc:
+            raise E.bad_request(f"the Scale is not JSON: {exc}") from exc
+        ctype = req.headers.get("content-type", "").split(";")[0]
+        if verb == "update":
+            wanted = body
+        elif ctype == "application/json-patch+json":
+            wanted = P.json_patch(current, body)
+        else:
+            wanted = P.merge_patch(current, body)
+        replicas = (
+            ((wanted or {}).get("spec") or {}).get("replicas") if isinstance(wanted, dict) else None
+        )
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise E.invalid(
+                "Scale", "autoscaling", r.name,
+                [E.invalid_value("spec.replicas", replicas, "must be a non-negative integer")],
+            )  # fmt: skip
+        if replicas != current["spec"]["replicas"]:
+            meta = obj["metadata"]
+            obj = dict(
+                obj,
+                spec=dict(obj.get("spec") or {}, replicas=replicas),
+                metadata=dict(meta, generation=int(meta.get("generation") or 1) + 1),
+            )
+            self.store.commit("MODIFIED", rt.store_key, obj)
+        return Response(200, dumps(scale_of(obj)), JSON)
 
     # -------------------------------------------------------------- encoding
 
@@ -1753,6 +1818,9 @@ class ApiCore:
         self._finish_namespaces()
 
     def _delete_namespace(self, ns_obj: dict[str, Any]) -> dict[str, Any]:
+        """Terminating now; its objects go NAMESPACE_CLEANUP_DELAY later (`collect`), as the
+        namespace controller's lag lets `kubectl delete -k` of an install holding its own
+        namespace delete the objects in it after the namespace."""
         name = ns_obj["metadata"]["name"]
         if not ns_obj["metadata"].get("deletionTimestamp"):
             ns_obj = dict(
@@ -1761,6 +1829,18 @@ class ApiCore:
                 status={"phase": "Terminating"},
             )
             self.store.commit("MODIFIED", "namespaces", ns_obj)
+            self._terminating.setdefault(name, self.clock() + NAMESPACE_CLEANUP_DELAY)
+        return ns_obj
+
+    def collect(self) -> None:
+        """The namespace controller's pass: empty the Terminating namespaces that are due."""
+        now = self.clock()
+        for name, due in list(self._terminating.items()):
+            if due <= now:
+                del self._terminating[name]
+                self._empty_namespace(name)
+
+    def _empty_namespace(self, name: str) -> None:
         for key in list(self.store.data):
             types = self.registry.by_store_key(key)
             if not types or not types[0].namespaced:
@@ -1773,7 +1853,6 @@ class ApiCore:
                     if live is not None:
                         self._delete_object(types[0], live, "Background")
         self._finish_namespaces()
-        return self.store.get("namespaces", "", name) or ns_obj
 
     def _finish_namespaces(self) -> None:
         for ns_obj in list(self.store.items("namespaces")):

@@ -172,13 +172,13 @@ WORKLOADS: tuple[ResourceType, ...] = (
             True,
             short_names=short,
             categories=("all",),
-            subresources=("status",),
+            subresources=subresources,
             schema_ref=f"io.k8s.api.apps.v1.{kind}",
         )
-        for kind, plural, short in (
-            ("DaemonSet", "daemonsets", ("ds",)),
-            ("Deployment", "deployments", ("deploy",)),
-            ("ReplicaSet", "replicasets", ("rs",)),
+        for kind, plural, short, subresources in (
+            ("DaemonSet", "daemonsets", ("ds",), ("status",)),
+            ("Deployment", "deployments", ("deploy",), ("status", "scale")),
+            ("ReplicaSet", "replicasets", ("rs",), ("status", "scale")),
         )
     ),
     ResourceType(

@@ -80,8 +80,10 @@ class ApiServer:
         self.runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
         self.ports: list[int] = []
         self._streams: set[asyncio.Task[None]] = set()
+        self._collector: asyncio.Future[None] | None = None
 
     async def start(self, listens: list[Listen]) -> None:
+        self._collector = asyncio.ensure_future(self._collect())
         await self.runner.setup()
         for listen in listens:
             sock = make_socket(listen)
@@ -89,7 +91,15 @@ class ApiServer:
             site = web.SockSite(self.runner, sock, ssl_context=self.ssl_ctx, shutdown_timeout=1.0)
             await site.start()
 
+    async def _collect(self) -> None:
+        """The namespace controller between requests (ApiCore.collect)."""
+        while True:
+            await asyncio.sleep(0.25)
+            self.core.collect()
+
     async def stop(self) -> None:
+        if self._collector is not None:
+            self._collector.cancel()
         for w in list(self.core.watchers):
             w.close("the server is shutting down")
         await self.runner.cleanup()
