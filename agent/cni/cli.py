@@ -5,11 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from typing import Any
+from urllib.parse import quote
 
 from agent.common.constants import CNI_SOCKET
+from agent.common.errors import SlipstreamError
 from agent.common.runtime import serve
+from agent.sources.kubeclient import ApiStatusError, KubeClient
 
-from .install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, DEFAULT_STATE_DIR, Installer
+from .install import (
+    DEFAULT_BIN_DIR,
+    DEFAULT_CONF_DIR,
+    DEFAULT_STATE_DIR,
+    Installer,
+    daemonset_removal,
+)
 
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -44,6 +54,16 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         c.add_argument("--timeout", type=float, default=30.0, help="ADD's wait for the agent (s)")
         if name == "install":
             c.add_argument("--once", action="store_true", help="one pass, then exit")
+            c.add_argument(
+                "--remove-with-daemonset",
+                metavar="NAMESPACE/NAME",
+                help="when stopping, uninstall if this DaemonSet (the install's own) is gone or"
+                " being deleted; otherwise (an upgrade, a node drain) leave the plugin chained",
+            )
+            c.add_argument(
+                "--kubeconfig",
+                help="for --remove-with-daemonset (default: $KUBECONFIG, else in-cluster)",
+            )
         c.set_defaults(func=cmd_install if name == "install" else cmd_uninstall)
 
 
@@ -57,8 +77,35 @@ def cmd_install(args: argparse.Namespace) -> int:
     if args.once:
         print(installer.ensure())
         return 0
-    asyncio.run(serve({"cni-install": installer}))
+    asyncio.run(_install(installer, args))
     return 0
+
+
+async def _install(installer: Installer, args: argparse.Namespace) -> None:
+    if not args.remove_with_daemonset:
+        await serve({"cni-install": installer})
+        return
+    ns, sep, name = args.remove_with_daemonset.partition("/")
+    if not (sep and ns and name):
+        raise SlipstreamError(
+            f"--remove-with-daemonset: {args.remove_with_daemonset!r} is not NAMESPACE/NAME"
+        )
+    client = await KubeClient.open(args.kubeconfig, user_agent="slipstream-cni-install")
+    path = f"/apis/apps/v1/namespaces/{quote(ns, safe='')}/daemonsets/{quote(name, safe='')}"
+
+    async def get() -> dict[str, Any] | None:
+        try:
+            return await client.call("GET", path, timeout=10.0)
+        except ApiStatusError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    installer.removal = daemonset_removal(get, args.remove_with_daemonset)
+    try:
+        await serve({"cni-install": installer})
+    finally:
+        await client.close()
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:

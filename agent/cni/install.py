@@ -10,7 +10,9 @@ wrote; if the primary rewrote it since, only our entry is taken out. `run` repea
 `ensure` every second: a primary CNI that rewrites its file (after a node reboot, an
 upgrade) gets our entry back within a second, where otherwise new pods would start
 outside the mesh. Stopping leaves everything in place (an agent upgrade: new pods wait
-for the new agent rather than bypass it); `uninstall` is the explicit removal.
+for the new agent rather than bypass it), unless `removal` says the install itself is
+going (`daemonset_removal`: its DaemonSet is gone or being deleted, as after `kubectl
+delete -k deploy/`); `uninstall` is the explicit removal.
 
 Paths are flags: /opt/cni/bin and /etc/cni/net.d by default; k3s keeps them in
 /var/lib/rancher/k3s/data/cni and /var/lib/rancher/k3s/agent/etc/cni/net.d.
@@ -25,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent.common.errors import SlipstreamError
@@ -62,6 +65,8 @@ class Installer:
         self.bin_dir, self.conf_dir, self.state_dir = bin_dir, conf_dir, state_dir
         self.entry = entry or {"type": PLUGIN_TYPE}
         self.last = ""
+        self.removal: Callable[[], Awaitable[str]] | None = None
+        """Asked when stopping: why the install is being removed (uninstall), or "" (stay)."""
 
     @property
     def plugin_path(self) -> str:
@@ -146,7 +151,20 @@ class Installer:
         return done
 
     async def run(self, drain: asyncio.Event) -> None:
-        """`ensure` every INTERVAL until drained (a runtime Component)."""
+        """`ensure` every INTERVAL until drained (a runtime Component); then, if `removal`
+        says the install is being removed, `uninstall`."""
+        try:
+            await self._keep(drain)
+        finally:
+            if self.removal is not None:
+                why = await self.removal()
+                if why:
+                    log.info("uninstalling slipstream-cni", extra={"why": why})
+                    await asyncio.to_thread(self.uninstall)
+                else:
+                    log.info("leaving slipstream-cni chained: new pods wait for the next agent")
+
+    async def _keep(self, drain: asyncio.Event) -> None:
         while not drain.is_set():
             try:
                 said = await asyncio.to_thread(self.ensure)
@@ -163,3 +181,34 @@ def copy_plugin_to(path: str) -> None:
     """For tests and manual installs: the plugin file, executable, at `path`."""
     shutil.copyfile(PLUGIN_SOURCE, path)
     os.chmod(path, 0o755)
+
+
+def removed(daemonset: dict[str, Any] | None) -> str:
+    """Why a stopping install step should take slipstream-cni out, given its DaemonSet as the
+    API has it (None: not found), or "" to leave it for the next agent (sans-IO)."""
+    if daemonset is None:
+        return "its DaemonSet is gone"
+    if (daemonset.get("metadata") or {}).get("deletionTimestamp"):
+        return "its DaemonSet is being deleted"
+    return ""
+
+
+def daemonset_removal(
+    get: Callable[[], Awaitable[dict[str, Any] | None]], name: str
+) -> Callable[[], Awaitable[str]]:
+    """`Installer.removal` for a DaemonSet's install step: `get` reads the DaemonSet. If the
+    API cannot be asked, the plugin stays (new pods wait rather than start uncaptured), and
+    the log says how to take it out by hand."""
+
+    async def ask() -> str:
+        try:
+            return removed(await get())
+        except (SlipstreamError, OSError) as exc:
+            log.warning(
+                "cannot tell whether the install is being removed; leaving slipstream-cni"
+                " chained (take it out with `slipstream cni uninstall` if it is)",
+                extra={"daemonset": name, "error": str(exc)},
+            )
+            return ""
+
+    return ask

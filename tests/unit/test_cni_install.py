@@ -2,14 +2,16 @@
 a .conf turned into a .conflist, re-chained when the primary rewrites its file, and the
 primary's bytes back exactly after uninstall."""
 
+import asyncio
 import json
 import os
 
 import pytest
 
 from agent.cni import conflist
-from agent.cni.install import Installer
+from agent.cni.install import Installer, daemonset_removal, removed
 from agent.common.errors import SlipstreamError
+from agent.sources.kubeclient import KubeError
 
 ENTRY = {"type": "slipstream-cni", "socket": "/s.sock", "timeout": 30}
 
@@ -120,3 +122,16 @@ def test_the_runtime_picks_the_first_file_in_lexical_order():
     names = ["99-loopback.conf", "10-calico.conflist", ".hidden.conflist", "README", "05-a.json"]
     assert conflist.primary_file(names) == "05-a.json"
     assert conflist.primary_file(["README"]) is None
+
+
+def test_a_stopping_install_step_goes_with_its_daemonset_and_stays_otherwise():
+    assert removed(None) == "its DaemonSet is gone"
+    deleting = {"metadata": {"name": "a", "deletionTimestamp": "2026-12-08T00:00:00Z"}}
+    assert removed(deleting) == "its DaemonSet is being deleted"
+    assert removed({"metadata": {"name": "a"}}) == "", "an upgrade or a drain: stay"
+
+    async def unreachable():
+        raise KubeError("GET /apis/apps/v1/...: connection refused")
+
+    ask = daemonset_removal(unreachable, "slipstream-system/slipstream-agent")
+    assert asyncio.run(ask()) == "", "cannot ask: stay (new pods wait, never bypass)"
