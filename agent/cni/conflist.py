@@ -48,6 +48,21 @@ def _plugins(doc: dict[str, Any], name: str) -> list[Any]:
     return plugins
 
 
+def as_list(text: str, name: str) -> dict[str, Any]:
+    """The file as the runtime reads it: a conflist, or a single-plugin `.conf`/`.json` as a
+    list of that one plugin."""
+    doc = _load(text, name)
+    if name.endswith(".conflist"):
+        _plugins(doc, name)
+        return doc
+    single = {k: v for k, v in doc.items() if k not in ("cniVersion", "name")}
+    return {
+        "cniVersion": doc.get("cniVersion", "1.0.0"),
+        "name": doc.get("name", os.path.splitext(name)[0]),
+        "plugins": [single],
+    }
+
+
 def is_chained(text: str, name: str) -> bool:
     doc = _load(text, name)
     plugins = _plugins(doc, name) if name.endswith(".conflist") else [doc]
@@ -67,12 +82,8 @@ def chain(text: str, name: str, entry: dict[str, Any]) -> tuple[str, str]:
         return json.dumps(out, indent=2) + "\n", name
     if doc.get("type") == PLUGIN_TYPE:
         raise ConflistError(f"{name}: is slipstream-cni's own entry, not a primary's")
-    single = {k: v for k, v in doc.items() if k not in ("cniVersion", "name")}
-    out = {
-        "cniVersion": doc.get("cniVersion", "1.0.0"),
-        "name": doc.get("name", os.path.splitext(name)[0]),
-        "plugins": [single, entry],
-    }
+    out = as_list(text, name)
+    out["plugins"].append(entry)
     return json.dumps(out, indent=2) + "\n", os.path.splitext(name)[0] + ".conflist"
 
 

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.cni.conflist import PLUGIN_TYPE, primary_file
+from agent.cni.conflist import PLUGIN_TYPE, ConflistError, as_list, primary_file
 from agent.common import netns
 
 from .errors import LabError
@@ -121,8 +121,8 @@ def write_primary(node: NodeCni, pod_cidr: str, gateway: str) -> None:
 
 
 def load_conflist(conf_dir: str) -> dict[str, Any]:
-    """The configuration the runtime uses: the directory's first file (conflist.primary_file);
-    a single-plugin `.conf` is a list of one."""
+    """The configuration the runtime uses: the directory's first file (conflist.primary_file),
+    as a list of plugins (conflist.as_list)."""
     try:
         name = primary_file(os.listdir(conf_dir))
     except FileNotFoundError:
@@ -130,17 +130,11 @@ def load_conflist(conf_dir: str) -> dict[str, Any]:
     if name is None:
         raise CniError(f"no CNI configuration in {conf_dir}: the network is not ready")
     with open(os.path.join(conf_dir, name)) as f:
-        try:
-            doc = json.load(f)
-        except ValueError as exc:
-            raise CniError(f"{conf_dir}/{name}: not JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise CniError(f"{conf_dir}/{name}: not a JSON object")
-    if name.endswith(".conflist"):
-        return doc
-    single = {k: v for k, v in doc.items() if k not in ("cniVersion", "name")}
-    return {"cniVersion": doc.get("cniVersion", CNI_VERSION), "name": doc.get("name", name),
-            "plugins": [single]}  # fmt: skip
+        text = f.read()
+    try:
+        return as_list(text, f"{conf_dir}/{name}")
+    except ConflistError as exc:
+        raise CniError(str(exc)) from exc
 
 
 def chained(conf_dir: str) -> bool:

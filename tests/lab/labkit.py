@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,8 +16,39 @@ from pathlib import Path
 from agent.lab import model
 from agent.lab.lab import Lab
 
+SEND_MARKER = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(sys.argv[3].encode() + b"\\n")
+got = b""
+while not got.endswith(b"\\n"):
+    got += s.recv(4096)
+print(got.decode().strip())
+"""
+"""`python3 -c SEND_MARKER HOST PORT TEXT`: a line to a TCP echo, printing what came back."""
+
 CREATED: set[str] = set()
 """Every lab name a test session used, for the end-of-session leftover check."""
+
+
+def pod_manifest(
+    name: str, ns: str, node: str, command: str, *, sa: str = "default", container_extra: str = ""
+) -> str:
+    """A Pod document with one container `main` running `command` (a YAML flow list) on
+    `node`, labelled app=<name>; `container_extra` is one more line of the container."""
+    return textwrap.dedent(f"""\
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}
+        spec:
+          nodeName: {node}
+          serviceAccountName: {sa}
+          containers:
+          - name: main
+            command: {command}
+            {container_extra}
+        """)
 
 
 def new_lab_name() -> str:

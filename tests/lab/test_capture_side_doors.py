@@ -14,7 +14,6 @@ import contextlib
 import json
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from tests.lab.labkit import (
     bridge_capture,
     config_dump,
     new_lab_name,
+    pod_manifest,
     seen,
     wait_until,
     workload,
@@ -45,19 +45,7 @@ SLEEP = "[sleep, infinity]"
 
 
 def pod(name: str, ns: str, node: str, command: str, security: str = "") -> str:
-    return textwrap.dedent(f"""\
-        ---
-        apiVersion: v1
-        kind: Pod
-        metadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}
-        spec:
-          nodeName: {node}
-          serviceAccountName: {name}
-          containers:
-          - name: main
-            command: {command}
-            {security}
-        """)
+    return pod_manifest(name, ns, node, command, sa=name, container_extra=security)
 
 
 CLUSTER = (

@@ -24,7 +24,15 @@ from agent.identity.caclient import CAClient, CARefused
 from agent.identity.certs import SpiffeId, ca_identity, generate_key, key_pem, make_csr
 from agent.lab import model
 from agent.lab.lab import Lab
-from tests.lab.labkit import access_log, bridge_capture, config_dump, curl, seen, wait_until
+from tests.lab.labkit import (
+    SEND_MARKER,
+    access_log,
+    bridge_capture,
+    config_dump,
+    curl,
+    seen,
+    wait_until,
+)
 
 ECHO = '[slipstream, app, http-echo, --port, "8080"]'
 TCP_ECHO = '[slipstream, app, tcp-echo, --port, "9000"]'
@@ -97,17 +105,6 @@ def lab(make_lab) -> Lab:
         lambda: lab.exec("client", echo, namespace="mesh").returncode == 0, 10, "tcp to serve"
     )
     return lab
-
-
-SEND_MARKER = """
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-s.sendall(sys.argv[3].encode() + b"\\n")
-got = b""
-while not got.endswith(b"\\n"):
-    got += s.recv(4096)
-print(got.decode().strip())
-"""
 
 
 def test_traffic_between_enrolled_pods_crosses_the_bridge_encrypted(lab, tmp_path):

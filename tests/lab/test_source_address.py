@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -20,25 +19,14 @@ from agent.identity.caclient import CAClient
 from agent.identity.certs import SpiffeId, ca_identity, generate_key, key_pem, make_csr
 from agent.lab import model
 from agent.lab.lab import Lab
-from tests.lab.labkit import access_log, curl, new_lab_name, wait_until
+from tests.lab.labkit import access_log, curl, new_lab_name, pod_manifest, wait_until
 
 HERE = Path(__file__).parent
 TD = "cluster.local"
 
 
 def pod(name: str, ns: str, node: str, sa: str, command: str) -> str:
-    return textwrap.dedent(f"""\
-        ---
-        apiVersion: v1
-        kind: Pod
-        metadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}
-        spec:
-          nodeName: {node}
-          serviceAccountName: {sa}
-          containers:
-          - name: main
-            command: {command}
-        """)
+    return pod_manifest(name, ns, node, command, sa=sa)
 
 
 SLEEP = "[sleep, infinity]"
