@@ -348,6 +348,8 @@ class PodRecord:
     created: float
     uid: str = ""
     """The API object's uid: a pod deleted and created again under its name is a new pod."""
+    host_network: bool = False
+    """`spec.hostNetwork`: the pod runs in its node's namespace (`netns` is the node's)."""
 
 
 @dataclass

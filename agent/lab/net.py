@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from agent.common import netns
 from agent.common.errors import NetnsError
@@ -192,10 +192,16 @@ def alive(pid: int, starttime: int | None = None) -> bool:
 def kill_in(netns_names: Iterable[str], grace: float = 3.0) -> None:
     """Stop every process living in these namespaces: TERM, then KILL after `grace`."""
     names = list(netns_names)
+    _stop(lambda: {pid for n in names for pid in netns.pids_in(n)}, grace)
 
-    def living() -> set[int]:
-        return {pid for n in names for pid in netns.pids_in(n)}
 
+def stop_pids(pids: Iterable[int], grace: float = 3.0) -> None:
+    """Stop these processes: TERM, then KILL after `grace`."""
+    wanted = set(pids)
+    _stop(lambda: {p for p in wanted if alive(p)}, grace)
+
+
+def _stop(living: Callable[[], set[int]], grace: float) -> None:
     pids = living()
     for pid in pids:
         _signal(pid, signal.SIGTERM)

@@ -107,7 +107,12 @@ def create_sandbox(state: LabState, dirs: LabDirs, lab: str, pod: Pod, uid: str 
         time.time(),
         uid,
     )
-    if state.spec.pod_network == "cni":
+    if pod.spec.host_network:
+        # The node's own network: no namespace, no CNI (as a kubelet), the node's address.
+        rec.netns, rec.ip, rec.host_network = node.netns, node.ip, True
+        state.pods[f"{ns}/{name}"] = rec
+        os.makedirs(rec.dir, exist_ok=True)
+    elif state.spec.pod_network == "cni":
         _cni_add(state, dirs, node, rec)
     else:
         host = model.free_pod_host(state.used_pod_ips(), node.index)
@@ -320,7 +325,16 @@ def _cni_del(dirs: LabDirs, node: NodeRecord, rec: PodRecord) -> None:
 
 def remove(state: LabState, dirs: LabDirs, rec: PodRecord) -> None:
     """Stop the pod's processes, revoke its credential, remove its namespace and veth (DEL
-    through the CNI chain first, with `podNetwork: cni`)."""
+    through the CNI chain first, with `podNetwork: cni`). A hostNetwork pod's namespace is
+    its node's: only its own processes go (its supervisor is pid 1 of their PID namespace)."""
+    if rec.host_network:
+        sup = supervisor_pid(rec)
+        if sup:
+            net.stop_pids([sup])
+        revoke_mesh_credentials(dirs, rec)
+        reap()
+        shutil.rmtree(rec.dir, ignore_errors=True)
+        return
     net.kill_in([rec.netns])
     revoke_mesh_credentials(dirs, rec)
     reap()

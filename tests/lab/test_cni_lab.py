@@ -18,6 +18,7 @@ import os
 import subprocess
 import textwrap
 import uuid
+from pathlib import Path
 
 import pytest
 import yaml
@@ -202,3 +203,26 @@ def test_a_deleted_pod_gives_its_address_back_and_its_agent_forgets_it(lab):
     kubectl(lab, "delete", "pod", "-n", "plain", "web", "--wait=true")
     wait_until(lambda: ip not in ipam_holds(lab, "n1"), 30, "host-local to release the address")
     wait_until(lambda: "plain/web" not in sandboxes(lab, "n1"), 15, "the agent to forget it")
+
+
+def test_a_host_network_pod_runs_in_its_node_and_goes_without_taking_the_node(lab):
+    """spec.hostNetwork: no namespace and no CNI ADD of its own, the node's address; never
+    enrolled; deleting it stops its processes only (the node and its agent stay)."""
+    node_ip = lab.load().nodes["n1"].ip
+    kubectl(lab, "apply", "-f", "-", stdin=pod_manifest(
+        "hostnet", "mesh", "n1", "[sh, -c, 'ip -4 -o addr show eth0; exec sleep infinity']",
+        container_extra="",
+    ).replace("  nodeName: n1", "  nodeName: n1\n  hostNetwork: true"))  # fmt: skip
+    wait_running(lab, "hostnet", "mesh")
+    assert api_pod(lab, "hostnet", "mesh")["status"]["podIP"] == node_ip
+    (log,) = lab.log_paths("hostnet", "mesh")
+    wait_until(lambda: node_ip in Path(log).read_text(), 10, "the pod to print its eth0")
+    assert "mesh/hostnet" not in sandboxes(lab, "n1"), "no CNI ADD for the node's network"
+    assert workload(lab, "n1", "mesh", "hostnet").get("state") != "enrolled"
+    agent_pid = next(p["pid"] for p in lab.status()["processes"] if p["name"] == "n1"
+                     and p["kind"] == "agent")  # fmt: skip
+    kubectl(lab, "delete", "pod", "-n", "mesh", "hostnet", "--wait=true")
+    wait_until(lambda: "mesh/hostnet" not in lab.load().pods, 30, "the pod to go")
+    assert os.path.exists(f"/run/netns/{model.node_netns(lab.name, 'n1')}")
+    os.kill(agent_pid, 0)  # the node's agent is still there
+    assert workload(lab, "n1", "mesh", "server")["state"] == "enrolled"
