@@ -10,6 +10,9 @@
 #   3. A virtualenv in .venv made from Debian's /usr/bin/python3 (the only
 #      interpreter python3-bpfcc belongs to), with bcc linked in and the project
 #      installed in editable mode.
+#
+#   setup.sh --packages-only   step 1 alone (vagrant/box/build.sh runs it in the box's root
+#                              filesystem, natively, instead of in the emulated guest)
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,6 +60,10 @@ if [ -n "$missing" ]; then
     [ -n "$own_policy" ] && rm -f /usr/sbin/policy-rc.d
 else
     say "Debian packages present"
+fi
+if [ "${1:-}" = --packages-only ]; then
+    say "--packages-only: done"
+    exit 0
 fi
 
 # --- 2. kernel headers for bcc -----------------------------------------------

@@ -11,8 +11,13 @@
 #
 #   vagrant/box/build.sh [OUT_DIR]     (default: .vm/box in the repository; root needed)
 #
+# The Debian packages of the project's setup are installed in the box here, by the project's
+# own scripts/setup.sh --packages-only in the root filesystem: natively that takes minutes,
+# in the emulated guest half an hour (SLIPSTREAM_BOX_PACKAGES=0 leaves them to provisioning).
+# dpkg in the box skips fsync (force-unsafe-io): the VM is a throwaway.
+#
 # Writes OUT_DIR/slipstream-bookworm.box, vmlinuz, initrd.img, vagrant_key (private key).
-# Safe to run again: it rebuilds only when this script is newer than the box.
+# Safe to run again: it rebuilds only when this script or scripts/setup.sh is newer than the box.
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -28,7 +33,8 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 if [ -e "$BOX" ] && [ -e "$OUT/vmlinuz" ] && [ -e "$OUT/initrd.img" ] \
-    && [ -e "$OUT/vagrant_key" ] && [ ! "$0" -nt "$BOX" ]; then
+    && [ -e "$OUT/vagrant_key" ] && [ ! "$0" -nt "$BOX" ] \
+    && [ ! "$ROOT/scripts/setup.sh" -nt "$BOX" ]; then
     say "$BOX is up to date"
     exit 0
 fi
@@ -44,6 +50,11 @@ trap 'rm -rf "$WORK"' EXIT
 rm -f "$OUT/vagrant_key" "$OUT/vagrant_key.pub"
 ssh-keygen -q -t ed25519 -N "" -C "slipstream-vagrant-box" -f "$OUT/vagrant_key"
 
+PACKAGES_HOOK=true
+if [ "${SLIPSTREAM_BOX_PACKAGES:-1}" = 1 ]; then
+    PACKAGES_HOOK="cp '$ROOT/scripts/setup.sh' \"\$1/tmp/setup.sh\" && chroot \"\$1\" sh /tmp/setup.sh --packages-only && rm \"\$1/tmp/setup.sh\""
+fi
+
 say "root filesystem from $MIRROR (bookworm + bookworm-updates + bookworm-security)"
 start=$(date +%s)
 mmdebstrap --variant=apt \
@@ -53,12 +64,14 @@ mmdebstrap --variant=apt \
     --customize-hook='echo "/dev/vda / ext4 defaults,errors=remount-ro 0 1" > "$1/etc/fstab"' \
     --customize-hook='printf "[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n" > "$1/etc/systemd/network/10-eth0.network"' \
     --customize-hook='chroot "$1" systemctl enable systemd-networkd' \
+    --customize-hook="$PACKAGES_HOOK" \
     --customize-hook='rm -f "$1/etc/resolv.conf"; echo "nameserver 10.0.2.3" > "$1/etc/resolv.conf"' \
     --customize-hook='chroot "$1" useradd --create-home --shell /bin/bash vagrant' \
     --customize-hook='echo "vagrant ALL=(ALL) NOPASSWD: ALL" > "$1/etc/sudoers.d/vagrant"; chmod 0440 "$1/etc/sudoers.d/vagrant"' \
     --customize-hook="mkdir -p \"\$1/home/vagrant/.ssh\" && cp '$OUT/vagrant_key.pub' \"\$1/home/vagrant/.ssh/authorized_keys\"" \
     --customize-hook='chroot "$1" chown -R vagrant:vagrant /home/vagrant/.ssh; chmod 0700 "$1/home/vagrant/.ssh"; chmod 0600 "$1/home/vagrant/.ssh/authorized_keys"' \
     --customize-hook='echo "UseDNS no" > "$1/etc/ssh/sshd_config.d/vagrant.conf"' \
+    --customize-hook='echo force-unsafe-io > "$1/etc/dpkg/dpkg.cfg.d/unsafe-io"' \
     --customize-hook="cp \"\$1\"/boot/vmlinuz-* '$WORK/vmlinuz' && cp \"\$1\"/boot/initrd.img-* '$WORK/initrd.img'" \
     bookworm "$WORK/rootfs" \
     "deb $MIRROR bookworm main" \
