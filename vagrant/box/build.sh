@@ -50,6 +50,14 @@ trap 'rm -rf "$WORK"' EXIT
 rm -f "$OUT/vagrant_key" "$OUT/vagrant_key.pub"
 ssh-keygen -q -t ed25519 -N "" -C "slipstream-vagrant-box" -f "$OUT/vagrant_key"
 
+# A machine behind a TLS-inspecting egress proxy trusts its CA through
+# /usr/local/share/ca-certificates: the guest's HTTPS (PyPI for setup's virtualenv) goes
+# through the same proxy, so the box trusts the same certificates, and pip uses the system
+# bundle rather than its own.
+CA_HOOK=true
+if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+    CA_HOOK="cp /usr/local/share/ca-certificates/*.crt \"\$1/usr/local/share/ca-certificates/\" && chroot \"\$1\" update-ca-certificates && printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > \"\$1/etc/pip.conf\""
+fi
 PACKAGES_HOOK=true
 if [ "${SLIPSTREAM_BOX_PACKAGES:-1}" = 1 ]; then
     PACKAGES_HOOK="cp '$ROOT/scripts/setup.sh' \"\$1/tmp/setup.sh\" && chroot \"\$1\" sh /tmp/setup.sh --packages-only && rm \"\$1/tmp/setup.sh\""
@@ -64,6 +72,7 @@ mmdebstrap --variant=apt \
     --customize-hook='echo "/dev/vda / ext4 defaults,errors=remount-ro 0 1" > "$1/etc/fstab"' \
     --customize-hook='printf "[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n" > "$1/etc/systemd/network/10-eth0.network"' \
     --customize-hook='chroot "$1" systemctl enable systemd-networkd' \
+    --customize-hook="$CA_HOOK" \
     --customize-hook="$PACKAGES_HOOK" \
     --customize-hook='rm -f "$1/etc/resolv.conf"; echo "nameserver 10.0.2.3" > "$1/etc/resolv.conf"' \
     --customize-hook='chroot "$1" useradd --create-home --shell /bin/bash vagrant' \
