@@ -5,10 +5,11 @@
 #   make test-loaded   the same beside a CPU hog (the suite must not need an idle machine)
 #   make bench   benchmarks (BENCH=capture for one of them)
 #   make fuzz    coverage-guided fuzzing of tests/fuzz targets (not in CI)
+#   make vm      vagrant/ checked end to end in a local VM (about 25 min; not in CI)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-loaded lint unit bench fuzz crds clean
+.PHONY: setup demo test test-loaded lint unit bench fuzz crds vm clean
 
 setup:
 	@./scripts/setup.sh
@@ -55,6 +56,12 @@ FUZZ_SECONDS ?= 120
 fuzz: setup
 	$(BIN)/pip install -q -e '.[dev,fuzz]'
 	$(BIN)/python -m tests.fuzz --seconds $(FUZZ_SECONDS) $(FUZZ)
+
+# vagrant/ for real: builds a local box (cached in .vm/), `vagrant up` under qemu (TCG, user
+# networking only), provisions with scripts/setup.sh, runs lab tests inside, destroys the VM and
+# stops and removes what it started (vagrant/check.sh; VM_TESTS picks the tests). Not in CI.
+vm:
+	./vagrant/check.sh
 
 clean:
 	-$(BIN)/slipstream lab down --all
