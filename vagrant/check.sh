@@ -209,9 +209,14 @@ lap "provisioning (setup.sh, k3s)" "$t"
 
 t=$(date +%s)
 say "in the guest: $VM_TESTS"
-# Emulation is several times slower than the host: the per-test timeout (60 s) is raised.
-vagrant ssh -c "uname -r && cd /slipstream && sudo SLIPSTREAM_REQUIRE_LAB=1 \
-    .venv/bin/pytest -p no:cacheprovider --timeout=1200 -q $VM_TESTS"
+# Emulation is several times slower than the host: the per-test timeout (60 s) is raised,
+# and vagrant/slow_guest.py multiplies the lab's start-up deadlines and the tests' waits by
+# SLIPSTREAM_SLOW_FACTOR (run 2 of this check: the lab's API server missed its 30 s). The
+# project's modules are byte-compiled first, as the first import would.
+vagrant ssh -c "uname -r && cd /slipstream && sudo .venv/bin/python -m compileall -q agent \
+    gateway tests >/dev/null && sudo env SLIPSTREAM_REQUIRE_LAB=1 PYTHONPATH=/slipstream/vagrant \
+    SLIPSTREAM_SLOW_FACTOR=${SLIPSTREAM_SLOW_FACTOR:-10} .venv/bin/pytest -p no:cacheprovider \
+    -p slow_guest --timeout=1200 -q $VM_TESTS"
 lap "lab tests in the guest" "$t"
 
 t=$(date +%s)
