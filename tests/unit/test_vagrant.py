@@ -151,6 +151,7 @@ def test_vagrant_validates_both_modes(tmp_path):
             env={
                 **os.environ,
                 "VAGRANT_HOME": str(tmp_path / "vagrant.d"),
+                "VAGRANT_DOTFILE_PATH": str(tmp_path / "dot"),
                 "VAGRANT_CHECKPOINT_DISABLE": "1",
                 **env,
             },
