@@ -1,6 +1,6 @@
 #!/bin/sh
 # `make vm`: the end-to-end check of vagrant/ on this machine, as root (not in CI: about
-# 20-30 minutes under software emulation). It
+# 35-45 minutes under software emulation on 2 shared cores). It
 #   1. installs what it needs from Debian (qemu, mmdebstrap, vagrant, vagrant-libvirt and
 #      libvirt without libvirt-daemon-system, which would bring a NAT network);
 #   2. builds the local box (vagrant/box/build.sh, cached in .vm/box);
