@@ -5,10 +5,11 @@
 #   make test-loaded   the same beside a CPU hog (the suite must not need an idle machine)
 #   make bench   benchmarks (BENCH=capture for one of them)
 #   make fuzz    coverage-guided fuzzing of tests/fuzz targets (not in CI)
+#   make vm      vagrant/ checked end to end in a local VM (35-45 min under emulation; not in CI)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-loaded lint unit bench fuzz crds image image-test clean
+.PHONY: setup demo test test-loaded lint unit bench fuzz crds image image-test vm clean
 
 setup:
 	@./scripts/setup.sh
@@ -67,6 +68,12 @@ image:
 # manifest's command, and bcc compiling and loading the programs inside it.
 image-test: setup image
 	SLIPSTREAM_IMAGE_TEST=1 $(BIN)/pytest tests/image
+
+# vagrant/ for real: builds a local box (cached in .vm/), `vagrant up` under qemu (TCG, user
+# networking only), provisions with scripts/setup.sh, runs lab tests inside, destroys the VM and
+# stops and removes what it started (vagrant/check.sh; VM_TESTS picks the tests). Not in CI.
+vm:
+	./vagrant/check.sh
 
 clean:
 	-$(BIN)/slipstream lab down --all

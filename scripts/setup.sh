@@ -4,12 +4,15 @@
 #
 #   1. Debian packages: bcc (python3-bpfcc), kernel headers, iproute2, and the
 #      real peers the tests and benchmarks use (stunnel, nginx, redis, wrk, an
-#      embedded Tomcat for servlet path semantics...).
+#      embedded Tomcat for servlet path semantics...; ruby, to check vagrant/Vagrantfile).
 #   2. Kernel-header links for bcc when /lib/modules/$(uname -r) has none
 #      (see ENVIRONMENT.md); a machine with its own matching headers is left alone.
 #   3. A virtualenv in .venv made from Debian's /usr/bin/python3 (the only
 #      interpreter python3-bpfcc belongs to), with bcc linked in and the project
 #      installed in editable mode.
+#
+#   setup.sh --packages-only   step 1 alone (vagrant/box/build.sh runs it in the box's root
+#                              filesystem, natively, instead of in the emulated guest)
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,7 +29,7 @@ PACKAGES="python3 python3-venv python3-dev python3-bpfcc bpfcc-tools libbpfcc
 linux-headers-amd64 iproute2 iptables tcpdump stunnel4 nginx redis-server
 haproxy wrk nghttp2-client iperf3 nodejs procps psmisc make gcc curl
 util-linux openjdk-17-jdk-headless libtomcat10-embed-java libjakarta-annotation-api-java
-containernetworking-plugins"
+containernetworking-plugins ruby"
 # kubectl for the lab's kubectl tests and users: Debian 12's kubernetes-client (kubectl
 # 1.20) where no kubectl is present; a machine that has one (this project's images have
 # kubectl 1.32 from google-cloud-cli at /usr/bin/kubectl) keeps it.
@@ -58,10 +61,23 @@ if [ -n "$missing" ]; then
 else
     say "Debian packages present"
 fi
+if [ "${1:-}" = --packages-only ]; then
+    say "--packages-only: done"
+    exit 0
+fi
 
 # --- 2. kernel headers for bcc -----------------------------------------------
 KVER=$(uname -r)
 MODDIR="/lib/modules/$KVER"
+# A Debian kernel (the VM in vagrant/) gets its own headers package when linux-headers-amd64
+# brought a newer one; a kernel no package installed (this project's CI hosts) gets links below.
+if [ ! -e "$MODDIR/build" ] && dpkg-query -S "/boot/vmlinuz-$KVER" >/dev/null 2>&1; then
+    say "installing linux-headers-$KVER for the running Debian kernel"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "linux-headers-$KVER" \
+        || say "linux-headers-$KVER is not on the mirror: falling back to links"
+fi
 if [ -e "$MODDIR/build" ]; then
     case "$(readlink "$MODDIR/build" 2>/dev/null)" in
         /usr/src/linux-headers-*-amd64) say "kernel-header links for $KVER present ($(readlink "$MODDIR/build"))" ;;
