@@ -5,6 +5,7 @@
 #   make test-loaded   the same beside a CPU hog (the suite must not need an idle machine)
 #   make bench   benchmarks (BENCH=capture for one of them)
 #   make fuzz    coverage-guided fuzzing of tests/fuzz targets (not in CI)
+#   make image   the container image deploy/ names (make image-test runs it; not in CI)
 #   make vm      vagrant/ checked end to end in a local VM (35-45 min under emulation; not in CI)
 VENV := .venv
 BIN := $(VENV)/bin
