@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import textwrap
@@ -27,6 +26,7 @@ import pytest
 from agent.lab.lab import Lab
 from agent.state.enrollment import ENROLLED
 from tests.lab.labkit import access_log, config_dump, curl, wait_until, workload
+from tests.required import program
 
 ECHO = '[slipstream, app, http-echo, --port, "8080"]'
 MANIFEST = textwrap.dedent(f"""\
@@ -75,13 +75,7 @@ DENY_CLIENT = textwrap.dedent("""\
 
 
 def kubectl_path() -> str:
-    path = shutil.which("kubectl")
-    if path is None:
-        message = "kubectl is missing: run scripts/setup.sh (installs kubernetes-client)"
-        if os.environ.get("SLIPSTREAM_REQUIRE_LAB") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return program("kubectl", "kubernetes-client")
 
 
 def kubectl(lab: Lab, *args: str, stdin: str | None = None) -> str:

@@ -4,8 +4,6 @@ schemas (kubernetes-validate, strict: unknown fields refused), every command one
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,18 +15,14 @@ from agent.common.units import parse_duration
 from agent.node.app import AgentConfig
 from agent.state import crds
 from gateway.config.model import parse_config
+from tests.required import program
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S_VERSION = "1.32.0"
 
 
 def kubectl() -> str:
-    path = shutil.which("kubectl")
-    if path is None:
-        if os.environ.get("SLIPSTREAM_REQUIRE_LAB"):
-            pytest.fail("kubectl is missing: run `make setup`")
-        pytest.skip("kubectl is missing")
-    return path
+    return program("kubectl", "kubernetes-client")
 
 
 def render(path: Path) -> list[dict]:

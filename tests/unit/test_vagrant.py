@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.required import program
+
 REPO = Path(__file__).resolve().parents[2]
 VAGRANT_DIR = REPO / "vagrant"
 VAGRANTFILE = VAGRANT_DIR / "Vagrantfile"
@@ -53,12 +55,7 @@ puts JSON.generate($config.calls)
 
 
 def ruby() -> str:
-    path = shutil.which("ruby")
-    if path is None:
-        if os.environ.get("SLIPSTREAM_REQUIRE_LAB"):
-            pytest.fail("ruby is missing: run `make setup`")
-        pytest.skip("ruby is missing")
-    return path
+    return program("ruby")
 
 
 def flatten(calls: list[dict]) -> list[dict]:
