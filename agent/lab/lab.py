@@ -652,6 +652,8 @@ class Lab:
             if body is None or meta.get("deletionTimestamp") or meta.get("uid") != rec.uid:
                 self._remove_pod(state, key)
                 state.live.pop(str(ObjectKey("Pod", rec.namespace, rec.name)), None)
+        for key in set(self._sandbox_retry) - set(api_pods):
+            del self._sandbox_retry[key]  # deleted while it waited
         created: list[tuple[PodRecord, Pod]] = []
         for key, body in sorted(api_pods.items()):
             if key in state.pods or body["metadata"].get("deletionTimestamp"):
