@@ -9,8 +9,8 @@ installs its CNI; the mesh's install step (`slipstream cni install`, as the Daem
 it) chains slipstream-cni into that file. A pod's ADD runs every plugin of the first
 configuration file, in order, with the previous result as `prevResult`, inside the node's
 network namespace (where a runtime runs them); DEL runs them in reverse with the cached
-ADD result; CHECK as ADD. The ADD result is kept in the pod's directory, as libcni keeps
-its cache, for DEL and CHECK.
+ADD result (`run` also does CHECK, in order with that result; the lab's kubelet has no use for
+it yet). The ADD result is kept in the pod's directory, as libcni keeps its cache, for DEL.
 
 Written here rather than taken from a library: libcni is Go, and the Python CNI packages
 on PyPI are unmaintained wrappers around a single plugin; the runtime's side is the
@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.cni.conflist import PLUGIN_TYPE, ConflistError, as_list, primary_file
+from agent.cni.conflist import ConflistError, as_list, is_chained, primary_file
 from agent.common import netns
 
 from .errors import LabError
@@ -120,9 +120,8 @@ def write_primary(node: NodeCni, pod_cidr: str, gateway: str) -> None:
     os.replace(tmp, os.path.join(node.conf_dir, PRIMARY_FILE))
 
 
-def load_conflist(conf_dir: str) -> dict[str, Any]:
-    """The configuration the runtime uses: the directory's first file (conflist.primary_file),
-    as a list of plugins (conflist.as_list)."""
+def _primary(conf_dir: str) -> tuple[str, str]:
+    """The file the runtime uses (conflist.primary_file): its name and text."""
     try:
         name = primary_file(os.listdir(conf_dir))
     except FileNotFoundError:
@@ -130,7 +129,12 @@ def load_conflist(conf_dir: str) -> dict[str, Any]:
     if name is None:
         raise CniError(f"no CNI configuration in {conf_dir}: the network is not ready")
     with open(os.path.join(conf_dir, name)) as f:
-        text = f.read()
+        return name, f.read()
+
+
+def load_conflist(conf_dir: str) -> dict[str, Any]:
+    """The configuration the runtime uses, as a list of plugins (conflist.as_list)."""
+    name, text = _primary(conf_dir)
     try:
         return as_list(text, f"{conf_dir}/{name}")
     except ConflistError as exc:
@@ -138,14 +142,12 @@ def load_conflist(conf_dir: str) -> dict[str, Any]:
 
 
 def chained(conf_dir: str) -> bool:
-    """Whether the runtime's configuration ends in slipstream-cni."""
+    """Whether slipstream-cni is in the runtime's configuration (conflist.is_chained)."""
     try:
-        plugins = load_conflist(conf_dir).get("plugins") or []
-    except (CniError, OSError):
+        name, text = _primary(conf_dir)
+        return is_chained(text, name)
+    except (CniError, ConflistError, OSError):
         return False
-    return (
-        bool(plugins) and isinstance(plugins[-1], dict) and plugins[-1].get("type") == PLUGIN_TYPE
-    )
 
 
 def plugin_config(
@@ -252,7 +254,7 @@ def run(
 
 def add(node: NodeCni, pod: PodNetwork) -> dict[str, Any]:
     """ADD through the node's configuration; the result, with the configuration it ran (for
-    DEL and CHECK, as libcni caches both)."""
+    DEL, as libcni caches both)."""
     conflist = load_conflist(node.conf_dir)
     return {**run(node, conflist, "ADD", pod), "_conflist": conflist}
 
@@ -269,13 +271,6 @@ def delete(node: NodeCni, pod: PodNetwork, cached: Mapping[str, Any] | None) -> 
     run(node, conflist, "DEL", pod, cached or None)
 
 
-def check(node: NodeCni, pod: PodNetwork, cached: Mapping[str, Any]) -> None:
-    """CHECK through the configuration the ADD ran, with its result."""
-    cached = dict(cached)
-    conflist = cached.pop("_conflist")
-    run(node, conflist, "CHECK", pod, cached)
-
-
 def pod_address(result: Mapping[str, Any]) -> str:
     """The pod's IPv4 address from an ADD result (CNI 1.0 `ips`)."""
     for entry in result.get("ips") or []:
@@ -285,7 +280,7 @@ def pod_address(result: Mapping[str, Any]) -> str:
     raise CniError(f"the CNI result names no IPv4 address: {json.dumps(result)[:300]}")
 
 
-def host_interface(result: Mapping[str, Any], ifname: str = "eth0") -> str:
+def host_interface(result: Mapping[str, Any]) -> str:
     """The node side of the pod's veth, as the bridge plugin reports it (no sandbox)."""
     for i in result.get("interfaces") or []:
         if not i.get("sandbox") and str(i.get("name", "")).startswith("veth"):
