@@ -233,22 +233,17 @@ def _deployment(
     new_pods = [p for p in pods_of(name) if _active(p)]
     new_ready = sum(1 for p in new_pods if ready(p))
     recreate = (spec.get("strategy") or {}).get("type") == "Recreate"
-    old_pods = 0
+    old_pods = old_ready = 0
     for rs in owned_rs:
         if _meta(rs)["name"] == name:
             continue
         alive = [p for p in pods_of(_meta(rs)["name"]) if _active(p)]
         old_pods += len(alive)
+        old_ready += sum(1 for p in alive if ready(p))
         if _replicas(rs) != 0 and (recreate or new_ready >= want):
             plan.scale.append((namespace_of(rs), _meta(rs)["name"], 0))
     total = len(new_pods) + old_pods
-    available = new_ready + sum(
-        1
-        for rs in owned_rs
-        if _meta(rs)["name"] != name
-        for p in pods_of(_meta(rs)["name"])
-        if _active(p) and ready(p)
-    )
+    available = new_ready + old_ready
     done = new_ready >= want and old_pods == 0
     plan.status.append(
         ("Deployment", namespace_of(dep), _meta(dep)["name"], {
