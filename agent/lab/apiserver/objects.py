@@ -178,18 +178,23 @@ def _template_defaults(spec: dict[str, Any]) -> None:
         _pod_defaults(template)
 
 
-def _daemonset_defaults(obj: dict[str, Any]) -> None:
-    spec = obj.setdefault("spec", {})
-    if not isinstance(spec, dict):
-        return
-    strategy = spec.setdefault("updateStrategy", {})
+def _rolling_update(spec: dict[str, Any], field: str, max_unavailable: Any, max_surge: Any) -> None:
+    """`spec.<field>`: RollingUpdate unless said otherwise, with these limits by default."""
+    strategy = spec.setdefault(field, {})
     if isinstance(strategy, dict):
         strategy.setdefault("type", "RollingUpdate")
         if strategy["type"] == "RollingUpdate":
             rolling = strategy.setdefault("rollingUpdate", {})
             if isinstance(rolling, dict):
-                rolling.setdefault("maxUnavailable", 1)
-                rolling.setdefault("maxSurge", 0)
+                rolling.setdefault("maxUnavailable", max_unavailable)
+                rolling.setdefault("maxSurge", max_surge)
+
+
+def _daemonset_defaults(obj: dict[str, Any]) -> None:
+    spec = obj.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        return
+    _rolling_update(spec, "updateStrategy", 1, 0)
     spec.setdefault("revisionHistoryLimit", 10)
     _template_defaults(spec)
 
@@ -199,14 +204,7 @@ def _deployment_defaults(obj: dict[str, Any]) -> None:
     if not isinstance(spec, dict):
         return
     spec.setdefault("replicas", 1)
-    strategy = spec.setdefault("strategy", {})
-    if isinstance(strategy, dict):
-        strategy.setdefault("type", "RollingUpdate")
-        if strategy["type"] == "RollingUpdate":
-            rolling = strategy.setdefault("rollingUpdate", {})
-            if isinstance(rolling, dict):
-                rolling.setdefault("maxUnavailable", "25%")
-                rolling.setdefault("maxSurge", "25%")
+    _rolling_update(spec, "strategy", "25%", "25%")
     spec.setdefault("revisionHistoryLimit", 10)
     spec.setdefault("progressDeadlineSeconds", 600)
     _template_defaults(spec)
