@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from agent.ca import credentials
 from agent.ca.authority import RootStore
@@ -69,19 +69,27 @@ def _spawn(
     )
 
 
-def _wait(state: LabState, key: str, netns_name: str, url: str, what: str) -> None:
+def _wait(state: LabState, key: str, ready: Callable[[], bool], what: str) -> None:
+    """Until `ready()`, while the process `key` lives, for at most READY_TIMEOUT."""
     rec = state.processes[key]
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if not net.alive(rec.pid, rec.starttime):
             raise LabError(f"{what} exited during start:\n{pods.tail(rec.log)}")
-        try:
-            if http_get(netns_name, url, timeout=1.0)[0] == 200:
-                return
-        except OSError:
-            pass
+        if ready():
+            return
         time.sleep(0.05)
     raise LabError(f"{what} was not ready within {READY_TIMEOUT:.0f}s:\n{pods.tail(rec.log)}")
+
+
+def _serving(netns_name: str, url: str) -> Callable[[], bool]:
+    def ok() -> bool:
+        try:
+            return http_get(netns_name, url, timeout=1.0)[0] == 200
+        except OSError:
+            return False
+
+    return ok
 
 
 # ------------------------------------------------------------------ the CA
@@ -122,8 +130,10 @@ def wait_ca_ready(state: LabState, dirs: LabDirs) -> None:
     _wait(
         state,
         "ca/ca",
-        model.control_plane_netns(state.name),
-        f"https://127.0.0.1:{model.CA_PORT}/healthz/ready",
+        _serving(
+            model.control_plane_netns(state.name),
+            f"https://127.0.0.1:{model.CA_PORT}/healthz/ready",
+        ),
         "the CA",
     )
     try:
@@ -230,18 +240,13 @@ def start_cni_install(state: LabState, dirs: LabDirs, node: NodeRecord) -> None:
         cni_install_argv(dirs, node.name),
         f"{dirs.logs}/cni-install-{node.name}.log",
     )
-    rec = state.processes[f"cni-install/{node.name}"]
     conf_dir = cnirun.NodeCni.under(dirs.cni(node.name), "").conf_dir
-    deadline = time.monotonic() + READY_TIMEOUT
-    while not cnirun.chained(conf_dir):
-        if not net.alive(rec.pid, rec.starttime):
-            raise LabError(f"the CNI install step exited during start:\n{pods.tail(rec.log)}")
-        if time.monotonic() > deadline:
-            raise LabError(
-                f"the CNI install step did not chain slipstream-cni on node {node.name} "
-                f"within {READY_TIMEOUT:.0f}s:\n{pods.tail(rec.log)}"
-            )
-        time.sleep(0.05)
+    _wait(
+        state,
+        f"cni-install/{node.name}",
+        lambda: cnirun.chained(conf_dir),
+        f"the CNI install step on node {node.name} (slipstream-cni chained)",
+    )
 
 
 def agent_alive(state: LabState, node: str) -> bool:
@@ -250,7 +255,9 @@ def agent_alive(state: LabState, node: str) -> bool:
 
 
 def wait_agent_ready(state: LabState, node: NodeRecord) -> None:
-    _wait(state, f"agent/{node.name}", node.netns, READY, f"the agent on node {node.name}")
+    _wait(
+        state, f"agent/{node.name}", _serving(node.netns, READY), f"the agent on node {node.name}"
+    )
 
 
 def workloads(state: LabState, node: str) -> dict[str, dict[str, object]]:
